@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make test` and `make train`. Both create .venv and install
+# the exact pins of requirements.lock (torch 2.14.1 + torchvision 0.29.1) and this package.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test train clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+train: install
+	$(BIN)/python train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

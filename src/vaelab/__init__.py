@@ -1,0 +1,3 @@
+"""vaelab: variational autoencoders on Lightning and Hydra."""
+
+__version__ = "0.1.0"

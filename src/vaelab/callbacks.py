@@ -1,0 +1,44 @@
+"""Callbacks that write what a person looks at: image grids every validation epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid, save_image
+
+
+class ImageGrids(L.Callback):
+    """After each validation epoch, rank 0 saves two PNG grids under ``<run>/images/`` and sends
+    them to the active loggers: fixed validation inputs beside their reconstructions, and
+    samples decoded from fixed prior draws (the same draws every epoch, so progress shows)."""
+
+    def __init__(self, dirpath: str, num_images: int = 64, every_n_epochs: int = 1):
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.every_n_epochs = every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
+            return
+        val = trainer.datamodule.splits["val"]
+        x = (val.images[: self.num_images // 2].float() / val.levels).to(pl_module.device)
+        recon = pl_module.reconstruct(x)
+        pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # input, reconstruction, input, ...
+        samples = pl_module.sample(self.num_images, generator=torch.Generator().manual_seed(0))
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        for name, images in (("reconstructions", pairs), ("samples", samples)):
+            grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=8, pad_value=0.5)
+            save_image(grid, self.dirpath / f"{name}_epoch{epoch:03d}.png")
+            log_image(trainer, f"images/{name}", grid, trainer.global_step)
+
+
+def log_image(trainer: L.Trainer, key: str, grid: torch.Tensor, step: int) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid], step=step)
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, step)

@@ -1,0 +1,86 @@
+"""Checks of a composed config, run before anything is loaded or built, so a user's mistake
+costs seconds and reads as one sentence (a ``UserError``) rather than a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vaelab.errors import UserError
+from vaelab.nets import ACTIVATIONS
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise UserError(message)
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def positive_int(value, key: str) -> None:
+    require(is_int(value) and value >= 1, f"{key} must be a whole number ≥ 1, got {value!r}; set {key}=<N>")
+
+
+def check_data(data: DictConfig) -> None:
+    positive_int(data.batch_size, "data.batch_size")
+    if data.get("eval_batch_size") is not None:
+        positive_int(data.eval_batch_size, "data.eval_batch_size")
+    shape = data.image_shape
+    require(len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape),
+            f"data.image_shape must be [channels, height, width] of positive integers, got {list(shape)}")
+    require(data.binarize in ("auto", "dynamic", "none"),
+            f"data.binarize must be auto, dynamic or none, got {data.binarize!r}")
+    if "path" in data and data.path is None:
+        raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
+    if data._target_.endswith("ImageFolderDataModule"):
+        require(shape[0] in (1, 3), f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {shape[0]}")
+
+
+def check_model(model: DictConfig) -> None:
+    positive_int(model.latent_dim, "size.latent_dim")
+    require(is_number(model.beta) and model.beta >= 0, f"model.beta must be a number ≥ 0, got {model.beta!r}")
+    lr = model.optimizer.get("lr")
+    require(lr is None or (is_number(lr) and lr > 0), f"model.optimizer.lr must be > 0, got {lr!r}")
+    net = model.net
+    require(net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv")
+    require(net.activation in ACTIVATIONS,
+            f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}")
+    widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
+    widths = net[widths_key]
+    require(len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
+            f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, got {list(widths)}")
+    lik = model.likelihood
+    require(lik.name in ("bernoulli", "gaussian"),
+            f"likelihood.name must be bernoulli or gaussian, got {lik.name!r}; choose likelihood=bernoulli|gaussian|gaussian_learned")
+    if lik.name == "gaussian":
+        require(is_number(lik.sigma) and lik.sigma > 0, f"likelihood.sigma must be > 0, got {lik.sigma!r}")
+        require(lik.learn_sigma in ("none", "global", "pixel"),
+                f"likelihood.learn_sigma must be none, global or pixel, got {lik.learn_sigma!r}")
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    epochs = trainer.get("max_epochs")
+    require(epochs is None or (is_int(epochs) and (epochs >= 1 or epochs == -1)),
+            f"trainer.max_epochs must be ≥ 1 (or -1 for no limit), got {epochs!r}")
+
+
+def check_ckpt_path(ckpt_path) -> None:
+    if ckpt_path in (None, "last"):
+        return
+    require(Path(ckpt_path).is_file(), f"ckpt_path={ckpt_path} does not exist; give the path of a .ckpt file")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check of a training config; raises the first ``UserError`` found."""
+    require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    check_data(cfg.data)
+    check_model(cfg.model)
+    check_trainer(cfg.trainer)
+    check_ckpt_path(cfg.get("ckpt_path"))

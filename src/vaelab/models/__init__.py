@@ -1,0 +1,3 @@
+from vaelab.models.vae import VAE
+
+__all__ = ["VAE"]

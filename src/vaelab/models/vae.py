@@ -1,0 +1,163 @@
+"""The Gaussian VAE of the AEVB paper as a LightningModule.
+
+The module only orchestrates: the encoder gives q(z|x) (``distributions.DiagonalGaussian``),
+a reparameterized sample goes through the decoder into the likelihood p(x|z), the KL to the
+prior is closed form, and ``objective`` turns those terms into the loss. A variant overrides
+``objective`` (and adds its own hyperparameters); everything else is shared.
+
+The constructor takes plain values only, so ``VAE.load_from_checkpoint(path)`` rebuilds the
+model from the checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import hydra
+import lightning as L
+import torch
+from torch import Tensor
+
+from vaelab import objectives
+from vaelab.distributions import DiagonalGaussian, StandardNormalPrior, build_likelihood
+from vaelab.nets import build_networks
+
+
+class WeightedSums:
+    """Batch-size-weighted running sums of scalar metrics, one tensor add per step."""
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.sums: Tensor | None = None
+        self.count = 0
+
+    def add(self, metrics: dict[str, Tensor], batch_size: int) -> None:
+        values = torch.stack(list(metrics.values())) * batch_size
+        if self.sums is None:
+            self.names, self.sums = list(metrics), values
+        else:
+            self.sums += values
+        self.count += batch_size
+
+    def means(self, reduce) -> dict[str, Tensor]:
+        """Means over the epoch; ``reduce(tensor, reduce_op="sum")`` sums across processes."""
+        if self.sums is None:
+            return {}
+        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
+        return dict(zip(self.names, totals[:-1] / totals[-1]))
+
+
+class VAE(L.LightningModule):
+    def __init__(
+        self,
+        image_shape: list[int],
+        latent_dim: int,
+        net: dict,
+        likelihood: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        beta: float = 1.0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.image_shape = tuple(image_shape)
+        self.num_dims = math.prod(image_shape)
+        self.beta = beta
+        self.encoder, self.decoder = build_networks(net, image_shape, latent_dim)
+        self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
+        self.prior = StandardNormalPrior(latent_dim)
+
+    # ---- the model -------------------------------------------------------------------
+    def posterior(self, x: Tensor) -> DiagonalGaussian:
+        """q(z|x) for images x [B, C, H, W]."""
+        mu, logvar = self.encoder(x)
+        return DiagonalGaussian(mu, logvar)
+
+    def terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Per-example [B] terms of one reparameterized pass: log p(x|z), KL, ELBO."""
+        q = self.posterior(x)
+        z = q.rsample()
+        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        kl = q.kl_to_standard_normal()
+        return {"log_px_given_z": log_px_given_z, "kl": kl, "elbo": objectives.elbo(log_px_given_z, kl)}
+
+    def objective(self, x: Tensor) -> dict[str, Tensor]:
+        """The terms plus ``loss``, the scalar that is minimised (here -ELBO with weight beta)."""
+        terms = self.terms(x)
+        terms["loss"] = objectives.beta_vae_loss(terms["log_px_given_z"], terms["kl"], self.beta)
+        return terms
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """E[x|z] at the posterior mean z = mu(x)."""
+        return self.likelihood.mean(self.decoder(self.posterior(x).mu))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """E[x|z] for z drawn from the prior."""
+        z = torch.randn(num_samples, self.prior.latent_dim, generator=generator).to(self.device)
+        return self.likelihood.mean(self.decoder(z))
+
+    # ---- Lightning -------------------------------------------------------------------
+    def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss to minimise and the batch means that every other metric derives from."""
+        terms = self.objective(x)
+        metrics = {
+            "loss": terms["loss"],
+            "recon": -terms["log_px_given_z"].mean(),
+            "kl": terms["kl"].mean(),
+            **self.extra_metrics(terms),
+        }
+        return terms["loss"], {name: value.detach().float() for name, value in metrics.items()}
+
+    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Adds the ELBO (always beta = 1) and its bits/dim; both are linear in the batch means,
+        so deriving them from averaged recon and KL is exact."""
+        elbo = -(metrics["recon"] + metrics["kl"])
+        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
+        return {**metrics, "elbo": elbo, "bpd": bpd}
+
+    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Scalars a variant logs beside loss/recon/kl."""
+        return {}
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        loss, metrics = self.step_metrics(x)
+        self.train_epoch_sums.add(metrics, x.shape[0])
+        # self.log costs ~0.5 ms a call (measured), a tenth of this model's step on a CPU, so the
+        # per-step curve goes straight to the loggers every log_every_n_steps, on rank 0.
+        step = self.global_step
+        if (step + 1) % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
+            values = {f"train/{k}": float(v) for k, v in self.with_derived(metrics).items()}
+            for logger in self.loggers:
+                logger.log_metrics({**values, "epoch": self.current_epoch}, step=step)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self.train_epoch_sums = WeightedSums()
+
+    def on_train_epoch_end(self) -> None:
+        means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
+        if means:
+            metrics = self.with_derived(means)
+            self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True)
+
+    def _eval_step(self, batch, stage: str) -> None:
+        x, _ = batch
+        _, metrics = self.step_metrics(x)
+        self.log_dict({f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
+                      on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def configure_optimizers(self):
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

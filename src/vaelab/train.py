@@ -1,0 +1,126 @@
+"""Training entry point: ``python train.py [overrides]`` or the ``vaelab-train`` command.
+
+``train(cfg)`` is a plain function that returns the final metrics, so tests and notebooks can
+call it with a config composed by Hydra's compose API.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from vaelab.checks import check_config
+from vaelab.errors import UserError
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def instantiate_plain(node: DictConfig, **extra):
+    """Build ``node._target_`` from the resolved node as plain Python values (so a
+    LightningModule's saved hyperparameters are plain too)."""
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    target = hydra.utils.get_class(kwargs.pop("_target_"))
+    return target(**kwargs, **extra)
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        node = node.copy()
+        if name == "wandb" and node.get("offline") == "auto":
+            node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
+            if node.offline:
+                rank_zero_info(f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`")
+        loggers.append(hydra.utils.instantiate(node, _convert_="all"))
+    return loggers
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [hydra.utils.instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()]
+
+
+def check_output_dir(cfg: DictConfig) -> None:
+    """A new run must not write over an earlier run that used the same folder."""
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    if cfg.get("ckpt_path") is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise UserError(f"{cfg.paths.output_dir} already holds a run's checkpoints; resume it with "
+                        "ckpt_path=last or choose another hydra.run.dir")
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    ckpt = cfg.get("ckpt_path")
+    if ckpt == "last":
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"ckpt_path=last but {last} does not exist; give a checkpoint path or drop ckpt_path")
+        return str(last)
+    return ckpt
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; returns the last logged value of every metric."""
+    check_config(cfg)
+    check_output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate_plain(cfg.data)
+    datamodule.prepare()  # a missing or corrupt data set fails here, before anything is built
+    model = instantiate_plain(cfg.model)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg), _convert_="all"
+    )
+    save_config(cfg)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    if cfg.get("test") and not trainer.fast_dev_run:
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        test_results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        test_metrics = {k: float(v) for k, v in test_results[0].items()}
+        metrics.update(test_metrics)
+        write_json(Path(cfg.paths.output_dir) / "test_metrics.json", {**test_metrics, "ckpt_path": best})
+    return metrics
+
+
+@rank_zero_only
+def save_config(cfg: DictConfig) -> None:
+    """The fully resolved config beside the run (Hydra's .hydra/config.yaml keeps the
+    unresolved one), so the run can be read without knowing the defaults."""
+    path = Path(cfg.paths.output_dir) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path, resolve=True)
+
+
+@rank_zero_only
+def write_json(path: Path, payload: dict) -> None:
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        metrics = train(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("test/")}
+    rank_zero_info(f"run folder: {cfg.paths.output_dir}\ntest metrics: {shown}")
+
+
+if __name__ == "__main__":
+    main()

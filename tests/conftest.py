@@ -1,0 +1,48 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# No test may reach the network: W&B runs offline, data sets never download.
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+os.environ.pop("WANDB_API_KEY", None)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+from test_data import write_binarized_npz, write_idx  # noqa: E402
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, script: str = "train.py") -> subprocess.CompletedProcess:
+    """`python train.py *args` as a user types it, from ``cwd``."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory) -> dict[str, Path]:
+    """Small data sets in the real file formats, made once per test session."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    write_binarized_npz(root / "binarized_mnist.npz", n=(200, 50, 50))
+    raw = root / "torchvision" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    fashion = root / "fashion"
+    fashion.mkdir()
+    for folder, compress in ((raw, False), (fashion, True)):
+        for prefix, n in (("train", 80), ("t10k", 20)):
+            suffix = ".gz" if compress else ""
+            write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)), compress)
+            write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (n,)), compress)
+    images = root / "images"
+    images.mkdir()
+    for i in range(30):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    return {"binarized_mnist": root / "binarized_mnist.npz", "torchvision": root / "torchvision",
+            "fashion": fashion, "images": images}

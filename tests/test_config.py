@@ -1,0 +1,150 @@
+"""Every option of every config group composes and runs; bad values fail before training."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaelab.config import compose_config
+from vaelab.errors import UserError
+from vaelab.train import train
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["data", "model", "net", "size", "likelihood", "trainer", "logger", "callbacks", "debug", "experiment"]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+         "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks their files' md5 sums
+MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI subprocess in test_cli
+
+
+def data_overrides(group: str, option: str, files: dict) -> list[str]:
+    if group == "experiment" or (group, option) == ("data", "binarized_mnist"):
+        return [f"data.path={files['binarized_mnist']}"]
+    if (group, option) == ("data", "mnist"):
+        return [f"data.root={files['torchvision']}", "data.download=false", "data.val_size=20", "data.batch_size=20"]
+    if (group, option) == ("data", "fashion_mnist"):
+        return [f"data.root={files['fashion']}", "data.val_size=20", "data.batch_size=20"]
+    if (group, option) == ("data", "image_folder"):
+        return [f"data.path={files['images']}", "data.image_shape=[3,16,16]", "data.batch_size=8"]
+    if (group, option) in NEEDS_DOWNLOAD:
+        return ["data.root=/nonexistent/vaelab-test", "data.download=false"]
+    return []
+
+
+def test_the_option_list_is_complete():
+    assert {g for g, _ in OPTIONS} == set(GROUPS)
+    assert len(OPTIONS) >= 30
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_runs(group, option, tmp_path, data_files):
+    overrides = [f"{group}={option}", *data_overrides(group, option, data_files), *QUICK]
+    if group == "debug":
+        overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]
+    cfg = compose_config(overrides, tmp_path / "run")
+    if (group, option) in NEEDS_DOWNLOAD:
+        with pytest.raises(UserError, match=f"{option} not found under data.root"):
+            train(cfg)
+        return
+    if (group, option) in MULTI_PROCESS or (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
+        return  # composes; running needs several processes or a GPU
+    metrics = train(cfg)
+    assert all(v == v for v in metrics.values()), metrics  # nothing NaN
+    if cfg.get("test") and not cfg.trainer.get("fast_dev_run"):
+        assert metrics["test/elbo"] < 0 or cfg.model.likelihood.name == "gaussian"
+        assert (tmp_path / "run" / "test_metrics.json").is_file()
+
+
+def test_command_line_group_choice_beats_the_experiment(tmp_path):
+    cfg = compose_config(["experiment=binarized_mnist_vae", "size=small"], tmp_path)
+    assert cfg.size.latent_dim == 16 and cfg.data.image_shape == [1, 28, 28]
+
+
+def test_run_folder_holds_config_checkpoints_metrics_and_grids(tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_config(["trainer.max_epochs=2", "trainer.enable_progress_bar=false"], out)
+    metrics = train(cfg)
+    assert (out / "config.yaml").is_file()
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    for name in ("reconstructions", "samples"):
+        assert {p.name for p in (out / "images").glob(f"{name}_*.png")} == {f"{name}_epoch000.png", f"{name}_epoch001.png"}
+    header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    for stage in ("train", "val", "test"):
+        suffix = "_epoch" if stage == "train" else ""
+        for name in ("loss", "elbo", "recon", "kl", "bpd"):
+            assert f"{stage}/{name}{suffix}" in header
+    saved = json.loads((out / "test_metrics.json").read_text())
+    assert saved["test/elbo"] == pytest.approx(metrics["test/elbo"])
+    assert saved["test/elbo"] == pytest.approx(-(saved["test/recon"] + saved["test/kl"]))
+    assert saved["test/loss"] == pytest.approx(-saved["test/elbo"])  # beta = 1
+    assert saved["test/bpd"] == pytest.approx(-saved["test/elbo"] / (64 * 0.6931471805599453))
+
+
+def test_validation_reports_the_training_objective_and_the_elbo(tmp_path):
+    cfg = compose_config(["model.beta=4", *QUICK], tmp_path)
+    m = train(cfg)
+    assert m["val/loss"] == pytest.approx(m["val/recon"] + 4 * m["val/kl"], rel=1e-5)
+    assert m["val/elbo"] == pytest.approx(-(m["val/recon"] + m["val/kl"]), rel=1e-5)
+
+
+def test_global_batch_is_the_configured_batch(tmp_path):
+    cfg = compose_config(["data.batch_size=50", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], tmp_path)
+    import lightning as L
+
+    seen = []
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch[0].shape[0])
+
+    import vaelab.train as vt
+
+    original = vt.build_callbacks
+    vt.build_callbacks = lambda c: [*original(c), Spy()]
+    try:
+        train(cfg)
+    finally:
+        vt.build_callbacks = original
+    assert seen == [50] * (1437 // 50)
+
+
+BAD_VALUES = [
+    (["data.batch_size=0"], "data.batch_size must be a whole number ≥ 1"),
+    (["data.batch_size=2.5"], "data.batch_size must be a whole number ≥ 1"),
+    (["data.batch_size=5000"], "data.batch_size=5000 is larger than the 1437 training examples"),
+    (["size.latent_dim=0"], "size.latent_dim must be a whole number ≥ 1"),
+    (["model.beta=-1"], "model.beta must be a number ≥ 0"),
+    (["model.optimizer.lr=0"], "model.optimizer.lr must be > 0"),
+    (["size.hidden_dims=[]"], "net.hidden_dims (from size.hidden_dims) must be a non-empty list"),
+    (["net=conv", "size.channels=[16,-2]"], "net.channels (from size.channels) must be a non-empty list"),
+    (["net.activation=swish"], "net.activation must be one of"),
+    (["likelihood=gaussian", "likelihood.sigma=0"], "likelihood.sigma must be > 0"),
+    (["likelihood=gaussian_learned", "likelihood.learn_sigma=channel"], "likelihood.learn_sigma must be none, global or pixel"),
+    (["data.binarize=static"], "data.binarize must be auto, dynamic or none"),
+    (["data.image_shape=[1,28,28]"], "have shape [1, 8, 8] but the config says data.image_shape=[1, 28, 28]"),
+    (["data=image_folder"], "data.path is not set; point it at your data"),
+    (["data=binarized_mnist", "data.path=/nonexistent/b.npz"], "data.path=/nonexistent/b.npz does not exist"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs must be ≥ 1"),
+    (["ckpt_path=/nonexistent/model.ckpt"], "ckpt_path=/nonexistent/model.ckpt does not exist"),
+    (["ckpt_path=last"], "ckpt_path=last but"),
+    (["seed=abc"], "seed must be an integer"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
+def test_bad_values_fail_before_training_with_one_line(overrides, message, tmp_path):
+    cfg = compose_config(overrides, tmp_path)
+    with pytest.raises(UserError) as err:
+        train(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+
+
+def test_a_new_run_never_writes_into_an_existing_run(tmp_path):
+    train(compose_config(QUICK, tmp_path))
+    before = (tmp_path / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(UserError, match="already holds a run's checkpoints; resume it with ckpt_path=last"):
+        train(compose_config(QUICK, tmp_path))
+    assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before

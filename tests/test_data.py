@@ -1,0 +1,208 @@
+"""Data modules on small files written here in the real formats."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaelab.data import (
+    BinarizedMNISTDataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+    SyntheticDataModule,
+    TorchvisionDataModule,
+)
+from vaelab.data.datasets import read_amat, read_idx
+from vaelab.data.in_memory import ShardedBatchSampler
+from vaelab.errors import UserError
+
+
+def write_idx(path, array: np.ndarray, compress: bool) -> None:
+    magic = 0x00000800 | array.ndim
+    payload = struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape) + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(payload)
+
+
+def write_binarized_npz(path, n=(30, 10, 10), seed=0) -> dict:
+    rng = np.random.default_rng(seed)
+    bits = {k: (rng.random((m, 784)) < 0.2).astype(np.uint8) for k, m in zip(("train", "valid", "test"), n)}
+    np.savez(path, **{k: np.packbits(v, axis=1) for k, v in bits.items()})
+    return bits
+
+
+def test_digits_splits_and_scaling():
+    dm = DigitsDataModule(image_shape=[1, 8, 8], likelihood="gaussian")
+    dm.prepare()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [1437, 180, 180]
+    all_images = torch.cat([dm.splits[s].images for s in ("train", "val", "test")])
+    assert all_images.unique(dim=0).shape[0] > 1700  # the splits do not repeat images
+    x, y = next(iter(dm._loader("train", 100, train=True)))
+    assert x.shape == (100, 1, 8, 8) and x.dtype == torch.float32
+    assert x.min() == 0 and x.max() == 1 and ((x * 16) - (x * 16).round()).abs().max() < 1e-6
+    assert set(y.tolist()) <= set(range(10))
+
+
+def test_dynamic_binarization_follows_the_likelihood():
+    bern = DigitsDataModule(image_shape=[1, 8, 8], likelihood="bernoulli")
+    gauss = DigitsDataModule(image_shape=[1, 8, 8], likelihood="gaussian")
+    for dm in (bern, gauss):
+        dm.prepare()
+    assert bern.binarize and not gauss.binarize
+    loader = bern._loader("train", 1437, train=True)
+    x1, _ = next(iter(loader))
+    x2, _ = next(iter(loader))  # the next epoch
+    assert set(x1.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(x1, x2)  # a fresh draw each time the data is seen
+    # The mean of the binarized data is the mean grey level.
+    grey = bern.splits["train"].images.float().mean() / 16
+    assert abs(x1.mean() - grey) < 0.01
+    # Validation data is binarized once, identically every epoch.
+    v1 = next(iter(bern.val_dataloader()))[0]
+    v2 = next(iter(bern.val_dataloader()))[0]
+    assert torch.equal(v1, v2) and set(v1.unique().tolist()) == {0.0, 1.0}
+
+
+@pytest.mark.parametrize("n,batch", [(1000, 100), (1001, 100), (37, 8)])
+def test_sharded_batches_reassemble_the_single_process_batches(n, batch):
+    single = list(ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3))
+    ranks = [list(ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2))
+             for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(single) == n // batch
+    for whole, a, b in zip(single, *ranks):
+        assert torch.equal(torch.cat([a, b]), whole)
+        assert len(a) == batch // 2 + batch % 2  # each rank gets its share of the global batch
+
+
+def test_sampler_reshuffles_per_epoch_and_evaluation_covers_everything():
+    s = ShardedBatchSampler(50, 10, shuffle=True, drop_last=True, seed=0)
+    first = torch.cat(list(s))
+    s.set_epoch(1)
+    second = torch.cat(list(s))
+    assert not torch.equal(first, second) and torch.equal(first.sort().values, second.sort().values)
+    ev = [torch.cat(list(ShardedBatchSampler(53, 10, False, False, rank=r, world_size=2))) for r in range(2)]
+    assert torch.equal(torch.cat(ev).sort().values, torch.arange(53))
+
+
+def test_binarized_mnist_npz(tmp_path):
+    bits = write_binarized_npz(tmp_path / "b.npz")
+    dm = BinarizedMNISTDataModule(path=str(tmp_path / "b.npz"), image_shape=[1, 28, 28], batch_size=10)
+    dm.prepare()
+    assert torch.equal(dm.splits["val"].images.flatten(1), torch.from_numpy(bits["valid"]))
+    assert not dm.binarize  # already binary
+
+
+def test_binarized_mnist_amat_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 5), ("valid", 3), ("test", 3)):
+        rows = (rng.random((n, 784)) < 0.3).astype(int)
+        (tmp_path / f"binarized_mnist_{split}.amat").write_text("\n".join(" ".join(map(str, r)) for r in rows) + "\n")
+    dm = BinarizedMNISTDataModule(path=str(tmp_path), download=False, image_shape=[1, 28, 28], batch_size=5)
+    dm.prepare()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [5, 3, 3]
+    assert dm.splits["train"].images.shape == (5, 1, 28, 28)
+
+
+def test_amat_short_line_is_recognised(tmp_path):
+    path = tmp_path / "binarized_mnist_train.amat"
+    path.write_text(" ".join(["0"] * 784) + "\n" + " ".join(["1"] * 700) + "\n")
+    with pytest.raises(UserError, match=r"train.amat:2 has 700 values, expected 784"):
+        read_amat(path)
+
+
+def test_missing_amat_without_download(tmp_path):
+    dm = BinarizedMNISTDataModule(path=str(tmp_path), download=False, image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match="missing; copy it there or set data.download=true"):
+        dm.prepare()
+
+
+def test_truncated_npz_is_recognised(tmp_path):
+    write_binarized_npz(tmp_path / "b.npz")
+    data = (tmp_path / "b.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    dm = BinarizedMNISTDataModule(path=str(tmp_path / "cut.npz"), image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match="not a readable .npz"):
+        dm.prepare()
+
+
+def test_missing_npz(tmp_path):
+    dm = BinarizedMNISTDataModule(path=str(tmp_path / "nope.npz"), image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match="does not exist"):
+        dm.prepare()
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_fashion_mnist_idx_folder(tmp_path, compress):
+    suffix = ".gz" if compress else ""
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 12), ("t10k", 4)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)), compress)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (n,)), compress)
+    dm = TorchvisionDataModule(name="fashion_mnist", root=str(tmp_path), download=False, val_size=2,
+                               image_shape=[1, 28, 28], likelihood="gaussian", batch_size=5)
+    dm.prepare()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [10, 2, 4]
+    expected = read_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", 3)
+    assert torch.equal(dm.splits["test"].images[:, 0], expected)
+
+
+def test_idx_bad_magic_and_truncation(tmp_path):
+    write_idx(tmp_path / "labels", np.zeros(5), compress=False)
+    with pytest.raises(UserError, match="not an IDX file of 3-d unsigned bytes"):
+        read_idx(tmp_path / "labels", 3)
+    write_idx(tmp_path / "images", np.zeros((4, 28, 28)), compress=False)
+    (tmp_path / "short").write_bytes((tmp_path / "images").read_bytes()[:-10])
+    with pytest.raises(UserError, match="truncated"):
+        read_idx(tmp_path / "short", 3)
+
+
+def test_torchvision_mnist_from_raw_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 8), ("t10k", 3)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress=False)
+    dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=2, image_shape=[1, 28, 28], batch_size=4)
+    dm.prepare()
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 2, 3]
+
+
+def test_torchvision_missing_data_without_network(tmp_path):
+    dm = TorchvisionDataModule(name="cifar10", root=str(tmp_path), download=False, image_shape=[3, 32, 32])
+    with pytest.raises(UserError, match="cifar10 not found under data.root"):
+        dm.prepare()
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / cls).mkdir()
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    (tmp_path / "README.txt").write_text("not an image, and ignored")
+    dm = ImageFolderDataModule(path=str(tmp_path), image_shape=[3, 16, 16], batch_size=4)
+    dm.prepare()
+    assert sum(len(dm.splits[s]) for s in ("train", "val", "test")) == 10
+    assert dm.splits["train"].images.shape[1:] == (3, 16, 16)
+    labels = torch.cat([dm.splits[s].labels for s in ("train", "val", "test")])
+    assert sorted(labels.tolist()) == [0] * 5 + [1] * 5
+
+
+def test_image_folder_with_a_broken_image(tmp_path):
+    for i in range(3):
+        Image.new("L", (8, 8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"this is not a jpeg")
+    dm = ImageFolderDataModule(path=str(tmp_path), image_shape=[1, 8, 8])
+    with pytest.raises(UserError, match="broken.jpg is not a readable image"):
+        dm.prepare()
+
+
+def test_declared_shape_must_match_the_data():
+    dm = SyntheticDataModule(image_shape=[1, 8, 8])
+    dm.prepare()
+    dm2 = DigitsDataModule(image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match=r"have shape \[1, 8, 8\] but the config says data.image_shape=\[1, 28, 28\]"):
+        dm2.prepare()
