@@ -21,8 +21,7 @@ def make_vae(net=MLP, image_shape=(1, 8, 8), latent_dim=4, likelihood=None, beta
 @pytest.mark.parametrize("image_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64), (1, 7, 9)])
 def test_decoder_output_matches_the_image_shape(net, image_shape):
     encoder, decoder = build_networks(net, image_shape, latent_dim=6)
-    mu, logvar = encoder(torch.rand(2, *image_shape))
-    assert mu.shape == logvar.shape == (2, 6)
+    assert encoder(torch.rand(2, *image_shape)).shape == (2, 12)  # mu and logvar of a diagonal Gaussian
     assert decoder(torch.randn(2, 6)).shape == (2, *image_shape)
     assert decoder(torch.randn(3, 2, 6)).shape == (3, 2, *image_shape)  # extra sample dimension
 
@@ -71,7 +70,7 @@ def test_elbo_is_below_log_likelihood_on_a_model_with_known_marginal():
     # The true posterior is N(x / (1 + s^2), s^2 / (1 + s^2)).
     mu = x.flatten(1) / (1 + s**2)
     logvar = torch.full_like(mu, math.log(s**2 / (1 + s**2)))
-    vae.encoder = Fixed(lambda _: (mu, logvar))
+    vae.encoder = Fixed(lambda _: torch.cat([mu, logvar], -1))
     # At the true posterior log p(x|z) + log p(z) - log q(z|x) = log p(x) for every z ...
     q = vae.posterior(x)
     z = q.rsample()
@@ -79,7 +78,7 @@ def test_elbo_is_below_log_likelihood_on_a_model_with_known_marginal():
     torch.testing.assert_close(log_w, exact, atol=1e-4, rtol=0)
     # ... so the ELBO (analytic KL, one sample) equals log p(x) up to Monte Carlo error.
     assert abs(vae.terms(x)["elbo"].mean() - exact.mean()) < 0.1
-    vae.encoder = Fixed(lambda _: (mu * 0.5, logvar + 1.0))  # a worse posterior
+    vae.encoder = Fixed(lambda _: torch.cat([mu * 0.5, logvar + 1.0], -1))  # a worse posterior
     gap = exact - vae.terms(x)["elbo"]
     assert gap.mean() > 0.3  # single-sample estimates scatter; their mean is bounded
 

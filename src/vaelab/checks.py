@@ -65,6 +65,50 @@ def check_model(model: DictConfig) -> None:
                 f"likelihood.learn_sigma must be none, global or pixel, got {lik.learn_sigma!r}")
 
 
+def check_variant(model: DictConfig) -> None:
+    """Options of the posterior, the gradient estimator, IWAE and beta-VAE, and their combinations."""
+    target = model._target_.rsplit(".", 1)[-1]
+    require(model.get("posterior", "diagonal") in ("diagonal", "full"),
+            f"model.posterior must be diagonal or full, got {model.get('posterior')!r}")
+    estimator = model.get("estimator", "reparam")
+    require(estimator in ("reparam", "score_function"),
+            f"model.estimator must be reparam or score_function, got {estimator!r}")
+    decay = model.get("baseline_decay", 0.99)
+    require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
+    test_k = model.get("test_k", 0)
+    require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
+    for key in ("k", "k_eval", "dreg"):
+        require(key not in model or target == "IWAE",
+                f"model.{key} belongs to the IWAE bound; use model=iwae (this is model={target})")
+    if target == "IWAE":
+        positive_int(model.k, "model.k")
+        positive_int(model.k_eval, "model.k_eval")
+        require(estimator == "reparam", "model=iwae trains with reparameterized gradients; "
+                "set model.estimator=reparam (the score-function estimator is for the ELBO)")
+    for key in ("kl_schedule", "free_bits"):
+        require(key not in model or target == "BetaVAE", f"model.{key} needs model=beta_vae (this is model={target})")
+    if target == "BetaVAE":
+        check_kl_schedule(model.kl_schedule)
+        free_bits = model.free_bits
+        require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
+        require(free_bits == 0 or model.posterior == "diagonal",
+                "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)")
+
+
+def check_kl_schedule(spec: DictConfig) -> None:
+    names = ("constant", "linear", "cyclical", "capacity")
+    require(spec.name in names, f"kl_schedule.name must be one of {', '.join(names)}, got {spec.name!r}; "
+            "choose kl_schedule=<name>")
+    for key, value in spec.items():
+        if key.endswith("steps") or key.endswith("epochs") or key == "cycles":
+            require(value is None or (is_number(value) and value > 0), f"kl_schedule.{key} must be > 0, got {value!r}")
+    if spec.name == "cyclical":
+        require(is_number(spec.ratio) and 0 < spec.ratio <= 1, f"kl_schedule.ratio must be in (0, 1], got {spec.ratio!r}")
+    if spec.name == "capacity":
+        require(is_number(spec.c_max) and spec.c_max >= 0, f"kl_schedule.c_max must be ≥ 0 nats, got {spec.c_max!r}")
+        require(is_number(spec.gamma) and spec.gamma >= 0, f"kl_schedule.gamma must be ≥ 0, got {spec.gamma!r}")
+
+
 def check_trainer(trainer: DictConfig) -> None:
     epochs = trainer.get("max_epochs")
     require(epochs is None or (is_int(epochs) and (epochs >= 1 or epochs == -1)),
@@ -82,5 +126,6 @@ def check_config(cfg: DictConfig) -> None:
     require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
     check_data(cfg.data)
     check_model(cfg.model)
+    check_variant(cfg.model)
     check_trainer(cfg.trainer)
     check_ckpt_path(cfg.get("ckpt_path"))

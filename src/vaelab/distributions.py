@@ -32,9 +32,24 @@ class DiagonalGaussian:
         # Exact inside the limits (so q is what the encoder says); a guard against overflow outside.
         self.logvar = logvar.float().clamp(-LOGVAR_LIMIT, LOGVAR_LIMIT)
 
+    @staticmethod
+    def num_params(latent_dim: int) -> int:
+        return 2 * latent_dim
+
+    @classmethod
+    def from_params(cls, params: Tensor) -> "DiagonalGaussian":
+        """From the encoder's [B, 2L] output: (mu, logvar)."""
+        mu, logvar = params.chunk(2, dim=-1)
+        return cls(mu, logvar)
+
     @property
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.logvar)
+
+    def detached(self) -> "DiagonalGaussian":
+        """The same distribution with no gradient path to its parameters (for DReG and the
+        score-function estimator, which treat log q's parameters separately from the sample)."""
+        return DiagonalGaussian(self.mu.detach(), self.logvar.detach())
 
     def rsample(self, num_samples: int | None = None) -> Tensor:
         """[B, L] reparameterized sample, or [S, B, L] when ``num_samples`` is given."""
@@ -54,6 +69,72 @@ class DiagonalGaussian:
     def kl_to_standard_normal(self) -> Tensor:
         """Closed-form KL(q || N(0, I)) summed over latents, [B]."""
         return self.kl_to_standard_normal_per_dim().sum(-1)
+
+
+class FullCovGaussian:
+    """q(z|x) = N(z; mu, S S^T) with S lower triangular, positive diagonal exp(logvar / 2):
+    a full-covariance posterior through its Cholesky factor.
+
+    ``mu``, ``logvar`` [B, L]; ``offdiag`` [B, L(L-1)/2] fills S below the diagonal.
+    Reparameterization: z = mu + S eps.
+    """
+
+    def __init__(self, mu: Tensor, logvar: Tensor, offdiag: Tensor):
+        self.mu = mu.float()
+        self.logvar = logvar.float().clamp(-LOGVAR_LIMIT, LOGVAR_LIMIT)
+        batch, latent = self.mu.shape
+        rows, cols = torch.tril_indices(latent, latent, offset=-1, device=self.mu.device)
+        scale = torch.diag_embed(torch.exp(0.5 * self.logvar))
+        self.scale_tril = scale.index_put((torch.arange(batch, device=self.mu.device)[:, None], rows, cols),
+                                          offdiag.float())
+
+    @staticmethod
+    def num_params(latent_dim: int) -> int:
+        return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2
+
+    @classmethod
+    def from_params(cls, params: Tensor) -> "FullCovGaussian":
+        latent = _solve_latent_dim(params.shape[-1])
+        mu, logvar, offdiag = params.split([latent, latent, params.shape[-1] - 2 * latent], dim=-1)
+        return cls(mu, logvar, offdiag)
+
+    def detached(self) -> "FullCovGaussian":
+        copy = object.__new__(FullCovGaussian)
+        copy.mu, copy.logvar, copy.scale_tril = self.mu.detach(), self.logvar.detach(), self.scale_tril.detach()
+        return copy
+
+    def rsample(self, num_samples: int | None = None) -> Tensor:
+        shape = self.mu.shape if num_samples is None else (num_samples, *self.mu.shape)
+        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
+        return self.mu + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z|x): -0.5 * (L log 2pi + log det(S S^T) + |S^-1 (z - mu)|^2); [..., B, L] -> [..., B]."""
+        diff = (z - self.mu).unsqueeze(-1)
+        solved = torch.linalg.solve_triangular(self.scale_tril.expand(*diff.shape[:-2], -1, -1), diff, upper=False)
+        mahalanobis = solved.squeeze(-1).pow(2).sum(-1)
+        return -0.5 * (self.mu.shape[-1] * LOG_2PI + self.logvar.sum(-1) + mahalanobis)
+
+    def kl_to_standard_normal_per_dim(self) -> Tensor:
+        """KL of each latent's marginal N(mu_d, Sigma_dd) to N(0, 1), [B, L]; these do not sum to
+        the joint KL when latents are correlated (the joint adds the total correlation)."""
+        var = self.scale_tril.pow(2).sum(-1)
+        return 0.5 * (self.mu**2 + var - 1.0 - var.log())
+
+    def kl_to_standard_normal(self) -> Tensor:
+        """Closed-form KL(N(mu, Sigma) || N(0, I)) = 0.5 * (tr Sigma + mu^T mu - L - log det Sigma), [B]."""
+        trace = self.scale_tril.pow(2).sum((-2, -1))
+        return 0.5 * (trace + self.mu.pow(2).sum(-1) - self.mu.shape[-1] - self.logvar.sum(-1))
+
+
+def _solve_latent_dim(num_params: int) -> int:
+    """L with 2L + L(L-1)/2 = num_params."""
+    latent = int((-3 + math.sqrt(9 + 8 * num_params)) / 2)
+    assert FullCovGaussian.num_params(latent) == num_params, num_params
+    return latent
+
+
+POSTERIORS = {"diagonal": DiagonalGaussian, "full": FullCovGaussian}
 
 
 class StandardNormalPrior(nn.Module):

@@ -1,6 +1,7 @@
 """Encoder and decoder networks.
 
-An encoder maps images [B, C, H, W] to posterior parameters ``(mu, logvar)``, each [B, L].
+An encoder maps images [B, C, H, W] to ``num_params`` posterior parameters [B, P] (for a
+diagonal Gaussian, P = 2L: mu and logvar; the posterior family reads them).
 A decoder maps latents [..., L] to likelihood parameters [..., C, H, W] (logits or means).
 """
 
@@ -32,17 +33,16 @@ def mlp(sizes: Sequence[int], act: str) -> nn.Sequential:
 
 
 class MLPEncoder(nn.Module):
-    """Flatten -> hidden layers -> 2L outputs (mu, logvar); the AEVB/IWAE-paper encoder."""
+    """Flatten -> hidden layers -> ``num_params`` outputs; the AEVB/IWAE-paper encoder."""
 
-    def __init__(self, image_shape, latent_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+    def __init__(self, image_shape, num_params: int, hidden_dims: Sequence[int], activation: str = "tanh"):
         super().__init__()
         self.net = mlp([math.prod(image_shape), *hidden_dims], activation)
         self.act = ACTIVATIONS[activation]()
-        self.head = nn.Linear(hidden_dims[-1], 2 * latent_dim)
+        self.head = nn.Linear(hidden_dims[-1], num_params)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.act(self.net(x.flatten(1)))
-        return self.head(h).chunk(2, dim=-1)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.act(self.net(x.flatten(1))))
 
 
 class MLPDecoder(nn.Module):
@@ -63,9 +63,9 @@ def conv_output_size(size: int) -> int:
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 3x3 convolutions (one per entry of ``channels``) -> linear head to (mu, logvar)."""
+    """Stride-2 3x3 convolutions (one per entry of ``channels``) -> linear head to ``num_params``."""
 
-    def __init__(self, image_shape, latent_dim: int, channels: Sequence[int], activation: str = "relu"):
+    def __init__(self, image_shape, num_params: int, channels: Sequence[int], activation: str = "relu"):
         super().__init__()
         c, h, w = image_shape
         layers: list[nn.Module] = []
@@ -73,10 +73,10 @@ class ConvEncoder(nn.Module):
             layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
             c, h, w = c_out, conv_output_size(h), conv_output_size(w)
         self.net = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c * h * w, 2 * latent_dim)
+        self.head = nn.Linear(c * h * w, num_params)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(self.net(x)).chunk(2, dim=-1)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.net(x))
 
 
 class ConvDecoder(nn.Module):
@@ -110,13 +110,16 @@ class ConvDecoder(nn.Module):
         return out.view(*lead, *out.shape[1:])
 
 
-def build_networks(net: dict, image_shape, latent_dim: int) -> tuple[nn.Module, nn.Module]:
-    """Encoder and decoder for ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}."""
+def build_networks(net: dict, image_shape, latent_dim: int, num_params: int | None = None) -> tuple[nn.Module, nn.Module]:
+    """Encoder (to ``num_params`` outputs, default 2L) and decoder for
+    ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}."""
     kind = net["kind"]
+    num_params = num_params or 2 * latent_dim
+    widths = list(net["hidden_dims"] if kind == "mlp" else net.get("channels", []))
     if kind == "mlp":
-        args = (image_shape, latent_dim, list(net["hidden_dims"]), net["activation"])
-        return MLPEncoder(*args), MLPDecoder(*args)
+        return (MLPEncoder(image_shape, num_params, widths, net["activation"]),
+                MLPDecoder(image_shape, latent_dim, widths, net["activation"]))
     if kind == "conv":
-        args = (image_shape, latent_dim, list(net["channels"]), net["activation"])
-        return ConvEncoder(*args), ConvDecoder(*args)
+        return (ConvEncoder(image_shape, num_params, widths, net["activation"]),
+                ConvDecoder(image_shape, latent_dim, widths, net["activation"]))
     raise ValueError(f"unknown net kind {kind!r}: use net=mlp or net=conv")

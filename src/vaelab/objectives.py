@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 
@@ -17,6 +18,12 @@ def elbo(log_px_given_z: Tensor, kl: Tensor) -> Tensor:
 def beta_vae_loss(log_px_given_z: Tensor, kl: Tensor, beta: float) -> Tensor:
     """-E_q[log p(x|z)] + beta * KL, averaged over the batch; beta = 1 is the negative ELBO."""
     return (-log_px_given_z + beta * kl).mean()
+
+
+def iwae_bound(log_w: Tensor) -> Tensor:
+    """L_k = log (1/k) sum_k w_k from log-weights [k, B], with logsumexp; [B] (IWAE eq. 8).
+    k = 1 is the single-sample ELBO; L_k rises with k towards log p(x)."""
+    return torch.logsumexp(log_w, dim=0) - math.log(log_w.shape[0])
 
 
 def bits_per_dim(nats: Tensor, num_dims: int, offset_nats_per_dim: float = 0.0) -> Tensor:

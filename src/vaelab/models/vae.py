@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.distributions import DiagonalGaussian, StandardNormalPrior, build_likelihood
+from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
 from vaelab.nets import build_networks
 
 
@@ -48,6 +48,11 @@ class WeightedSums:
 
 
 class VAE(L.LightningModule):
+    """Gaussian VAE. ``posterior``: ``diagonal`` or ``full`` (Cholesky-factored covariance).
+    ``estimator``: the encoder's gradient, ``reparam`` (pathwise) or ``score_function``
+    (likelihood ratio with a moving-average baseline, decay ``baseline_decay``).
+    ``test_k`` > 0 also reports the k-sample importance-weighted bound at test time."""
+
     def __init__(
         self,
         image_shape: list[int],
@@ -57,35 +62,77 @@ class VAE(L.LightningModule):
         optimizer: dict,
         scheduler: dict | None = None,
         beta: float = 1.0,
+        posterior: str = "diagonal",
+        estimator: str = "reparam",
+        baseline_decay: float = 0.99,
+        test_k: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.image_shape = tuple(image_shape)
         self.num_dims = math.prod(image_shape)
         self.beta = beta
-        self.encoder, self.decoder = build_networks(net, image_shape, latent_dim)
+        self.estimator = estimator
+        self.baseline_decay = baseline_decay
+        self.test_k = test_k
+        self.posterior_family = POSTERIORS[posterior]
+        num_params = self.posterior_family.num_params(latent_dim)
+        self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, num_params)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         self.prior = StandardNormalPrior(latent_dim)
+        # The score-function control variate: a running mean of log p(x|z).
+        self.register_buffer("baseline", torch.zeros(()))
 
     # ---- the model -------------------------------------------------------------------
-    def posterior(self, x: Tensor) -> DiagonalGaussian:
+    def posterior(self, x: Tensor):
         """q(z|x) for images x [B, C, H, W]."""
-        mu, logvar = self.encoder(x)
-        return DiagonalGaussian(mu, logvar)
+        return self.posterior_family.from_params(self.encoder(x))
 
     def terms(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-example [B] terms of one reparameterized pass: log p(x|z), KL, ELBO."""
+        """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L]."""
         q = self.posterior(x)
-        z = q.rsample()
-        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        if self.estimator == "score_function" and self.training:
+            z = q.rsample().detach()  # no pathwise gradient: the encoder learns through log q
+            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+            log_px_given_z = log_px_given_z + self.score_function_term(log_px_given_z.detach(), q.log_prob(z))
+        else:
+            z = q.rsample()
+            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        kl_per_dim = q.kl_to_standard_normal_per_dim()
         kl = q.kl_to_standard_normal()
-        return {"log_px_given_z": log_px_given_z, "kl": kl, "elbo": objectives.elbo(log_px_given_z, kl)}
+        return {"log_px_given_z": log_px_given_z, "kl": kl, "kl_per_dim": kl_per_dim,
+                "elbo": objectives.elbo(log_px_given_z, kl)}
+
+    def score_function_term(self, f: Tensor, log_q: Tensor) -> Tensor:
+        """Zero in value; its gradient is (f - b) * grad log q(z|x), the likelihood-ratio
+        estimator of grad E_q[f] with baseline b (seeds: the REINFORCE / score-function gradient)."""
+        surrogate = (f - self.baseline) * log_q
+        with torch.no_grad():
+            self.baseline.lerp_(f.mean(), 1 - self.baseline_decay)
+        return surrogate - surrogate.detach()
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         """The terms plus ``loss``, the scalar that is minimised (here -ELBO with weight beta)."""
         terms = self.terms(x)
         terms["loss"] = objectives.beta_vae_loss(terms["log_px_given_z"], terms["kl"], self.beta)
         return terms
+
+    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+        """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); [k, B]."""
+        q = self.posterior(x)
+        z = q.rsample(num_samples)
+        return self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - q.log_prob(z)
+
+    @torch.no_grad()
+    def iwae_bound(self, x: Tensor, k: int, chunk: int = 100) -> Tensor:
+        """The k-sample bound log (1/k) sum_k w_k per example [B], sampled ``chunk`` at a time so
+        memory stays bounded; tends to log p(x) as k grows (Burda et al. 2016)."""
+        q = self.posterior(x)
+        log_w = []
+        for start in range(0, k, chunk):
+            z = q.rsample(min(chunk, k - start))
+            log_w.append(self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - q.log_prob(z))
+        return objectives.iwae_bound(torch.cat(log_w))
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -146,6 +193,8 @@ class VAE(L.LightningModule):
     def _eval_step(self, batch, stage: str) -> None:
         x, _ = batch
         _, metrics = self.step_metrics(x)
+        if stage == "test" and self.test_k:
+            metrics["iwae_bound"] = self.iwae_bound(x, self.test_k).mean()
         self.log_dict({f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
                       on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
 
