@@ -54,3 +54,17 @@ def test_wandb_offline_without_a_key(tmp_path):
     (offline,) = (run / "wandb").glob("offline-run-*")
     assert list(offline.glob("run-*.wandb"))
     assert "wandb sync" in result.stdout + result.stderr
+
+
+def test_multirun_runs_every_job_in_its_own_folder(tmp_path):
+    result = run_cli(["-m", "model=beta_vae", "model.beta=1,4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    betas = []
+    for job in ("0", "1"):
+        metrics = json.loads((sweep / job / "test_metrics.json").read_text())
+        config = (sweep / job / "config.yaml").read_text()
+        betas.append([line for line in config.splitlines() if line.strip().startswith("beta:")][0].split()[-1])
+        assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + float(betas[-1]) * metrics["test/kl"], rel=1e-4)
+    assert [float(b) for b in betas] == [1.0, 4.0]

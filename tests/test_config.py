@@ -11,7 +11,8 @@ from vaelab.errors import UserError
 from vaelab.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["data", "model", "net", "size", "likelihood", "trainer", "logger", "callbacks", "debug", "experiment"]
+GROUPS = ["data", "model", "net", "size", "likelihood", "kl_schedule", "trainer", "logger", "callbacks", "debug",
+          "experiment"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
@@ -20,7 +21,14 @@ MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI sub
 
 
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
-    if group == "experiment" or (group, option) == ("data", "binarized_mnist"):
+    if group == "kl_schedule":
+        return ["model=beta_vae"]  # the schedules belong to the beta-VAE
+    if group == "experiment":
+        # The IWAE-paper experiments evaluate with k = 5000 on the test split: cut for the test.
+        extra = ["model.test_k=5"] if option.startswith("iwae_paper") else []
+        return [f"data.path={files['binarized_mnist']}", *extra] if "path" in compose_config(
+            [f"experiment={option}"], "/tmp/unused").data else extra
+    if (group, option) == ("data", "binarized_mnist"):
         return [f"data.path={files['binarized_mnist']}"]
     if (group, option) == ("data", "mnist"):
         return [f"data.root={files['torchvision']}", "data.download=false", "data.val_size=20", "data.batch_size=20"]
@@ -130,6 +138,20 @@ BAD_VALUES = [
     (["ckpt_path=/nonexistent/model.ckpt"], "ckpt_path=/nonexistent/model.ckpt does not exist"),
     (["ckpt_path=last"], "ckpt_path=last but"),
     (["seed=abc"], "seed must be an integer"),
+    (["model=iwae", "model.k=0"], "model.k must be a whole number ≥ 1"),
+    (["model=iwae", "model.k_eval=0"], "model.k_eval must be a whole number ≥ 1"),
+    (["model.estimator=reinforce"], "model.estimator must be reparam or score_function"),
+    (["model=iwae", "model.estimator=score_function"], "model=iwae trains with reparameterized gradients"),
+    (["+model.dreg=true"], "model.dreg belongs to the IWAE bound; use model=iwae"),
+    (["model.posterior=flow"], "model.posterior must be diagonal or full"),
+    (["model.baseline_decay=1.5"], "model.baseline_decay must be in [0, 1)"),
+    (["model=beta_vae", "kl_schedule.name=sigmoid"], "kl_schedule.name must be one of"),
+    (["model=beta_vae", "kl_schedule=capacity", "kl_schedule.c_max=-1"], "kl_schedule.c_max must be ≥ 0 nats"),
+    (["model=beta_vae", "kl_schedule=cyclical", "kl_schedule.ratio=0"], "kl_schedule.ratio must be in (0, 1]"),
+    (["model=beta_vae", "kl_schedule=linear", "kl_schedule.warmup_epochs=0"], "kl_schedule.warmup_epochs must be > 0"),
+    (["model=beta_vae", "model.free_bits=-0.5"], "model.free_bits must be ≥ 0 nats"),
+    (["model=beta_vae", "model.free_bits=0.5", "model.posterior=full"], "model.free_bits needs model.posterior=diagonal"),
+    (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
 ]
 
 

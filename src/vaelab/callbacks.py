@@ -42,3 +42,24 @@ def log_image(trainer: L.Trainer, key: str, grid: torch.Tensor, step: int) -> No
             logger.log_image(key=key, images=[grid], step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, grid, step)
+
+
+class EncoderGradientVariance(L.Callback):
+    """Every ``every_n_epochs`` training epochs, the variance of the encoder's gradient estimate
+    over ``num_draws`` draws on a fixed training batch, logged as ``diag/encoder_grad_variance``
+    (and ``diag/encoder_grad_snr``); ``num_draws: 0`` turns it off. Compares gradient estimators
+    (``model.estimator``) on the same model."""
+
+    def __init__(self, num_draws: int = 0, batch_size: int = 100, every_n_epochs: int = 1):
+        self.num_draws, self.batch_size, self.every_n_epochs = num_draws, batch_size, every_n_epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.num_draws or trainer.current_epoch % self.every_n_epochs:
+            return
+        from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
+
+        train = trainer.datamodule.splits["train"]
+        x = (train.images[: self.batch_size].float() / train.levels).to(pl_module.device)
+        stats = gradient_variance(encoder_gradient_samples(pl_module, x, self.num_draws))
+        pl_module.log_dict({"diag/encoder_grad_variance": stats["grad_variance"],
+                            "diag/encoder_grad_snr": stats["snr"]}, on_epoch=True)
