@@ -81,6 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()  # a missing or corrupt data set fails here, before anything is built
     model = instantiate_plain(cfg.model)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg), _convert_="all"
     )

@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+import vaelab
 from vaelab import objectives
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
 from vaelab.nets import build_networks
@@ -124,15 +125,25 @@ class VAE(L.LightningModule):
         return self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
-    def iwae_bound(self, x: Tensor, k: int, chunk: int = 100) -> Tensor:
-        """The k-sample bound log (1/k) sum_k w_k per example [B], sampled ``chunk`` at a time so
-        memory stays bounded; tends to log p(x) as k grows (Burda et al. 2016)."""
+    def importance_sampling(self, x: Tensor, k: int, chunk: int = 100) -> tuple[Tensor, Tensor]:
+        """Per example [B]: the k-sample bound L_k = log (1/k) sum_k w_k (Burda et al. 2016), which
+        tends to log p(x) as k grows, and the mean of log p(x|z_k) over the same samples (for a
+        low-variance ELBO). Samples are drawn ``chunk`` at a time and folded into a running
+        logsumexp, so memory is bounded by ``chunk``, not ``k``."""
         q = self.posterior(x)
-        log_w = []
+        log_sum_w = torch.full((x.shape[0],), -math.inf, device=x.device)
+        sum_log_px = torch.zeros(x.shape[0], device=x.device)
         for start in range(0, k, chunk):
             z = q.rsample(min(chunk, k - start))
-            log_w.append(self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - q.log_prob(z))
-        return objectives.iwae_bound(torch.cat(log_w))
+            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+            log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
+            log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
+            sum_log_px += log_px_given_z.sum(0)
+        return log_sum_w - math.log(k), sum_log_px / k
+
+    def iwae_bound(self, x: Tensor, k: int, chunk: int = 100) -> Tensor:
+        """L_k per example [B]; see ``importance_sampling``."""
+        return self.importance_sampling(x, k, chunk)[0]
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
@@ -203,6 +214,11 @@ class VAE(L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The run's resolved config travels with the weights, so eval.py can rebuild the data set
+        and check that a file is one of ours."""
+        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None)}
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

@@ -1,0 +1,142 @@
+"""Evaluation entry point: ``python eval.py ckpt_path=PATH`` or ``vaelab-eval``.
+
+Loads a checkpoint with the config it was trained with, measures the split (see
+``vaelab.evaluate``), writes ``metrics.json`` and pictures into a new eval folder, sends them to
+the configured loggers and prints a one-screen summary."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import save_image
+
+from vaelab import pictures
+from vaelab.checks import is_int, require
+from vaelab.errors import UserError
+from vaelab.evaluate import evaluate_split
+from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
+
+
+def load_checkpoint(path: str) -> dict:
+    """A vaelab checkpoint as a dict; a one-line error for anything else."""
+    file = Path(path)
+    require(file.is_file(), f"ckpt_path={path} does not exist; give the path of a .ckpt file from a run's checkpoints/")
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
+                        "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)") from None
+    except Exception as e:  # unpickling arbitrary bytes raises many kinds
+        raise UserError(f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py") from None
+    require(isinstance(checkpoint, dict) and "vaelab" in checkpoint and "state_dict" in checkpoint,
+            f"{path} is not a vaelab checkpoint (it has no vaelab run config); give a .ckpt written by train.py")
+    return checkpoint
+
+
+def build_model(checkpoint: dict):
+    config = checkpoint["vaelab"]["config"]
+    cls = hydra.utils.get_class(config["model"]["_target_"])
+    model = cls(**checkpoint["hyper_parameters"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint's weights do not fit its model ({str(e).splitlines()[0][:100]}); "
+                        "it was written by another version of vaelab") from None
+    return model
+
+
+def build_data(checkpoint: dict, cfg: DictConfig, model):
+    data_cfg = OmegaConf.create(checkpoint["vaelab"]["config"]["data"])
+    for key, value in cfg.data.items():
+        if value is not None:
+            data_cfg[key] = value
+    datamodule = instantiate_plain(data_cfg)
+    datamodule.prepare()
+    require(tuple(datamodule.image_shape) == tuple(model.image_shape),
+            f"the data has images of shape {list(datamodule.image_shape)} but the checkpoint's model takes "
+            f"{list(model.image_shape)}; evaluate on data of the model's shape")
+    return datamodule
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    require(not OmegaConf.is_missing(cfg, "ckpt_path"), "no checkpoint given; run python eval.py ckpt_path=PATH")
+    for key in ("k", "chunk", "batch_size", "num_images"):
+        require(is_int(cfg[key]) and cfg[key] >= 1, f"{key} must be a whole number ≥ 1, got {cfg[key]!r}")
+    require(cfg.split in ("test", "val"), f"split must be test or val, got {cfg.split!r}")
+    require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    require(cfg.device != "cuda" or torch.cuda.is_available(), "device=cuda but no GPU is visible; use device=cpu")
+
+
+def evaluate_checkpoint(cfg: DictConfig) -> dict:
+    """Everything ``eval.py`` does; returns the metrics written to metrics.json."""
+    check_eval_config(cfg)
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    model = build_model(checkpoint)
+    datamodule = build_data(checkpoint, cfg, model)
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    model.to(device).eval()
+    split = datamodule.fixed_eval_split(cfg.split)
+    results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed)
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
+    metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if cfg.pictures:
+        draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
+    loggers = build_loggers(cfg)
+    for logger in loggers:
+        logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+        logger.finalize("success")
+    print(summary(metrics, out))
+    return metrics
+
+
+def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed: int) -> None:
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    n = min(num_images, len(split))
+    x = split.images[:n].float() / split.levels
+    half = max(1, min(8, n // 2))
+    images = {
+        "samples": pictures.samples(model, num_images, seed),
+        "reconstructions": pictures.reconstructions(model, x[: max(1, n // 2)]),
+        "interpolation_linear": pictures.interpolations(model, x[:half], x[half:2 * half]),
+        "interpolation_spherical": pictures.interpolations(model, x[:half], x[half:2 * half], spherical=True),
+        "traversals": pictures.traversals(model, x, results["kl_per_dim"]),
+    }
+    if results["latent_dim"] == 2:
+        images["manifold"] = pictures.manifold(model)
+    for name, image in images.items():
+        save_image(image, folder / f"{name}.png")
+    pictures.latent_map(results["posterior_means"], split.labels, folder / "latent_map.png")
+
+
+def summary(m: dict, out: Path) -> str:
+    return "\n".join([
+        f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
+        f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)",
+        f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
+        f"  active units:   {m['active_units']} of {m['latent_dim']}",
+        f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
+        f"  written to:     {out}",
+    ])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    try:
+        evaluate_checkpoint(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

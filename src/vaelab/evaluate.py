@@ -1,0 +1,85 @@
+"""What researchers compare, computed over a whole split: importance-sampled log-likelihood,
+ELBO and its terms, KL per latent dimension, active units, reconstruction quality."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from vaelab.data.in_memory import Split
+from vaelab.objectives import bits_per_dim
+
+ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
+
+
+def ssim_sigma(height: int, width: int) -> float:
+    """The usual Gaussian window (sigma 1.5, 11x11), narrowed for images smaller than 11 pixels
+    (such as 8x8 digits): torchmetrics sizes the window as 2 * int(3.5 sigma + 0.5) + 1."""
+    side = min(height, width)
+    if side >= 11:
+        return 1.5
+    half = (side - 1) // 2  # the widest window that fits is 2 * half + 1
+    return max(half - 0.5, 0.1) / 3.5
+
+
+@torch.no_grad()
+def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_size: int = 100,
+                   seed: int = 0) -> dict:
+    """Metrics of ``model`` on every example of ``split`` (already binarized if it should be).
+
+    Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
+    the tensors they come from. ``nll`` is -L_k, the k-sample importance-weighted estimate of
+    -log p(x); ``elbo`` averages log p(x|z) over the same k samples and subtracts the closed-form
+    KL. Reproducible for a given ``seed``."""
+    model.eval()
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    _, height, width = split.images.shape[1:]
+    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
+    nll, elbo, recon, kl, squared_error, means, kl_dims = [], [], [], [], [], [], []
+    for start in range(0, len(split), batch_size):
+        x = (split.images[start:start + batch_size].float() / split.levels).to(device)
+        q = model.posterior(x)
+        bound, log_px_given_z = model.importance_sampling(x, k, chunk)
+        kl_x = q.kl_to_standard_normal()
+        nll.append(-bound)
+        elbo.append(log_px_given_z - kl_x)
+        recon.append(-log_px_given_z)
+        kl.append(kl_x)
+        kl_dims.append(q.kl_to_standard_normal_per_dim())
+        means.append(q.mu)
+        x_hat = model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1)
+        squared_error.append((x_hat - x).pow(2).flatten(1).mean(1))
+        psnr.update(x_hat, x)
+        ssim.update(x_hat, x)
+    per_example = {name: torch.cat(values) for name, values in
+                   (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl), ("mse", squared_error))}
+    means = torch.cat(means)
+    kl_per_dim = torch.cat(kl_dims).mean(0)
+    activity = means.var(0)  # Cov_x(E_q[z_u]) per unit u
+    dims = math.prod(split.images.shape[1:])
+    offset = model.likelihood.bpd_offset_nats_per_dim
+    nll_mean = per_example["nll"].mean().item()
+    return {
+        "num_examples": len(split),
+        "k": k,
+        "nll": nll_mean,
+        "nll_stderr": (per_example["nll"].std() / math.sqrt(len(split))).item(),
+        "bpd": bits_per_dim(torch.tensor(nll_mean), dims, offset).item(),
+        "elbo": per_example["elbo"].mean().item(),
+        "recon": per_example["recon"].mean().item(),
+        "kl": per_example["kl"].mean().item(),
+        "kl_per_dim": kl_per_dim.tolist(),
+        "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
+        "latent_dim": means.shape[1],
+        "unit_activity": activity.tolist(),
+        "mse": per_example["mse"].mean().item(),
+        "psnr": psnr.compute().item(),
+        "ssim": ssim.compute().item(),
+        "per_example": per_example,
+        "posterior_means": means.cpu(),
+    }

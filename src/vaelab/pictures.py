@@ -1,0 +1,105 @@
+"""Pictures of a trained model: samples, reconstructions, interpolations, latent traversals,
+the posterior map of a data set and, for 2-D latents, the decoded manifold. Each function
+returns image grids ([3, H, W] in [0, 1]) or writes a PNG, and draws nothing at random
+except from the generator it is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+
+def grid(images: Tensor, nrow: int) -> Tensor:
+    return make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow, pad_value=0.5)
+
+
+@torch.no_grad()
+def decode(model, z: Tensor) -> Tensor:
+    return model.likelihood.mean(model.decoder(z.to(model.device)))
+
+
+@torch.no_grad()
+def samples(model, num: int = 64, seed: int = 0) -> Tensor:
+    return grid(model.sample(num, generator=torch.Generator().manual_seed(seed)), nrow=8)
+
+
+@torch.no_grad()
+def reconstructions(model, x: Tensor) -> Tensor:
+    """Each input beside its reconstruction (at the posterior mean)."""
+    pairs = torch.stack([x.to(model.device), model.reconstruct(x.to(model.device))], dim=1).flatten(0, 1)
+    return grid(pairs, nrow=8)
+
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation between rows of a and b ([N, L]) at fractions t ([T]); [N, T, L]."""
+    a_n, b_n = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
+    omega = torch.acos((a_n * b_n).sum(-1).clamp(-1 + 1e-7, 1 - 1e-7))[:, None, None]
+    t = t[None, :, None]
+    return (torch.sin((1 - t) * omega) * a[:, None] + torch.sin(t * omega) * b[:, None]) / torch.sin(omega)
+
+
+@torch.no_grad()
+def interpolations(model, x_a: Tensor, x_b: Tensor, steps: int = 10, spherical: bool = False) -> Tensor:
+    """One row per pair (x_a[i], x_b[i]): decoded points between their posterior means."""
+    mu_a, mu_b = model.posterior(x_a.to(model.device)).mu, model.posterior(x_b.to(model.device)).mu
+    t = torch.linspace(0, 1, steps, device=mu_a.device)
+    if spherical:
+        z = slerp(mu_a, mu_b, t)
+    else:
+        z = mu_a[:, None] + t[None, :, None] * (mu_b - mu_a)[:, None]
+    return grid(decode(model, z.flatten(0, 1)), nrow=steps)
+
+
+@torch.no_grad()
+def traversals(model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11,
+               limit: float = 3.0) -> Tensor:
+    """Rows: the ``num_dims`` latents with the highest KL (most informative first), each swept
+    from -limit to limit while the others stay at the posterior mean of ``x`` (one image)."""
+    order = torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims]
+    base = model.posterior(x[:1].to(model.device)).mu[0]
+    values = torch.linspace(-limit, limit, steps, device=base.device)
+    z = base.repeat(len(order), steps, 1)
+    for row, dim in enumerate(order.tolist()):
+        z[row, :, dim] = values
+    return grid(decode(model, z.flatten(0, 1)), nrow=steps)
+
+
+@torch.no_grad()
+def manifold(model, steps: int = 15) -> Tensor:
+    """For a 2-D latent: images decoded on a grid of prior quantiles (AEVB paper, fig. 4)."""
+    u = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps)
+    z1, z2 = torch.meshgrid(torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u),
+                            indexing="ij")
+    return grid(decode(model, torch.stack([z2, -z1], -1).flatten(0, 1)), nrow=steps)
+
+
+def latent_map(means: Tensor, labels: Tensor, path: Path) -> None:
+    """Scatter of posterior means coloured by label; the first two principal components when the
+    latent is not 2-D."""
+    z = means.float()
+    if z.shape[1] != 2:
+        centred = z - z.mean(0)
+        _, s, v = torch.linalg.svd(centred, full_matrices=False)
+        z = centred @ v[:2].T
+        explained = (s[:2] ** 2 / (s**2).sum()).tolist()
+        xlabel, ylabel = (f"PC{i + 1} ({explained[i]:.0%} of variance)" for i in range(2))
+    else:
+        xlabel, ylabel = "z1", "z2"
+    fig, ax = plt.subplots(figsize=(6, 5))
+    labelled = labels >= 0
+    if labelled.any():
+        points = ax.scatter(z[labelled, 0], z[labelled, 1], c=labels[labelled], cmap="tab10", s=4, alpha=0.7)
+        fig.colorbar(points, ax=ax, label="label")
+    if (~labelled).any():
+        ax.scatter(z[~labelled, 0], z[~labelled, 1], c="grey", s=4, alpha=0.5)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title="posterior means of the evaluation split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,179 @@
+"""eval.py, the evaluation metrics, pictures and the multirun report."""
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from conftest import run_cli
+from test_variants import S, exact_log_px, linear_gaussian
+from vaelab.config import compose_config
+from vaelab.data import Split
+from vaelab.errors import UserError
+from vaelab.eval import evaluate_checkpoint
+from vaelab.evaluate import evaluate_split
+from vaelab.models import VAE
+from vaelab.pictures import slerp, traversals
+from vaelab.report import main as report_main
+from vaelab.train import train
+
+QUICK = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "data=synthetic"]
+
+
+def reasonable_posterior(model):
+    """q = N(0.7 x, 0.5 I): near the true posterior N(0.8 x, 0.2 I) but not it, and wider, as a
+    trained encoder's proposal would be."""
+    with torch.no_grad():
+        linear = model.encoder[1]
+        linear.weight.zero_()
+        linear.weight[:2].copy_(0.7 * torch.eye(2))
+        linear.bias.zero_()
+        linear.bias[2:] = math.log(0.5)
+    return model
+
+
+def test_importance_sampled_likelihood_converges_to_the_exact_value():
+    torch.manual_seed(0)
+    model = reasonable_posterior(linear_gaussian())
+    x = torch.randn(400, 1, 1, 2)
+    exact = exact_log_px(x)
+    errors = {k: (model.iwae_bound(x, k, chunk=250) - exact).abs().mean().item() for k in (1, 100, 5000)}
+    assert errors[5000] < errors[100] < errors[1]
+    assert errors[5000] < 0.02
+
+
+def test_chunking_bounds_memory_without_changing_the_estimate():
+    torch.manual_seed(0)
+    model = reasonable_posterior(linear_gaussian())
+    x = torch.randn(300, 1, 1, 2)
+    one_chunk = model.iwae_bound(x, 2000, chunk=2000)
+    many_chunks = model.iwae_bound(x, 2000, chunk=7)  # 286 chunks folded by a running logsumexp
+    # Two independent estimates: they agree on average, and per example up to Monte Carlo error.
+    assert abs((one_chunk - many_chunks).mean()) < 0.01
+    assert (one_chunk - many_chunks).abs().mean() < 0.05
+    assert (one_chunk - exact_log_px(x)).abs().mean() < 0.05
+
+
+class HalfIgnoringEncoder(torch.nn.Module):
+    """Posterior means use the image for latents 0 and 1 only; latents 2 and 3 are constant."""
+
+    def forward(self, x):
+        pixels = x.flatten(1)
+        mu = torch.stack([pixels[:, :8].sum(1), pixels[:, 8:].sum(1), torch.zeros(len(x)), torch.zeros(len(x))], 1)
+        return torch.cat([mu, torch.full_like(mu, -2.0)], 1)
+
+
+def binary_split(n=200, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = (torch.rand(n, 1, 4, 4, generator=g) < 0.5).to(torch.uint8)
+    return Split(images, torch.randint(0, 3, (n,), generator=g), levels=1)
+
+
+def test_active_units_count_the_latents_the_encoder_uses():
+    model = VAE([1, 4, 4], 4, {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"}, {"name": "bernoulli"},
+                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    model.encoder = HalfIgnoringEncoder()
+    results = evaluate_split(model, binary_split(), k=10, chunk=5, batch_size=64)
+    assert results["active_units"] == 2
+    assert results["unit_activity"][2] == results["unit_activity"][3] == 0.0
+
+
+def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
+    torch.manual_seed(0)
+    model = VAE([1, 4, 4], 3, {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"}, {"name": "bernoulli"},
+                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    split = binary_split()
+    a = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
+    b = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
+    assert a["nll"] == b["nll"] and a["elbo"] == b["elbo"]
+    assert a["nll"] <= -a["elbo"]
+    assert a["bpd"] == pytest.approx(a["nll"] / (16 * math.log(2)))
+    assert a["nll_stderr"] == pytest.approx(a["per_example"]["nll"].std().item() / math.sqrt(200))
+
+
+def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
+    metrics = train(compose_config(QUICK, tmp_path / "run"))
+    cfg = compose_config([f"ckpt_path={tmp_path}/run/checkpoints/best.ckpt", "k=500", "chunk=250"], tmp_path / "eval",
+                         config_name="eval")
+    results = evaluate_checkpoint(cfg)
+    # The logged test ELBO is a one-sample estimate per example; measure its spread and compare.
+    from vaelab.eval import build_data, build_model, load_checkpoint
+
+    checkpoint = load_checkpoint(cfg.ckpt_path)
+    model = build_model(checkpoint).eval()
+    split = build_data(checkpoint, cfg, model).fixed_eval_split("test")
+    x = split.images.float() / split.levels
+    with torch.no_grad():
+        one_sample = torch.stack([model.terms(x)["elbo"].mean() for _ in range(50)])
+    assert abs(results["elbo"] - metrics["test/elbo"]) < 5 * one_sample.std().item() + 1e-3
+    assert results["nll"] <= -results["elbo"]
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["nll"] == pytest.approx(results["nll"]) and saved["k"] == 500
+    for name in ("samples", "reconstructions", "interpolation_linear", "interpolation_spherical", "traversals",
+                 "latent_map"):
+        assert (tmp_path / "eval" / "images" / f"{name}.png").is_file()
+
+
+def test_eval_bad_inputs(tmp_path):
+    def run(*overrides):
+        return evaluate_checkpoint(compose_config(list(overrides), tmp_path / "eval", config_name="eval"))
+
+    with pytest.raises(UserError, match="no checkpoint given; run python eval.py ckpt_path=PATH"):
+        run()
+    with pytest.raises(UserError, match="does not exist"):
+        run("ckpt_path=/nonexistent.ckpt")
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    with pytest.raises(UserError, match="not a (readable|PyTorch) checkpoint"):
+        run(f"ckpt_path={tmp_path}/notes.ckpt")
+    torch.save({"state_dict": {}, "epoch": 3}, tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match="is not a vaelab checkpoint"):
+        run(f"ckpt_path={tmp_path}/foreign.ckpt")
+    train(compose_config(QUICK, tmp_path / "run"))
+    best = tmp_path / "run" / "checkpoints" / "best.ckpt"
+    data = best.read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="is not a readable checkpoint"):
+        run(f"ckpt_path={tmp_path}/cut.ckpt")
+    with pytest.raises(UserError, match="k must be a whole number ≥ 1"):
+        run(f"ckpt_path={best}", "k=0")
+    with pytest.raises(UserError, match=r"the data has images of shape \[1, 4, 4\] but the checkpoint's model takes \[1, 8, 8\]"):
+        run(f"ckpt_path={best}", "data.image_shape=[1,4,4]")
+
+
+def test_slerp_and_traversals():
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    path = slerp(a, b, torch.linspace(0, 1, 4))
+    torch.testing.assert_close(path[:, 0], a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(path[:, -1], b, atol=1e-5, rtol=0)
+    model = linear_gaussian(latent=3)
+    model.decoder = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Unflatten(-1, (1, 4, 4)))
+    image = traversals(model, torch.zeros(1, 1, 1, 3), kl_per_dim=[0.1, 2.0, 1.0], num_dims=2, steps=5)
+    assert image.shape[0] == 3 and image.shape[1] == 2 * 4 + 3 * 2  # two rows of 4-pixel images, padding 2
+
+
+def test_report_tables_and_plots_a_sweep(tmp_path):
+    for job, beta in enumerate([1, 4, 16]):
+        run = tmp_path / "sweep" / str(job)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model.beta={beta}", "model=beta_vae"]))
+        (run / "test_metrics.json").write_text(json.dumps({"test/elbo": -20.0 - beta, "ckpt_path": "x"}))
+    report_main([str(tmp_path / "sweep"), "--metric", "test/elbo", "--against", "model.beta"])
+    lines = (tmp_path / "sweep" / "report.md").read_text().splitlines()
+    assert lines[0] == "| run | model | model.beta | test/elbo |" and len(lines) == 5
+    assert "| 16 | -36 |" in lines[4]
+    assert (tmp_path / "sweep" / "test_elbo_vs_model.beta.png").stat().st_size > 1000
+    with pytest.raises(SystemExit, match="no run has both"):
+        report_main([str(tmp_path / "sweep"), "--metric", "test/nll", "--against", "model.beta"])
+
+
+@pytest.mark.slow
+def test_eval_cli_prints_the_summary(tmp_path):
+    train(compose_config(QUICK, tmp_path / "run"))
+    result = run_cli([f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=20", "pictures=false"], cwd=tmp_path,
+                     script="eval.py")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "NLL (k=20)" in result.stdout and "active units" in result.stdout
+    (folder,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
+    assert json.loads((folder / "metrics.json").read_text())["k"] == 20
