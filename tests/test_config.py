@@ -152,7 +152,16 @@ BAD_VALUES = [
     (["model=beta_vae", "model.free_bits=-0.5"], "model.free_bits must be ≥ 0 nats"),
     (["model=beta_vae", "model.free_bits=0.5", "model.posterior=full"], "model.free_bits needs model.posterior=diagonal"),
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
+    (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
+    (["nonfinite=maybe"], "nonfinite must be stop or skip"),
 ]
+
+
+def test_an_unknown_key_is_refused_by_hydra_naming_it(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="Could not override 'model.latent_size'"):
+        compose_config(["model.latent_size=3"], tmp_path)
 
 
 @pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])

@@ -206,3 +206,16 @@ def test_declared_shape_must_match_the_data():
     dm2 = DigitsDataModule(image_shape=[1, 28, 28])
     with pytest.raises(UserError, match=r"have shape \[1, 8, 8\] but the config says data.image_shape=\[1, 28, 28\]"):
         dm2.prepare()
+
+
+def test_npz_without_the_expected_arrays(tmp_path):
+    np.savez(tmp_path / "other.npz", images=np.zeros((3, 98), dtype=np.uint8))
+    dm = BinarizedMNISTDataModule(path=str(tmp_path / "other.npz"), image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match="has no array 'train': expected keys train, valid, test"):
+        dm.prepare()
+
+
+def test_image_folder_that_does_not_exist(tmp_path):
+    dm = ImageFolderDataModule(path=str(tmp_path / "missing"), image_shape=[3, 8, 8])
+    with pytest.raises(UserError, match="is not a folder; point it at a folder of images"):
+        dm.prepare()

@@ -124,6 +124,7 @@ def check_ckpt_path(ckpt_path) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Every check of a training config; raises the first ``UserError`` found."""
     require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
     check_data(cfg.data)
     check_model(cfg.model)
     check_variant(cfg.model)

@@ -6,6 +6,7 @@ call it with a config composed by Hydra's compose API.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import sys
@@ -13,11 +14,15 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+
+import vaelab
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checks import check_config
 from vaelab.errors import UserError
+from vaelab.reliability import AtomicCheckpointIO, FiniteGradients, PreemptionCheckpoint, TrainingStopped
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -37,6 +42,19 @@ def wandb_has_credentials() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
+def continue_csv_log(logger: CSVLogger) -> None:
+    """A resumed run appends to the run's metrics.csv. Lightning's writer deletes an existing
+    file when it starts and knows none of its columns, so the file is read first, put back, and
+    its columns handed to the writer."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    earlier = path.read_text() if path.is_file() else None
+    writer = logger.experiment  # created here: this is where Lightning removes the file
+    if earlier:
+        path.write_text(earlier)
+        header = next(csv.reader(earlier.splitlines()), [])
+        writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
+
+
 def build_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
@@ -45,7 +63,10 @@ def build_loggers(cfg: DictConfig) -> list:
             node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
             if node.offline:
                 rank_zero_info(f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`")
-        loggers.append(hydra.utils.instantiate(node, _convert_="all"))
+        logger = hydra.utils.instantiate(node, _convert_="all")
+        if isinstance(logger, CSVLogger) and cfg.get("ckpt_path"):
+            continue_csv_log(logger)
+        loggers.append(logger)
     return loggers
 
 
@@ -71,6 +92,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return ckpt
 
 
+def check_resume_checkpoint(path: str, config: dict) -> None:
+    """The checkpoint must come from the same model as the one configured, with epochs left."""
+    from vaelab.eval import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["vaelab"]
+    max_epochs = config["trainer"].get("max_epochs")
+    if max_epochs not in (None, -1) and checkpoint.get("epoch", 0) >= max_epochs:
+        raise UserError(f"{path} is at epoch {checkpoint['epoch']} and trainer.max_epochs={max_epochs}: nothing is "
+                        "left to train; raise trainer.max_epochs")
+    major = lambda version: str(version).split(".")[0]  # noqa: E731
+    if major(saved.get("version")) != major(vaelab.__version__):
+        raise UserError(f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
+                        "resume it with that version")
+    ours, theirs = config["model"], (saved.get("config") or {}).get("model", {})
+    differing = sorted(k for k in ours.keys() | theirs.keys()
+                       if k not in ("optimizer", "scheduler") and ours.get(k) != theirs.get(k))
+    if differing:
+        key = differing[0]
+        raise UserError(f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
+                        "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; returns the last logged value of every metric."""
     check_config(cfg)
@@ -82,8 +126,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare()  # a missing or corrupt data set fails here, before anything is built
     model = instantiate_plain(cfg.model)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    model.nonfinite = cfg.nonfinite
+    if ckpt_path:
+        check_resume_checkpoint(ckpt_path, model.run_config)
+    callbacks = [*build_callbacks(cfg), FiniteGradients(cfg.nonfinite),
+                 PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"))]
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg), _convert_="all"
+        cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
+        _convert_="all",
     )
     save_config(cfg)
 
@@ -119,6 +169,9 @@ def main(cfg: DictConfig) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        sys.exit(3)
     shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("test/")}
     rank_zero_info(f"run folder: {cfg.paths.output_dir}\ntest metrics: {shown}")
 

@@ -30,12 +30,13 @@ class Split:
 
 
 class BatchDataset(Dataset):
-    """Indexed by a whole list of indices: returns the batch (x in [0, 1], y) in one go."""
+    """Indexed by a whole list of indices: returns the batch (x in [0, 1], y) in one go.
+    Dynamic binarization draws from torch's global generator (seeded by the run's seed and saved
+    in checkpoints), so a resumed run draws the same bits as an uninterrupted one."""
 
-    def __init__(self, split: Split, binarize: bool, seed: int = 0):
+    def __init__(self, split: Split, binarize: bool):
         self.split = split
         self.binarize = binarize
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -43,7 +44,7 @@ class BatchDataset(Dataset):
     def __getitem__(self, indices: Tensor) -> tuple[Tensor, Tensor]:
         x = self.split.images[indices].float().div_(self.split.levels)
         if self.binarize:  # dynamic binarization: a fresh Bernoulli draw every time x is seen
-            x = torch.bernoulli(x, generator=self.generator)
+            x = torch.bernoulli(x)
         return x, self.split.labels[indices]
 
 
@@ -140,8 +141,12 @@ class InMemoryDataModule(L.LightningDataModule):
         sampler = ShardedBatchSampler(len(self.splits[split]), batch_size, shuffle=train, drop_last=train,
                                       seed=self.seed, rank=rank, world_size=world)
         # Evaluation splits are binarized once with a fixed seed so every epoch sees the same data.
-        dataset = BatchDataset(self.splits[split], self.binarize and train, seed=self.seed + rank)
-        return DataLoader(dataset, sampler=sampler, batch_size=None)
+        dataset = BatchDataset(self.splits[split], self.binarize and train)
+        # Its own generator: a DataLoader draws a seed for its workers from the global generator
+        # every time it is iterated, which would shift the model's random stream between an
+        # uninterrupted run and a resumed one.
+        return DataLoader(dataset, sampler=sampler, batch_size=None,
+                          generator=torch.Generator().manual_seed(self.seed + rank))
 
     def fixed_eval_split(self, split: str) -> Split:
         """The split as the model is evaluated on it (binarized once, fixed seed, when binarizing)."""

@@ -83,6 +83,8 @@ class VAE(L.LightningModule):
         self.prior = StandardNormalPrior(latent_dim)
         # The score-function control variate: a running mean of log p(x|z).
         self.register_buffer("baseline", torch.zeros(()))
+        # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
+        self.train_epoch_sums = WeightedSums()
 
     # ---- the model -------------------------------------------------------------------
     def posterior(self, x: Tensor):
@@ -179,9 +181,15 @@ class VAE(L.LightningModule):
         """Scalars a variant logs beside loss/recon/kl."""
         return {}
 
+    # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
+    nonfinite = "stop"
+    skipped_steps = 0
+
     def training_step(self, batch, batch_idx):
         x, _ = batch
         loss, metrics = self.step_metrics(x)
+        if not torch.isfinite(loss):
+            return self.nonfinite_loss(metrics)
         self.train_epoch_sums.add(metrics, x.shape[0])
         # self.log costs ~0.5 ms a call (measured), a tenth of this model's step on a CPU, so the
         # per-step curve goes straight to the loggers every log_every_n_steps, on rank 0.
@@ -192,6 +200,19 @@ class VAE(L.LightningModule):
                 logger.log_metrics({**values, "epoch": self.current_epoch}, step=step)
         return loss
 
+    def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
+        """Skip the step (returning None makes Lightning skip it), or stop naming the bad terms."""
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return None
+        bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
+        from vaelab.reliability import TrainingStopped
+
+        raise TrainingStopped(
+            f"step {self.global_step}: the loss is {metrics['loss'].item()} "
+            f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'}); "
+            "training stopped, the last good checkpoint is kept (set nonfinite=skip to skip such steps)")
+
     def on_train_epoch_start(self) -> None:
         self.train_epoch_sums = WeightedSums()
 
@@ -200,6 +221,8 @@ class VAE(L.LightningModule):
         if means:
             metrics = self.with_derived(means)
             self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True)
+        if self.skipped_steps:
+            self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 
     def _eval_step(self, batch, stage: str) -> None:
         x, _ = batch
@@ -217,8 +240,20 @@ class VAE(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The run's resolved config travels with the weights, so eval.py can rebuild the data set
-        and check that a file is one of ours."""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None)}
+        and check that a file is one of ours; the random state makes a resumed run continue
+        exactly as the uninterrupted one would."""
+        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None),
+                                "torch_rng_state": torch.get_rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_state_to_restore = checkpoint.get("vaelab", {}).get("torch_rng_state")
+
+    def on_train_start(self) -> None:
+        # Restored here, after Lightning's sanity check has drawn its own samples.
+        state = getattr(self, "_rng_state_to_restore", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            self._rng_state_to_restore = None
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

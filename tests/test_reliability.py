@@ -1,0 +1,176 @@
+"""Runs that survive crashes and bad numbers: atomic checkpoints, non-finite guards, exact resume."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+
+import vaelab.train as vt
+from conftest import ROOT, run_cli
+from vaelab.config import compose_config
+from vaelab.errors import UserError
+from vaelab.models import VAE
+from vaelab.reliability import AtomicCheckpointIO, TrainingStopped
+from vaelab.train import train
+
+QUICK = ["data=synthetic", "trainer.enable_progress_bar=false"]
+
+
+def test_a_crash_while_saving_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, path)
+
+    import lightning.fabric.plugins.io.torch_io as torch_io
+
+    def crash(checkpoint, filepath):
+        with open(filepath, "wb") as f:
+            f.write(b"half a checkpo")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(torch_io, "_atomic_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2}, path)
+    assert torch.load(path, weights_only=False) == {"step": 1}
+
+
+def poison(monkeypatch, at_step: int, term: str = "kl"):
+    """Make ``term`` (and so the loss) NaN at one training step."""
+    original = VAE.objective
+
+    def objective(self, x):
+        out = original(self, x)
+        if self.training and self.global_step == at_step:
+            out[term] = out[term] * float("nan")
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(VAE, "objective", objective)
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_term(tmp_path, monkeypatch):
+    poison(monkeypatch, at_step=20)  # synthetic data: 8 steps an epoch, so in the third epoch
+    with pytest.raises(TrainingStopped, match=r"step 20: the loss is nan \(kl = nan\); training stopped"):
+        train(compose_config([*QUICK, "trainer.max_epochs=4"], tmp_path))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 16  # the end of the second epoch: the last good state
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_a_nan_loss_is_skipped_when_asked(tmp_path, monkeypatch):
+    poison(monkeypatch, at_step=5)
+    metrics = train(compose_config([*QUICK, "trainer.max_epochs=2", "nonfinite=skip"], tmp_path))
+    assert metrics["train/skipped_steps"] == 1.0
+    assert all(v == v for v in metrics.values())
+
+
+class NaNGradient(L.Callback):
+    """Turns one parameter's gradient to NaN at one step (the loss stays finite)."""
+
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step == self.at_step:
+            pl_module.decoder.net[0].weight.grad[0, 0] = float("nan")
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_nan_gradient_stops_or_skips(tmp_path, monkeypatch, policy):
+    original = vt.build_callbacks
+    monkeypatch.setattr(vt, "build_callbacks", lambda cfg: [*original(cfg), NaNGradient(3)])
+    cfg = compose_config([*QUICK, "trainer.max_epochs=1", f"nonfinite={policy}"], tmp_path)
+    if policy == "stop":
+        with pytest.raises(TrainingStopped, match=r"step 3: non-finite gradient in decoder.net.0.weight"):
+            train(cfg)
+    else:
+        metrics = train(cfg)
+        assert metrics["train/skipped_steps"] == 1.0
+        weights = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_resuming_with_another_models_checkpoint_is_refused(tmp_path):
+    train(compose_config([*QUICK, "trainer.max_epochs=1"], tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserError, match=r"holds another model: model.latent_dim is 50 there and 16 here"):
+        train(compose_config([*QUICK, "size=small", f"ckpt_path={ckpt}"], tmp_path / "b"))
+
+
+def test_resuming_a_checkpoint_of_another_version_is_refused(tmp_path):
+    train(compose_config([*QUICK, "trainer.max_epochs=1"], tmp_path / "a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["vaelab"]["version"] = "9.0.0"
+    torch.save(state, tmp_path / "old.ckpt")
+    with pytest.raises(UserError, match=r"was written by vaelab 9.0.0, this is 0.1.0; resume it with that version"):
+        train(compose_config([*QUICK, f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "b"))
+
+
+def final_metrics(run):
+    return json.loads((run / "test_metrics.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vae", "beta_vae"])
+def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, model):
+    """SIGKILL at a random moment after the first checkpoint, resume with ckpt_path=last: the final
+    metrics equal the uninterrupted run's. Tolerance: 1e-6 relative (same operations on the same
+    CPU; only float summation order could differ, and it does not)."""
+    epochs = 30
+    args = [*QUICK, f"model={model}", f"trainer.max_epochs={epochs}", "kl_schedule=linear", "seed=7"]
+    whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
+    assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={interrupted}"],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = interrupted / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(random.uniform(0.0, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(last, weights_only=False)["epoch"]
+    assert killed_at < epochs - 1 and not (interrupted / "test_metrics.json").exists(), "killed too late to test"
+    resumed = run_cli([*args, f"hydra.run.dir={interrupted}", "ckpt_path=last"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_metrics(whole), final_metrics(interrupted)
+    for key in ("test/loss", "test/elbo", "test/kl", "test/recon"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+    # The resumed run's log continues the first one's: every epoch's validation row is there.
+    rows = (interrupted / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged_epochs = {int(r.split(",")[header.index("epoch")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]}
+    assert logged_epochs == set(range(epochs))
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *QUICK, "trainer.max_epochs=40",
+                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    last = run / "checkpoints" / "last.ckpt"
+    while not last.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    assert "stopped: received SIGTERM at step" in stderr and f"hydra.run.dir={run} ckpt_path=last" in stderr
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] >= 8  # saved at the signal, after the first epoch-end checkpoint
+    resumed = run_cli([*QUICK, "trainer.max_epochs=40", f"hydra.run.dir={run}", "ckpt_path=last"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run / "test_metrics.json").read_text())["test/elbo"] < 0
+    too_few = run_cli([*QUICK, "trainer.max_epochs=2", f"hydra.run.dir={run}", "ckpt_path=last"], cwd=tmp_path)
+    assert too_few.returncode == 2 and "nothing is left to train; raise trainer.max_epochs" in too_few.stderr
