@@ -63,8 +63,9 @@ class DiagonalGaussian:
 
     def kl_to_standard_normal_per_dim(self) -> Tensor:
         """KL(q || N(0, I)) per latent dimension, [B, L]:
-        0.5 * (mu^2 + sigma^2 - 1 - log sigma^2)  (AEVB paper, Appendix B)."""
-        return 0.5 * (self.mu**2 + self.logvar.exp() - 1.0 - self.logvar)
+        0.5 * (mu^2 + sigma^2 - 1 - log sigma^2)  (AEVB paper, Appendix B), with
+        sigma^2 - 1 as expm1(log sigma^2) so that rounding never makes it negative."""
+        return 0.5 * (self.mu**2 + torch.expm1(self.logvar) - self.logvar)
 
     def kl_to_standard_normal(self) -> Tensor:
         """Closed-form KL(q || N(0, I)) summed over latents, [B]."""
@@ -85,8 +86,9 @@ class FullCovGaussian:
         batch, latent = self.mu.shape
         rows, cols = torch.tril_indices(latent, latent, offset=-1, device=self.mu.device)
         scale = torch.diag_embed(torch.exp(0.5 * self.logvar))
+        self.offdiag = offdiag.float()
         self.scale_tril = scale.index_put((torch.arange(batch, device=self.mu.device)[:, None], rows, cols),
-                                          offdiag.float())
+                                          self.offdiag)
 
     @staticmethod
     def num_params(latent_dim: int) -> int:
@@ -101,6 +103,7 @@ class FullCovGaussian:
     def detached(self) -> "FullCovGaussian":
         copy = object.__new__(FullCovGaussian)
         copy.mu, copy.logvar, copy.scale_tril = self.mu.detach(), self.logvar.detach(), self.scale_tril.detach()
+        copy.offdiag = self.offdiag.detach()
         return copy
 
     def rsample(self, num_samples: int | None = None) -> Tensor:
@@ -122,9 +125,11 @@ class FullCovGaussian:
         return 0.5 * (self.mu**2 + var - 1.0 - var.log())
 
     def kl_to_standard_normal(self) -> Tensor:
-        """Closed-form KL(N(mu, Sigma) || N(0, I)) = 0.5 * (tr Sigma + mu^T mu - L - log det Sigma), [B]."""
-        trace = self.scale_tril.pow(2).sum((-2, -1))
-        return 0.5 * (trace + self.mu.pow(2).sum(-1) - self.mu.shape[-1] - self.logvar.sum(-1))
+        """Closed-form KL(N(mu, Sigma) || N(0, I)) = 0.5 * (tr Sigma + mu^T mu - L - log det Sigma), [B].
+        With Sigma = S S^T: tr Sigma = sum_d sigma_d^2 + sum of squared off-diagonal entries and
+        log det Sigma = sum_d log sigma_d^2, written as sums of non-negative terms."""
+        diagonal = (torch.expm1(self.logvar) - self.logvar).sum(-1)
+        return 0.5 * (self.mu.pow(2).sum(-1) + diagonal + self.offdiag.pow(2).sum(-1))
 
 
 def _solve_latent_dim(num_params: int) -> int:

@@ -77,9 +77,10 @@ def read_binarized_mnist_npz(path: Path) -> dict[str, torch.Tensor]:
     """The packed ``.npz`` (keys train/valid/test, 98 bytes a row from np.packbits)."""
     try:
         with np.load(path) as data:
+            missing = [key for key in ("train", "valid", "test") if key not in data.files]
+            if missing:
+                raise UserError(f"{path} has no array {missing[0]!r}: expected keys train, valid, test")
             packed = {key: data[key] for key in ("train", "valid", "test")}
-    except KeyError as e:
-        raise UserError(f"{path} has no array {e}: expected keys train, valid, test") from None
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise UserError(f"{path} is not a readable .npz ({e}); download or copy it again") from None
     out = {}
