@@ -138,6 +138,17 @@ def test_eval_bad_inputs(tmp_path):
         run(f"ckpt_path={tmp_path}/cut.ckpt")
     with pytest.raises(UserError, match="k must be a whole number ≥ 1"):
         run(f"ckpt_path={best}", "k=0")
+    with pytest.raises(UserError, match="split must be test or val"):
+        run(f"ckpt_path={best}", "split=train")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="device=cuda but no GPU is visible; use device=cpu"):
+            run(f"ckpt_path={best}", "device=cuda")
+    done = tmp_path / "done"
+    evaluate_checkpoint(compose_config([f"ckpt_path={best}", "k=2", "pictures=false"], done, config_name="eval"))
+    before = (done / "metrics.json").read_text()
+    with pytest.raises(UserError, match="already holds an evaluation"):
+        evaluate_checkpoint(compose_config([f"ckpt_path={best}", "k=3"], done, config_name="eval"))
+    assert (done / "metrics.json").read_text() == before
     with pytest.raises(UserError, match=r"the data has images of shape \[1, 4, 4\] but the checkpoint's model takes \[1, 8, 8\]"):
         run(f"ckpt_path={best}", "data.image_shape=[1,4,4]")
 

@@ -76,6 +76,9 @@ def check_eval_config(cfg: DictConfig) -> None:
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Everything ``eval.py`` does; returns the metrics written to metrics.json."""
     check_eval_config(cfg)
+    out = Path(cfg.paths.output_dir)
+    require(not (out / "metrics.json").exists(),
+            f"{out} already holds an evaluation; choose another hydra.run.dir (the default is a new folder)")
     checkpoint = load_checkpoint(cfg.ckpt_path)
     model = build_model(checkpoint)
     datamodule = build_data(checkpoint, cfg, model)
@@ -83,7 +86,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
     results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed)
-    out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
