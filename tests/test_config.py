@@ -154,6 +154,11 @@ BAD_VALUES = [
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
     (["nonfinite=maybe"], "nonfinite must be stop or skip"),
+    (["model=vqvae", "model.quantizer.num_codes=1"], "model.quantizer.num_codes (K) must be ≥ 2"),
+    (["model=vqvae", "model.quantizer.code_dim=0"], "model.quantizer.code_dim must be a whole number ≥ 1"),
+    (["model=vqvae", "model.quantizer.beta=-0.1"], "model.quantizer.beta must be ≥ 0"),
+    (["model=vqvae", "model.quantizer.update=kmeans"], "model.quantizer.update must be ema or loss"),
+    (["model=vqvae", "data=synthetic", "data.image_shape=[1,6,6]"], "model=vqvae needs images whose height and width are multiples of 4"),
 ]
 
 

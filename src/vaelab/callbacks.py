@@ -33,11 +33,42 @@ class ImageGrids(L.Callback):
         for name, images in (("reconstructions", pairs), ("samples", samples)):
             grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=8, pad_value=0.5)
             save_image(grid, self.dirpath / f"{name}_epoch{epoch:03d}.png")
-            log_image(trainer, f"images/{name}", grid, trainer.global_step)
+            log_image(trainer.loggers, f"images/{name}", grid, trainer.global_step)
+        quantizer = getattr(pl_module, "quantizer", None)
+        if quantizer is not None:
+            path = self.dirpath / f"codebook_usage_epoch{epoch:03d}.png"
+            usage_histogram(quantizer.usage.cpu(), quantizer.dead_threshold, path)
+            log_image(trainer.loggers, "images/codebook_usage", read_png(path), trainer.global_step)
 
 
-def log_image(trainer: L.Trainer, key: str, grid: torch.Tensor, step: int) -> None:
-    for logger in trainer.loggers:
+def usage_histogram(usage: torch.Tensor, dead_threshold: float, path: Path) -> None:
+    """Bar chart of each code's usage (1 = a fair share of the vectors), sorted, with the dead line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.bar(range(len(usage)), usage.sort(descending=True).values.numpy(), width=1.0)
+    ax.axhline(dead_threshold, color="red", linewidth=0.8, label=f"dead below {dead_threshold}")
+    dead = int((usage < dead_threshold).sum())
+    ax.set(xlabel="code (sorted by usage)", ylabel="usage", yscale="log",
+           title=f"codebook usage: {len(usage) - dead} of {len(usage)} codes alive")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def read_png(path: Path) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, read_image
+
+    return read_image(str(path), mode=ImageReadMode.RGB).float() / 255
+
+
+def log_image(loggers, key: str, grid: torch.Tensor, step: int) -> None:
+    """Send an image grid to the loggers that take images (W&B, TensorBoard)."""
+    for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[grid], step=step)
         elif isinstance(logger, TensorBoardLogger):

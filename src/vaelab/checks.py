@@ -43,7 +43,30 @@ def check_data(data: DictConfig) -> None:
         require(shape[0] in (1, 3), f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {shape[0]}")
 
 
+def check_vqvae(model: DictConfig, image_shape) -> None:
+    q = model.quantizer
+    require(is_int(q.num_codes) and q.num_codes >= 2, f"model.quantizer.num_codes (K) must be ≥ 2, got {q.num_codes!r}")
+    positive_int(q.code_dim, "model.quantizer.code_dim")
+    require(is_number(q.beta) and q.beta >= 0, f"model.quantizer.beta must be ≥ 0, got {q.beta!r}")
+    require(q["update"] in ("ema", "loss"), f"model.quantizer.update must be ema or loss, got {q['update']!r}")
+    require(is_number(q.decay) and 0 < q.decay < 1, f"model.quantizer.decay must be in (0, 1), got {q.decay!r}")
+    require(is_number(q.dead_threshold) and q.dead_threshold >= 0,
+            f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}")
+    require(q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
+            f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}")
+    positive_int(model.hidden, "size.vq_hidden")
+    _, height, width = image_shape
+    require(height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
+            f"model=vqvae needs images whose height and width are multiples of 4 (it downsamples by 4), "
+            f"got {height}x{width}; choose another data set or data.image_shape")
+
+
 def check_model(model: DictConfig) -> None:
+    if model._target_.endswith("VQVAE"):
+        check_vqvae(model, model.image_shape)
+        lr = model.optimizer.get("lr")
+        require(lr is None or (is_number(lr) and lr > 0), f"model.optimizer.lr must be > 0, got {lr!r}")
+        return
     positive_int(model.latent_dim, "size.latent_dim")
     require(is_number(model.beta) and model.beta >= 0, f"model.beta must be a number ≥ 0, got {model.beta!r}")
     lr = model.optimizer.get("lr")
@@ -68,6 +91,8 @@ def check_model(model: DictConfig) -> None:
 def check_variant(model: DictConfig) -> None:
     """Options of the posterior, the gradient estimator, IWAE and beta-VAE, and their combinations."""
     target = model._target_.rsplit(".", 1)[-1]
+    if target == "VQVAE":
+        return
     require(model.get("posterior", "diagonal") in ("diagonal", "full"),
             f"model.posterior must be diagonal or full, got {model.get('posterior')!r}")
     estimator = model.get("estimator", "reparam")

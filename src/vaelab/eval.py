@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from vaelab import pictures
+from vaelab.callbacks import log_image
 from vaelab.checks import is_int, require
 from vaelab.errors import UserError
 from vaelab.evaluate import evaluate_split
@@ -90,17 +91,20 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if cfg.pictures:
-        draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
+    images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed) if cfg.pictures else {}
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
+    for name, image in images.items():
+        log_image(loggers, f"eval/{name}", image, step=0)
+    for logger in loggers:
         logger.finalize("success")
     print(summary(metrics, out))
     return metrics
 
 
-def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed: int) -> None:
+def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed: int) -> dict:
+    """Writes the pictures under ``out/images`` and returns the grids by name."""
     folder = out / "images"
     folder.mkdir(exist_ok=True)
     n = min(num_images, len(split))
@@ -118,6 +122,7 @@ def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed:
     for name, image in images.items():
         save_image(image, folder / f"{name}.png")
     pictures.latent_map(results["posterior_means"], split.labels, folder / "latent_map.png")
+    return images
 
 
 def summary(m: dict, out: Path) -> str:

@@ -1,5 +1,6 @@
 from vaelab.models.beta_vae import BetaVAE
 from vaelab.models.iwae import IWAE
 from vaelab.models.vae import VAE
+from vaelab.models.vqvae import VQVAE
 
-__all__ = ["VAE", "BetaVAE", "IWAE"]
+__all__ = ["VAE", "BetaVAE", "IWAE", "VQVAE"]

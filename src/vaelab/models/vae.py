@@ -13,42 +13,16 @@ from __future__ import annotations
 
 import math
 
-import hydra
-import lightning as L
 import torch
 from torch import Tensor
 
-import vaelab
 from vaelab import objectives
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
+from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks
 
 
-class WeightedSums:
-    """Batch-size-weighted running sums of scalar metrics, one tensor add per step."""
-
-    def __init__(self):
-        self.names: list[str] = []
-        self.sums: Tensor | None = None
-        self.count = 0
-
-    def add(self, metrics: dict[str, Tensor], batch_size: int) -> None:
-        values = torch.stack(list(metrics.values())) * batch_size
-        if self.sums is None:
-            self.names, self.sums = list(metrics), values
-        else:
-            self.sums += values
-        self.count += batch_size
-
-    def means(self, reduce) -> dict[str, Tensor]:
-        """Means over the epoch; ``reduce(tensor, reduce_op="sum")`` sums across processes."""
-        if self.sums is None:
-            return {}
-        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
-        return dict(zip(self.names, totals[:-1] / totals[-1]))
-
-
-class VAE(L.LightningModule):
+class VAE(GenerativeModel):
     """Gaussian VAE. ``posterior``: ``diagonal`` or ``full`` (Cholesky-factored covariance).
     ``estimator``: the encoder's gradient, ``reparam`` (pathwise) or ``score_function``
     (likelihood ratio with a moving-average baseline, decay ``baseline_decay``).
@@ -83,8 +57,6 @@ class VAE(L.LightningModule):
         self.prior = StandardNormalPrior(latent_dim)
         # The score-function control variate: a running mean of log p(x|z).
         self.register_buffer("baseline", torch.zeros(()))
-        # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
-        self.train_epoch_sums = WeightedSums()
 
     # ---- the model -------------------------------------------------------------------
     def posterior(self, x: Tensor):
@@ -181,83 +153,7 @@ class VAE(L.LightningModule):
         """Scalars a variant logs beside loss/recon/kl."""
         return {}
 
-    # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
-    nonfinite = "stop"
-    skipped_steps = 0
-
-    def training_step(self, batch, batch_idx):
-        x, _ = batch
-        loss, metrics = self.step_metrics(x)
-        if not torch.isfinite(loss):
-            return self.nonfinite_loss(metrics)
-        self.train_epoch_sums.add(metrics, x.shape[0])
-        # self.log costs ~0.5 ms a call (measured), a tenth of this model's step on a CPU, so the
-        # per-step curve goes straight to the loggers every log_every_n_steps, on rank 0.
-        step = self.global_step
-        if (step + 1) % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
-            values = {f"train/{k}": float(v) for k, v in self.with_derived(metrics).items()}
-            for logger in self.loggers:
-                logger.log_metrics({**values, "epoch": self.current_epoch}, step=step)
-        return loss
-
-    def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
-        """Skip the step (returning None makes Lightning skip it), or stop naming the bad terms."""
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return None
-        bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
-        from vaelab.reliability import TrainingStopped
-
-        raise TrainingStopped(
-            f"step {self.global_step}: the loss is {metrics['loss'].item()} "
-            f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'}); "
-            "training stopped, the last good checkpoint is kept (set nonfinite=skip to skip such steps)")
-
-    def on_train_epoch_start(self) -> None:
-        self.train_epoch_sums = WeightedSums()
-
-    def on_train_epoch_end(self) -> None:
-        means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
-        if means:
-            metrics = self.with_derived(means)
-            self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True)
-        if self.skipped_steps:
-            self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
-
-    def _eval_step(self, batch, stage: str) -> None:
-        x, _ = batch
-        _, metrics = self.step_metrics(x)
+    def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         if stage == "test" and self.test_k:
-            metrics["iwae_bound"] = self.iwae_bound(x, self.test_k).mean()
-        self.log_dict({f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
-                      on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The run's resolved config travels with the weights, so eval.py can rebuild the data set
-        and check that a file is one of ours; the random state makes a resumed run continue
-        exactly as the uninterrupted one would."""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None),
-                                "torch_rng_state": torch.get_rng_state()}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_state_to_restore = checkpoint.get("vaelab", {}).get("torch_rng_state")
-
-    def on_train_start(self) -> None:
-        # Restored here, after Lightning's sanity check has drawn its own samples.
-        state = getattr(self, "_rng_state_to_restore", None)
-        if state is not None:
-            torch.set_rng_state(state)
-            self._rng_state_to_restore = None
-
-    def configure_optimizers(self):
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        scheduler = hydra.utils.instantiate(self.hparams.scheduler)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+            return {"iwae_bound": self.iwae_bound(x, self.test_k).mean()}
+        return {}

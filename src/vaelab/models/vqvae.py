@@ -1,0 +1,110 @@
+"""VQ-VAE (van den Oord et al. 2017): convolutional encoder, vector quantizer, decoder.
+
+loss = -log p(x|z_q) + (|sg[z_e] - e|^2 + beta |z_e - sg[e]|^2) summed over the example's code
+elements; every term is per example, averaged over the batch (nats per example), so no weight
+depends on the batch size. With the uniform prior over the K codes of the paper's first stage,
+KL(q || p) = H' W' log K, so the ELBO is -recon - H' W' log K (logged as ``elbo``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from vaelab import objectives
+from vaelab.distributions import build_likelihood
+from vaelab.models.base import GenerativeModel
+from vaelab.quantizer import VectorQuantizer
+
+
+class ResidualBlock(nn.Module):
+    """x + conv1x1(relu(conv3x3(relu(x)))), the paper's residual block."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
+                                 nn.Conv2d(hidden, channels, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.net(x)
+
+
+def vq_encoder(in_channels: int, hidden: int, res_blocks: int, code_dim: int) -> nn.Sequential:
+    """Two stride-2 4x4 convolutions (H/4 x W/4), residual blocks, a 1x1 convolution to D."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(hidden // 2, hidden, 4, stride=2, padding=1),
+        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)], nn.ReLU(),
+        nn.Conv2d(hidden, code_dim, 1),
+    )
+
+
+def vq_decoder(out_channels: int, hidden: int, res_blocks: int, code_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(code_dim, hidden, 3, padding=1),
+        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)], nn.ReLU(),
+        nn.ConvTranspose2d(hidden, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(hidden // 2, out_channels, 4, stride=2, padding=1),
+    )
+
+
+class VQVAE(GenerativeModel):
+    def __init__(self, image_shape: list[int], likelihood: dict, quantizer: dict, optimizer: dict,
+                 scheduler: dict | None = None, hidden: int = 256, res_blocks: int = 2):
+        super().__init__()
+        self.save_hyperparameters()
+        channels, height, width = image_shape
+        self.image_shape = tuple(image_shape)
+        self.num_dims = math.prod(image_shape)
+        self.latent_shape = (height // 4, width // 4)
+        self.quantizer = VectorQuantizer(**quantizer)
+        code_dim = quantizer["code_dim"]
+        self.encoder = vq_encoder(channels, hidden, res_blocks, code_dim)
+        self.decoder = vq_decoder(channels, hidden, res_blocks, code_dim)
+        self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
+        self.code_elements = math.prod(self.latent_shape) * (quantizer.get("lookup_dim") or code_dim)
+
+    def decode(self, z_q: Tensor) -> Tensor:
+        """Likelihood parameters, cropped to the image when H or W is not a multiple of 4."""
+        out = self.decoder(z_q)
+        return out[..., : self.image_shape[1], : self.image_shape[2]]
+
+    def terms(self, x: Tensor) -> dict[str, Tensor]:
+        z_q, vq = self.quantizer(self.encoder(x))
+        log_px_given_z = self.likelihood.log_prob(x, self.decode(z_q))
+        return {"log_px_given_z": log_px_given_z, **vq}
+
+    def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        terms = self.terms(x)
+        recon = -terms["log_px_given_z"].mean()
+        vq = terms["vq_loss"] * self.code_elements  # per-element mean -> sum per example
+        loss = recon + vq
+        metrics = {"loss": loss, "recon": recon, "vq": vq, "commitment": terms["commitment"],
+                   "perplexity": terms["perplexity"], "codes_used": terms["codes_used"]}
+        return loss, {name: value.detach().float() for name, value in metrics.items()}
+
+    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        kl = math.prod(self.latent_shape) * math.log(self.quantizer.num_codes)
+        elbo = -(metrics["recon"] + kl)
+        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
+        return {**metrics, "kl": torch.as_tensor(kl, device=elbo.device), "elbo": elbo, "bpd": bpd,
+                "dead_codes": torch.tensor(float(self.quantizer.dead_codes()), device=elbo.device)}
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        z_q, _ = self.quantizer(self.encoder(x))
+        return self.likelihood.mean(self.decode(z_q))
+
+    @torch.no_grad()
+    def decode_codes(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H', W'] -> images."""
+        return self.likelihood.mean(self.decode(self.quantizer.lookup(indices)))
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Codes drawn uniformly (the first stage's prior). Recognisable samples need the
+        learned prior over code maps."""
+        indices = torch.randint(self.quantizer.num_codes, (num_samples, *self.latent_shape), generator=generator)
+        return self.decode_codes(indices.to(self.device))

@@ -1,0 +1,195 @@
+"""The vector quantizer of VQ-VAE (van den Oord et al. 2017), kept healthy.
+
+z_e [B, D, H, W] -> z_q [B, D, H, W]: each of the B*H*W vectors is replaced by its nearest
+codebook vector e_k; the gradient passes straight through to the encoder. Losses (means per
+element, so no weight depends on the batch size):
+  codebook   |sg[z_e] - e|^2      (only with update="loss"; "ema" moves the codebook by
+                                   exponential moving averages instead, with Laplace smoothing)
+  commitment beta * |z_e - sg[e]|^2
+Health: k-means initialisation from the first batch, and dead-code restart (codes whose usage
+average falls below ``dead_threshold`` are re-seeded from recent encoder outputs). Under DDP
+every statistic (EMA counts and sums, k-means data, restart candidates) is taken over all
+processes' data, and random choices use a generator with the same seed on every process, so
+every process holds the same codebook, equal to a single process on the same global batch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    if distributed():
+        dist.all_reduce(t)
+    return t
+
+
+def all_gather_rows(x: Tensor) -> Tensor:
+    """Concatenate every process's rows [N_r, D] in rank order (N_r may differ)."""
+    if not distributed():
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
+    largest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(largest, x.shape[1], dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    gathered = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
+
+
+def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each new centre is a data row drawn with
+    probability proportional to its squared distance from the centres so far."""
+    first = torch.randint(len(x), (1,), generator=generator)
+    centres = [x[first.item()]]
+    closest = (x - centres[0]).pow(2).sum(1)
+    for _ in range(k - 1):
+        weights = closest.cpu().double()
+        if weights.sum() <= 0:  # fewer distinct rows than centres: repeat rows
+            weights = torch.ones_like(weights)
+        pick = torch.multinomial(weights, 1, generator=generator).item()
+        centres.append(x[pick])
+        closest = torch.minimum(closest, (x - x[pick]).pow(2).sum(1))
+    return torch.stack(centres).clone()
+
+
+def kmeans(x: Tensor, k: int, iterations: int, generator: torch.Generator) -> Tensor:
+    """Lloyd's k-means from k-means++ seeds on rows of x [N, D] -> centres [k, D]; an empty
+    cluster keeps its centre."""
+    centres = kmeans_plus_plus(x, k, generator)
+    for _ in range(iterations):
+        assign = torch.cdist(x, centres).argmin(1)
+        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        sums = torch.zeros_like(centres).index_add_(0, assign, x)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None]
+    return centres
+
+
+class VectorQuantizer(nn.Module):
+    def __init__(self, num_codes: int = 512, code_dim: int = 64, beta: float = 0.25, update: str = "ema",
+                 decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iterations: int = 10,
+                 restart_dead: bool = True, dead_threshold: float = 0.03, usage_decay: float = 0.99,
+                 cosine: bool = False, lookup_dim: int | None = None, seed: int = 0):
+        super().__init__()
+        self.num_codes, self.beta, self.update = num_codes, beta, update
+        self.decay, self.epsilon, self.usage_decay = decay, epsilon, usage_decay
+        self.kmeans_init, self.kmeans_iterations = kmeans_init, kmeans_iterations
+        self.restart_dead, self.dead_threshold, self.cosine = restart_dead, dead_threshold, cosine
+        self.seed = seed
+        lookup = lookup_dim or code_dim
+        # Low-dimensional lookup (Yu et al. 2022): match and store codes in ``lookup`` dimensions.
+        self.project_in = nn.Linear(code_dim, lookup) if lookup != code_dim else nn.Identity()
+        self.project_out = nn.Linear(lookup, code_dim) if lookup != code_dim else nn.Identity()
+        codebook = torch.randn(num_codes, lookup) / math.sqrt(lookup)
+        if update == "loss":
+            self.codebook = nn.Parameter(codebook)
+        else:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("ema_counts", torch.ones(num_codes))
+            self.register_buffer("ema_sums", codebook.clone())
+        # Average fraction of the vectors assigned to each code, times K (1 = a fair share).
+        self.register_buffer("usage", torch.ones(num_codes))
+        self.register_buffer("initialised", torch.tensor(not kmeans_init))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def generator(self) -> torch.Generator:
+        """The same random stream on every process (seeded by the step), for k-means and restarts."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.steps))
+
+    def codes(self) -> Tensor:
+        return F.normalize(self.codebook, dim=1) if self.cosine else self.codebook
+
+    def nearest(self, flat: Tensor) -> Tensor:
+        """Index of the nearest code for each row [N, lookup] -> [N]."""
+        codes = self.codes()
+        distances = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codes.T + codes.pow(2).sum(1)[None]
+        return distances.argmin(1)
+
+    def forward(self, z_e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """z_e [B, D, H, W] -> (z_q with straight-through gradient [B, D, H, W], terms)."""
+        batch, _, height, width = z_e.shape
+        flat = self.project_in(z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))  # [N, lookup]
+        if self.cosine:
+            flat = F.normalize(flat, dim=1)
+        if self.training and not bool(self.initialised):
+            self._kmeans_initialise(flat.detach())
+        indices = self.nearest(flat.detach())
+        quantized = self.codes()[indices]  # [N, lookup]
+        commitment = F.mse_loss(flat, quantized.detach())
+        codebook_loss = F.mse_loss(quantized, flat.detach()) if self.update == "loss" else flat.new_zeros(())
+        if self.training:
+            self._update(flat.detach(), indices)
+        # Straight-through: the forward value is the code, the gradient is the identity on z_e.
+        straight = flat + (quantized - flat).detach()
+        z_q = self.project_out(straight).view(batch, height, width, -1).permute(0, 3, 1, 2)
+        counts = torch.bincount(indices, minlength=self.num_codes).float()
+        probs = counts / counts.sum()
+        return z_q.to(z_e.dtype), {
+            "indices": indices.view(batch, height, width),
+            "vq_loss": codebook_loss + self.beta * commitment,
+            "commitment": commitment,
+            "codebook_loss": codebook_loss,
+            "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()),
+            "codes_used": (counts > 0).float().mean(),
+        }
+
+    @torch.no_grad()
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H, W] -> z_q [B, D, H, W] (for decoding samples of a prior)."""
+        return self.project_out(self.codes()[indices]).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def _kmeans_initialise(self, flat: Tensor) -> None:
+        data = all_gather_rows(flat)
+        centres = kmeans(data, self.num_codes, self.kmeans_iterations, self.generator())
+        self.codebook.data.copy_(centres)
+        if self.update == "ema":
+            self.ema_sums.copy_(centres)
+            self.ema_counts.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def _update(self, flat: Tensor, indices: Tensor) -> None:
+        one_hot_counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
+        sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
+        stats = all_reduce_sum(torch.cat([one_hot_counts[:, None], sums], 1))
+        counts, sums = stats[:, 0], stats[:, 1:]
+        total = counts.sum()
+        self.usage.lerp_(counts / total * self.num_codes, 1 - self.usage_decay)
+        if self.update == "ema":
+            self.ema_counts.lerp_(counts, 1 - self.decay)
+            self.ema_sums.lerp_(sums, 1 - self.decay)
+            # Laplace smoothing keeps a code that lost its vectors from dividing by zero.
+            n = self.ema_counts.sum()
+            smoothed = (self.ema_counts + self.epsilon) / (n + self.num_codes * self.epsilon) * n
+            self.codebook.copy_(self.ema_sums / smoothed[:, None])
+        if self.restart_dead:
+            self._restart(flat)
+        self.steps += 1
+
+    @torch.no_grad()
+    def _restart(self, flat: Tensor) -> None:
+        dead = (self.usage < self.dead_threshold).nonzero().squeeze(1)
+        if len(dead) == 0:
+            return
+        data = all_gather_rows(flat)
+        pick = torch.randint(len(data), (len(dead),), generator=self.generator()).to(data.device)
+        self.codebook.data[dead] = data[pick]
+        self.usage[dead] = 1.0
+        if self.update == "ema":
+            self.ema_sums[dead] = data[pick]
+            self.ema_counts[dead] = 1.0
+
+    def dead_codes(self) -> int:
+        return int((self.usage < self.dead_threshold).sum())

@@ -1,0 +1,166 @@
+"""The vector quantizer: nearest codes, straight-through gradient, losses, EMA, k-means,
+dead-code restart, and DDP-synchronised codebooks (2 CPU processes, gloo)."""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vaelab.quantizer import VectorQuantizer, kmeans
+
+
+def as_map(flat: torch.Tensor, height: int = 2) -> torch.Tensor:
+    """Rows [N, D] -> z_e [N / (H*H), D, H, H] (rows in raster order)."""
+    n, d = flat.shape
+    return flat.view(n // height**2, height, height, d).permute(0, 3, 1, 2).contiguous()
+
+
+def quantizer(**kwargs):
+    defaults = dict(num_codes=8, code_dim=4, kmeans_init=False, restart_dead=False)
+    return VectorQuantizer(**{**defaults, **kwargs})
+
+
+def test_each_vector_goes_to_its_nearest_code():
+    vq = quantizer().eval()
+    codes = vq.codebook.clone()
+    target = torch.randint(8, (32,))
+    z_e = as_map(codes[target] + 0.01 * torch.randn(32, 4))
+    z_q, out = vq(z_e)
+    assert torch.equal(out["indices"].flatten(), target)
+    torch.testing.assert_close(z_q, as_map(codes[target]))
+
+
+def test_gradient_passes_straight_through_to_the_encoder():
+    vq = quantizer().eval()
+    z_e = torch.randn(2, 4, 2, 2, requires_grad=True)
+    weights = torch.randn(2, 4, 2, 2)
+    z_q, _ = vq(z_e)
+    (z_q * weights).sum().backward()
+    torch.testing.assert_close(z_e.grad, weights)
+
+
+def test_losses_are_means_per_element_independent_of_batch_size():
+    vq = quantizer(update="loss", beta=0.25).eval()
+    z_e = torch.randn(3, 4, 2, 2)
+    _, one = vq(z_e)
+    _, doubled = vq(torch.cat([z_e, z_e]))
+    torch.testing.assert_close(one["vq_loss"], doubled["vq_loss"])
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    nearest = vq.codebook[one["indices"].flatten()]
+    expected = ((flat - nearest) ** 2).mean()
+    torch.testing.assert_close(one["commitment"], expected)
+    torch.testing.assert_close(one["vq_loss"], expected + 0.25 * expected)
+
+
+def test_loss_update_trains_the_codebook_and_ema_does_not_need_gradients():
+    vq = quantizer(update="loss").train()
+    z_e = torch.randn(2, 4, 2, 2, requires_grad=True)
+    _, out = vq(z_e)
+    out["vq_loss"].backward()
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+    assert not quantizer(update="ema").codebook.requires_grad
+
+
+def test_ema_update_matches_its_formula():
+    vq = quantizer(update="ema", decay=0.9, epsilon=1e-5).train()
+    counts0, sums0 = vq.ema_counts.clone(), vq.ema_sums.clone()
+    z_e = torch.randn(4, 4, 2, 2)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    indices = vq.nearest(flat)
+    vq(z_e)
+    counts = torch.bincount(indices, minlength=8).float()
+    sums = torch.zeros(8, 4).index_add_(0, indices, flat)
+    expected_counts = 0.9 * counts0 + 0.1 * counts
+    expected_sums = 0.9 * sums0 + 0.1 * sums
+    torch.testing.assert_close(vq.ema_counts, expected_counts)
+    n = expected_counts.sum()
+    smoothed = (expected_counts + 1e-5) / (n + 8 * 1e-5) * n
+    torch.testing.assert_close(vq.codebook, expected_sums / smoothed[:, None])
+
+
+def clustered(num_clusters=8, per_cluster=16, dim=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_clusters, dim, generator=g) * 10
+    points = centres.repeat_interleave(per_cluster, 0) + 0.1 * torch.randn(num_clusters * per_cluster, dim, generator=g)
+    return centres, points
+
+
+def test_kmeans_initialisation_puts_a_code_on_every_cluster():
+    centres, points = clustered()
+    found = kmeans(points, 8, iterations=20, generator=torch.Generator().manual_seed(1))
+    assert torch.cdist(centres, found).min(1).values.max() < 5.0  # every cluster has a code near it
+    vq = quantizer(kmeans_init=True, update="ema").train()
+    _, out = vq(as_map(points))
+    assert bool(vq.initialised) and out["codes_used"] >= 0.75
+
+
+def test_dead_codes_are_restarted_from_encoder_outputs():
+    vq = quantizer(update="ema", restart_dead=True, dead_threshold=0.5).train()
+    vq.codebook.data[5:] = 1e3  # far from any data: never chosen
+    vq.usage[5:] = 0.0
+    z_e = torch.randn(4, 4, 2, 2)
+    vq(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    for code in vq.codebook[5:]:
+        assert torch.cdist(code[None], flat).min() < 1e-5  # re-seeded on an encoder output
+    assert (vq.usage[5:] == 1.0).all()
+
+
+def test_cosine_codebook_and_low_dimensional_lookup():
+    vq = quantizer(cosine=True, lookup_dim=2, code_dim=6).train()
+    z_e = torch.randn(2, 6, 2, 2, requires_grad=True)
+    z_q, out = vq(z_e)
+    assert z_q.shape == z_e.shape
+    torch.testing.assert_close(vq.codes().norm(dim=1), torch.ones(8))
+    z_q.sum().backward()
+    assert z_e.grad is not None and vq.project_in.weight.grad is not None
+
+
+def perplexity_bounds():
+    vq = quantizer().eval()
+    _, out = vq(torch.randn(8, 4, 2, 2))
+    return out["perplexity"].item()
+
+
+def test_perplexity_is_between_one_and_the_number_of_codes():
+    assert 1.0 <= perplexity_bounds() <= 8.0
+    vq = quantizer().eval()
+    one_code = vq.codebook[3].expand(16, 4)
+    _, out = vq(as_map(one_code))
+    assert out["perplexity"].item() == pytest.approx(1.0)
+
+
+# ---- DDP ------------------------------------------------------------------------------------
+SETTINGS = dict(num_codes=16, code_dim=4, update="ema", decay=0.8, kmeans_init=True, kmeans_iterations=5,
+                restart_dead=True, dead_threshold=0.9, usage_decay=0.5, seed=3)
+
+
+def global_batches(steps=6):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(8, 4, 2, 2, generator=g) for _ in range(steps)]
+
+
+def run_steps(vq, batches):
+    for z_e in batches:
+        vq(z_e)
+    return vq.codebook.clone()
+
+
+def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.manual_seed(100 + rank)  # different global RNG on each process: the codebook must not depend on it
+    vq = VectorQuantizer(**SETTINGS).train()
+    shares = [b.tensor_split(world)[rank] for b in global_batches()]
+    torch.save(run_steps(vq, shares), os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_codebooks_are_identical_across_ranks_and_equal_to_one_process(tmp_path):
+    mp.start_processes(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(rank0, rank1)
+    single = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
+    torch.testing.assert_close(rank0, single, atol=1e-5, rtol=1e-5)
