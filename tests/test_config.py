@@ -56,6 +56,10 @@ def test_every_option_composes_and_runs(group, option, tmp_path, data_files):
         with pytest.raises(UserError, match=f"{option} not found under data.root"):
             train(cfg)
         return
+    if (group, option) == ("model", "vqvae_prior"):  # runs in test_vqvae, on a VQ-VAE trained there
+        with pytest.raises(UserError, match="model=vqvae_prior needs prior.vqvae_ckpt"):
+            train(cfg)
+        return
     if (group, option) in MULTI_PROCESS or (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
         return  # composes; running needs several processes or a GPU
     metrics = train(cfg)

@@ -62,6 +62,11 @@ def check_vqvae(model: DictConfig, image_shape) -> None:
 
 
 def check_model(model: DictConfig) -> None:
+    if model._target_.endswith("CodePrior"):
+        require(model.vqvae_ckpt is not None, "model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
+        require(Path(model.vqvae_ckpt).is_file(), f"prior.vqvae_ckpt={model.vqvae_ckpt} does not exist; "
+                "give the path of a VQ-VAE run's checkpoint")
+        return
     if model._target_.endswith("VQVAE"):
         check_vqvae(model, model.image_shape)
         lr = model.optimizer.get("lr")
@@ -91,7 +96,7 @@ def check_model(model: DictConfig) -> None:
 def check_variant(model: DictConfig) -> None:
     """Options of the posterior, the gradient estimator, IWAE and beta-VAE, and their combinations."""
     target = model._target_.rsplit(".", 1)[-1]
-    if target == "VQVAE":
+    if target in ("VQVAE", "CodePrior"):
         return
     require(model.get("posterior", "diagonal") in ("diagonal", "full"),
             f"model.posterior must be diagonal or full, got {model.get('posterior')!r}")

@@ -20,7 +20,7 @@ from vaelab import pictures
 from vaelab.callbacks import log_image
 from vaelab.checks import is_int, require
 from vaelab.errors import UserError
-from vaelab.evaluate import evaluate_split
+from vaelab.evaluate import evaluate_split, evaluate_vq_split
 from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
 
 
@@ -86,12 +86,21 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
-    results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed)
+    is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
+    if is_vq:
+        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size)
+    else:
+        results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed) if cfg.pictures else {}
+    if not cfg.pictures:
+        images = {}
+    elif is_vq:
+        images = draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
+    else:
+        images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
@@ -99,7 +108,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         log_image(loggers, f"eval/{name}", image, step=0)
     for logger in loggers:
         logger.finalize("success")
-    print(summary(metrics, out))
+    print(vq_summary(metrics, out) if is_vq else summary(metrics, out))
     return metrics
 
 
@@ -123,6 +132,35 @@ def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed:
         save_image(image, folder / f"{name}.png")
     pictures.latent_map(results["posterior_means"], split.labels, folder / "latent_map.png")
     return images
+
+
+def draw_vq_pictures(model, split, out: Path, num_images: int, seed: int) -> dict:
+    """Samples (from the learned prior, or uniform codes for a first-stage VQ-VAE),
+    reconstructions and the codebook usage."""
+    from vaelab.callbacks import read_png, usage_histogram
+
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    x = split.images[: max(1, min(num_images, len(split)) // 2)].float() / split.levels
+    images = {"samples": pictures.samples(model, num_images, seed), "reconstructions": pictures.reconstructions(model, x)}
+    for name, image in images.items():
+        save_image(image, folder / f"{name}.png")
+    quantizer = (model.vqvae if hasattr(model, "vqvae") else model).quantizer
+    usage_histogram(quantizer.usage.cpu(), quantizer.dead_threshold, folder / "codebook_usage.png")
+    images["codebook_usage"] = read_png(folder / "codebook_usage.png")
+    return images
+
+
+def vq_summary(m: dict, out: Path) -> str:
+    return "\n".join([
+        f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
+        f"  -log p(x) <=    {m['nll_bound']:.2f} ± {m['nll_bound_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim; "
+        f"{m['prior']} prior: {m['prior_nll']:.2f} nats of codes)",
+        f"  reconstruction: {m['recon']:.2f} nats  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
+        f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, perplexity {m['perplexity']:.1f}, "
+        f"{m['dead_codes']} dead",
+        f"  written to:     {out}",
+    ])
 
 
 def summary(m: dict, out: Path) -> str:

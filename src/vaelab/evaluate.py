@@ -83,3 +83,55 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
         "per_example": per_example,
         "posterior_means": means.cpu(),
     }
+
+
+@torch.no_grad()
+def evaluate_vq_split(model, split: Split, batch_size: int = 100) -> dict:
+    """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
+    reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
+    code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
+    prior's NLL of the codes, or recon + H'W' log K for the first stage's uniform prior."""
+    prior = model if hasattr(model, "vqvae") else None
+    vq = model.vqvae if prior is not None else model
+    model.eval()
+    device = next(model.parameters()).device
+    _, height, width = split.images.shape[1:]
+    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
+    counts = torch.zeros(vq.quantizer.num_codes, device=device)
+    recon, squared_error, prior_nll = [], [], []
+    for start in range(0, len(split), batch_size):
+        x = (split.images[start:start + batch_size].float() / split.levels).to(device)
+        indices = vq.quantizer.indices(vq.encoder(x))
+        params = vq.decode(vq.quantizer.lookup(indices))
+        recon.append(-vq.likelihood.log_prob(x, params))
+        x_hat = vq.likelihood.mean(params).clamp(0, 1)
+        squared_error.append((x_hat - x).pow(2).flatten(1).mean(1))
+        psnr.update(x_hat, x)
+        ssim.update(x_hat, x)
+        counts += torch.bincount(indices.flatten(), minlength=len(counts)).float()
+        if prior is not None:
+            prior_nll.append(prior.code_nll(indices))
+    recon = torch.cat(recon)
+    probs = counts / counts.sum()
+    code_cost = torch.cat(prior_nll) if prior is not None else torch.full_like(
+        recon, math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes))
+    nll_bound = recon + code_cost
+    dims = math.prod(split.images.shape[1:])
+    results = {
+        "num_examples": len(split),
+        "nll_bound": nll_bound.mean().item(),
+        "nll_bound_stderr": (nll_bound.std() / math.sqrt(len(split))).item(),
+        "bpd": bits_per_dim(nll_bound.mean(), dims, vq.likelihood.bpd_offset_nats_per_dim).item(),
+        "recon": recon.mean().item(),
+        "prior": "learned" if prior is not None else "uniform",
+        "prior_nll": code_cost.mean().item(),
+        "mse": torch.cat(squared_error).mean().item(),
+        "psnr": psnr.compute().item(),
+        "ssim": ssim.compute().item(),
+        "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).item(),
+        "codes_used": (counts > 0).float().mean().item(),
+        "dead_codes": vq.quantizer.dead_codes(),
+        "num_codes": vq.quantizer.num_codes,
+    }
+    return results

@@ -145,6 +145,16 @@ class VectorQuantizer(nn.Module):
         }
 
     @torch.no_grad()
+    def indices(self, z_e: Tensor) -> Tensor:
+        """Nearest-code map [B, H, W] for z_e [B, D, H, W], never updating the codebook (for a
+        frozen quantizer, whatever its train/eval mode)."""
+        batch, _, height, width = z_e.shape
+        flat = self.project_in(z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))
+        if self.cosine:
+            flat = F.normalize(flat, dim=1)
+        return self.nearest(flat).view(batch, height, width)
+
+    @torch.no_grad()
     def lookup(self, indices: Tensor) -> Tensor:
         """Code maps [B, H, W] -> z_q [B, D, H, W] (for decoding samples of a prior)."""
         return self.project_out(self.codes()[indices]).permute(0, 3, 1, 2)

@@ -115,8 +115,22 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
                         "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)")
 
 
+def use_vqvae_data(cfg: DictConfig) -> None:
+    """The prior stage trains on the data set its VQ-VAE was trained on."""
+    from vaelab.models.prior import load_vqvae  # noqa: F401  (its errors are the user-facing ones)
+    from vaelab.eval import load_checkpoint
+
+    path = cfg.model.vqvae_ckpt
+    if path and Path(path).is_file():
+        load_vqvae(path)
+        data = load_checkpoint(path)["vaelab"]["config"]["data"]
+        cfg.data = OmegaConf.create(data)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; returns the last logged value of every metric."""
+    if cfg.model._target_.endswith("CodePrior"):
+        use_vqvae_data(cfg)
     check_config(cfg)
     check_output_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg)

@@ -1,6 +1,7 @@
 from vaelab.models.beta_vae import BetaVAE
 from vaelab.models.iwae import IWAE
+from vaelab.models.prior import CodePrior
 from vaelab.models.vae import VAE
 from vaelab.models.vqvae import VQVAE
 
-__all__ = ["VAE", "BetaVAE", "IWAE", "VQVAE"]
+__all__ = ["VAE", "BetaVAE", "IWAE", "VQVAE", "CodePrior"]

@@ -1,0 +1,128 @@
+"""The second stage of VQ-VAE: an autoregressive prior over code maps, which makes it generative.
+
+A small causal transformer models p(z) = prod_i p(z_i | z_<i) over the H'W' code indices of the
+frozen VQ-VAE's encoder, in raster order. Its negative log-likelihood of the codes (nats per
+image) plus the VQ-VAE's reconstruction term bounds -log p(x):
+    -log p(x) <= -log p(x | z_q(x)) - log p(z(x))
+(the encoder is deterministic, so q(z|x) is a point mass and the ELBO has no entropy term).
+Sampling draws codes one position at a time and decodes them with the VQ-VAE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaelab import objectives
+from vaelab.errors import UserError
+from vaelab.models.base import GenerativeModel
+from vaelab.models.vqvae import VQVAE
+
+
+def load_vqvae(path: str) -> tuple[dict, dict]:
+    """(hyper_parameters, state_dict) of a VQ-VAE checkpoint, with a one-line error otherwise."""
+    from vaelab.eval import load_checkpoint
+
+    checkpoint = load_checkpoint(path)
+    target = (checkpoint["vaelab"].get("config") or {}).get("model", {}).get("_target_", "")
+    if not target.endswith("VQVAE"):
+        raise UserError(f"prior.vqvae_ckpt={path} is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, not a "
+                        "VQ-VAE; train one with model=vqvae first")
+    return checkpoint["hyper_parameters"], checkpoint["state_dict"]
+
+
+class CausalTransformer(nn.Module):
+    """Next-code logits for code sequences [B, N] -> [B, N, K] (position i sees codes < i)."""
+
+    def __init__(self, num_codes: int, length: int, width: int, layers: int, heads: int, dropout: float):
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(1, 1, width))
+        self.embed = nn.Embedding(num_codes, width)
+        self.position = nn.Parameter(torch.randn(1, length, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_codes)
+        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        batch, n = codes.shape
+        # Shift right: position i is predicted from the start token and codes 0..i-1.
+        h = torch.cat([self.start.expand(batch, 1, -1), self.embed(codes[:, :-1])], 1) + self.position[:, :n]
+        h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
+        return self.head(self.norm(h))
+
+
+class CodePrior(GenerativeModel):
+    """Trains the prior on the frozen VQ-VAE of ``vqvae_ckpt``; the VQ-VAE's weights and
+    hyperparameters are stored in this model's own checkpoint, so it stands alone."""
+
+    def __init__(self, vqvae_ckpt: str | None, optimizer: dict, scheduler: dict | None = None, width: int = 128,
+                 layers: int = 4, heads: int = 4, dropout: float = 0.1, vqvae_hparams: dict | None = None):
+        vqvae_state = None
+        if vqvae_hparams is None:
+            if not vqvae_ckpt:
+                raise UserError("model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
+            vqvae_hparams, vqvae_state = load_vqvae(vqvae_ckpt)
+        super().__init__()
+        self.save_hyperparameters()
+        self.vqvae = VQVAE(**vqvae_hparams)
+        if vqvae_state is not None:
+            self.vqvae.load_state_dict(vqvae_state)
+        self.vqvae.requires_grad_(False)
+        self.image_shape = self.vqvae.image_shape
+        self.num_dims = self.vqvae.num_dims
+        self.latent_shape = self.vqvae.latent_shape
+        self.num_codes = self.vqvae.quantizer.num_codes
+        self.prior = CausalTransformer(self.num_codes, math.prod(self.latent_shape), width, layers, heads, dropout)
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """Images -> code maps [B, H', W'] of the frozen VQ-VAE. Through ``indices``, never the
+        quantizer's forward: Lightning sets submodules' train/eval modes itself, and a quantizer
+        in training mode would move its codebook."""
+        return self.vqvae.quantizer.indices(self.vqvae.encoder(x))
+
+    def code_nll(self, codes: Tensor) -> Tensor:
+        """-log p(z) per image [B], in nats."""
+        flat = codes.flatten(1)
+        logits = self.prior(flat).float()
+        return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").sum(1)
+
+    def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        codes = self.encode(x)
+        prior_nll = self.code_nll(codes)
+        with torch.no_grad():
+            recon = -self.vqvae.likelihood.log_prob(x, self.vqvae.decode(self.vqvae.quantizer.lookup(codes)))
+        loss = prior_nll.mean()
+        metrics = {"loss": loss, "prior_nll": prior_nll.mean(), "recon": recon.mean()}
+        return loss, {name: value.detach().float() for name, value in metrics.items()}
+
+    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        elbo = -(metrics["recon"] + metrics["prior_nll"])
+        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.vqvae.likelihood.bpd_offset_nats_per_dim)
+        return {**metrics, "elbo": elbo, "bpd": bpd}
+
+    @torch.no_grad()
+    def sample_codes(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        n = math.prod(self.latent_shape)
+        codes = torch.zeros(num_samples, n, dtype=torch.long, device=self.device)
+        for i in range(n):
+            probs = torch.softmax(self.prior(codes[:, : i + 1])[:, i].float() / temperature, -1)
+            codes[:, i] = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(self.device)
+        return codes.view(num_samples, *self.latent_shape)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        was_training = self.training
+        self.eval()
+        images = self.vqvae.decode_codes(self.sample_codes(num_samples, generator))
+        self.train(was_training)
+        return images
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.vqvae.reconstruct(x)

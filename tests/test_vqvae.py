@@ -1,0 +1,89 @@
+"""VQ-VAE as a model and its learned prior (the second stage)."""
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from vaelab.config import compose_config
+from vaelab.errors import UserError
+from vaelab.eval import build_model, load_checkpoint
+from vaelab.models import VQVAE
+from vaelab.train import train
+
+QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "size=small"]
+QUANTIZER = dict(num_codes=16, code_dim=8, beta=0.25, update="ema", decay=0.99, epsilon=1e-5, kmeans_init=True,
+                 kmeans_iterations=5, restart_dead=True, dead_threshold=0.03, usage_decay=0.99, cosine=False,
+                 lookup_dim=None, seed=0)
+
+
+def make_vqvae(image_shape=(1, 8, 8)):
+    return VQVAE(list(image_shape), {"name": "bernoulli"}, QUANTIZER,
+                 {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, hidden=16, res_blocks=1)
+
+
+@pytest.mark.parametrize("image_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_latent_grid_and_reconstruction_shapes(image_shape):
+    model = make_vqvae(image_shape).train()
+    x = torch.rand(2, *image_shape)
+    z_e = model.encoder(x)
+    assert z_e.shape == (2, 8, image_shape[1] // 4, image_shape[2] // 4)  # 7x7 for 28x28, 8x8 for 32x32
+    assert model.reconstruct(x).shape == x.shape
+
+
+def test_loss_is_reconstruction_plus_vq_terms_summed_per_example():
+    model = make_vqvae().train()
+    x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
+    loss, metrics = model.step_metrics(x)
+    torch.testing.assert_close(loss, metrics["recon"] + metrics["vq"])
+    model.eval()
+    terms = model.terms(x)
+    # The VQ term is a mean per element times the elements of one example's code map.
+    torch.testing.assert_close(model.step_metrics(x)[1]["vq"], terms["vq_loss"] * 2 * 2 * 8)
+    derived = model.with_derived(metrics)
+    assert derived["kl"].item() == pytest.approx(4 * math.log(16))  # uniform prior over 16 codes at 2x2 positions
+    torch.testing.assert_close(derived["elbo"], -(metrics["recon"] + derived["kl"]))
+
+
+def test_vqvae_and_its_prior_train_and_the_prior_checkpoint_stands_alone(tmp_path):
+    vq_metrics = train(compose_config([*QUICK, "model=vqvae", "trainer.max_epochs=2"], tmp_path / "vq"))
+    assert 0 < vq_metrics["test/codes_used"] <= 1 and vq_metrics["test/perplexity"] >= 1
+    assert (tmp_path / "vq" / "images" / "codebook_usage_epoch001.png").is_file()
+    vq_ckpt = tmp_path / "vq" / "checkpoints" / "best.ckpt"
+    prior_metrics = train(compose_config(["model=vqvae_prior", f"prior.vqvae_ckpt={vq_ckpt}", "trainer.max_epochs=2",
+                                          "trainer.enable_progress_bar=false"], tmp_path / "prior"))
+    # The whole model's bound: reconstruction plus the prior's NLL of the codes.
+    assert prior_metrics["test/elbo"] == pytest.approx(-(prior_metrics["test/recon"] + prior_metrics["test/prior_nll"]),
+                                                       rel=1e-5)
+    assert prior_metrics["test/prior_nll"] < 4 * math.log(512)  # better than uniform codes (2x2 of K = 512)
+    assert (tmp_path / "prior" / "images" / "samples_epoch001.png").is_file()
+    # Without the VQ-VAE's file, the prior's checkpoint still rebuilds the whole model.
+    from vaelab.eval import evaluate_checkpoint
+
+    vq_eval = evaluate_checkpoint(compose_config([f"ckpt_path={vq_ckpt}"], tmp_path / "vq_eval", config_name="eval"))
+    prior_eval = evaluate_checkpoint(compose_config([f"ckpt_path={tmp_path}/prior/checkpoints/best.ckpt"],
+                                                    tmp_path / "prior_eval", config_name="eval"))
+    assert vq_eval["prior"] == "uniform" and prior_eval["prior"] == "learned"
+    assert prior_eval["recon"] == pytest.approx(vq_eval["recon"], rel=1e-5)  # the VQ-VAE stayed frozen
+    trained = load_checkpoint(str(tmp_path / "prior" / "checkpoints" / "best.ckpt"))["state_dict"]
+    original = load_checkpoint(str(vq_ckpt))["state_dict"]
+    for name, value in original.items():
+        assert torch.equal(trained[f"vqvae.{name}"], value), name
+    assert prior_eval["nll_bound"] < vq_eval["nll_bound"]  # the learned prior beats uniform codes
+    assert prior_eval["nll_bound"] == pytest.approx(prior_metrics["test/elbo"] * -1, rel=1e-4)
+    for name in ("samples", "reconstructions", "codebook_usage"):
+        assert (tmp_path / "prior_eval" / "images" / f"{name}.png").is_file()
+    shutil.rmtree(tmp_path / "vq")
+    model = build_model(load_checkpoint(str(tmp_path / "prior" / "checkpoints" / "best.ckpt"))).eval()
+    samples = model.sample(3, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (3, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+
+
+def test_prior_needs_a_vqvae_checkpoint(tmp_path):
+    with pytest.raises(UserError, match="model=vqvae_prior needs prior.vqvae_ckpt"):
+        train(compose_config(["model=vqvae_prior"], tmp_path / "a"))
+    train(compose_config([*QUICK, "trainer.max_epochs=1"], tmp_path / "vae"))
+    with pytest.raises(UserError, match="is a VAE checkpoint, not a VQ-VAE; train one with model=vqvae first"):
+        train(compose_config(["model=vqvae_prior", f"prior.vqvae_ckpt={tmp_path}/vae/checkpoints/last.ckpt"],
+                             tmp_path / "b"))
