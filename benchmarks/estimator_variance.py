@@ -28,7 +28,7 @@ def main() -> None:
         cfg = compose_config([f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
                               "logger=none", "test=false"], out)
         train(cfg)
-        model = instantiate_plain(cfg.model)
+        model = instantiate_plain(cfg.model, exclude=("compile",))
         model.load_state_dict(torch.load(f"{out}/checkpoints/last.ckpt", weights_only=False)["state_dict"])
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()

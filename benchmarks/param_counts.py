@@ -11,7 +11,7 @@ SHAPES = {"digits": "8x8", "binarized_mnist": "28x28", "cifar10": "3x32x32"}
 def count(overrides: list[str]) -> int:
     from vaelab.train import instantiate_plain
 
-    model = instantiate_plain(compose_config(overrides, "/tmp/unused").model)
+    model = instantiate_plain(compose_config(overrides, "/tmp/unused").model, exclude=("compile",))
     return sum(p.numel() for p in model.parameters())
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-METRIC_FILES = ("test_metrics.json", "metrics.json")
+METRIC_FILES = ("test_metrics.json", "metrics.json", "FAILED")
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -37,7 +37,9 @@ def read_run(run: Path) -> tuple[dict, dict]:
             key, _, value = item.partition("=")
             overrides[key.lstrip("+~")] = value
     metrics = {}
-    for name in METRIC_FILES:
+    if (run / "FAILED").is_file():
+        metrics["status"] = "failed: " + (run / "FAILED").read_text().strip()
+    for name in METRIC_FILES[:2]:
         if (run / name).is_file():
             data = json.loads((run / name).read_text())
             metrics.update({k: v for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -54,7 +56,7 @@ def as_number(value: str):
 def write_report(runs: list[Path], out: Path, metric: str | None, against: str | None) -> list[Path]:
     rows = [(run, *read_run(run)) for run in runs]
     override_keys = sorted({k for _, o, _ in rows for k in o})
-    metric_keys = sorted({k for _, _, m in rows for k in m})
+    metric_keys = sorted({k for _, _, m in rows for k in m}, key=lambda k: (k != "status", k))
     header = ["run", *override_keys, *metric_keys]
     table = [[str(run), *(o.get(k, "") for k in override_keys), *(m.get(k, "") for k in metric_keys)]
              for run, o, m in rows]
@@ -70,7 +72,7 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
         if metric is None:
             raise SystemExit("error: --against needs --metric; name the metric to plot")
         points = sorted((as_number(o[against]), m[metric]) for _, o, m in rows
-                        if against in o and metric in m and as_number(o[against]) is not None)
+                        if against in o and isinstance(m.get(metric), (int, float)) and as_number(o[against]) is not None)
         if not points:
             raise SystemExit(f"error: no run has both a numeric override {against} and the metric {metric}; "
                              f"overrides seen: {override_keys}, metrics: {metric_keys}")
@@ -90,6 +92,33 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
         plt.close(fig)
         written.append(plot)
     return written
+
+
+class MultirunSummary:
+    """A Hydra callback: when a sweep ends, its folder gets report.md and report.csv with every
+    job's overrides and final metrics, failed jobs included."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        runs = find_runs([sweep_dir]) if sweep_dir.exists() else []
+        if runs:
+            for path in write_report(runs, sweep_dir, None, None):
+                print(f"sweep summary: {path}")
+
+    def on_run_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_run_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        pass
 
 
 def main(argv: list[str] | None = None) -> None:

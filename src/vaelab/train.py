@@ -27,10 +27,12 @@ from vaelab.reliability import AtomicCheckpointIO, FiniteGradients, PreemptionCh
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 
-def instantiate_plain(node: DictConfig, **extra):
+def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
     """Build ``node._target_`` from the resolved node as plain Python values (so a
-    LightningModule's saved hyperparameters are plain too)."""
+    LightningModule's saved hyperparameters are plain too), leaving out the keys ``exclude``."""
     kwargs = OmegaConf.to_container(node, resolve=True)
+    for key in exclude:
+        kwargs.pop(key, None)
     target = hydra.utils.get_class(kwargs.pop("_target_"))
     return target(**kwargs, **extra)
 
@@ -127,8 +129,51 @@ def use_vqvae_data(cfg: DictConfig) -> None:
         cfg.data = OmegaConf.create(data)
 
 
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def prepare_ddp_relaunch(cfg: DictConfig) -> None:
+    """Lightning's DDP starts the other processes by re-running this script with its command
+    line and hydra.run.dir. Inside a sweep that command line is the whole sweep (-m and every
+    value) and run.dir is not the job's folder: they would re-run the sweep. So each job hands
+    Lightning its own overrides and its own folder."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with read_write(hydra_cfg), open_dict(hydra_cfg):
+        hydra_cfg.run.dir = cfg.paths.output_dir
+
+
+_ENVIRONMENT_AT_JOB_START: dict[str, str] = {}
+
+
+def end_distributed() -> None:
+    """A sweep runs its jobs one after another in this process: each job's DDP group, and the
+    environment variables Lightning set for it (MASTER_PORT, LOCAL_RANK, ...), must end with the
+    job, or the next job would wait for processes of the previous one that have exited."""
+    import torch.distributed as dist
+
+    if not in_multirun():
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if _ENVIRONMENT_AT_JOB_START:
+        os.environ.clear()
+        os.environ.update(_ENVIRONMENT_AT_JOB_START)
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; returns the last logged value of every metric."""
+    if in_multirun():
+        _ENVIRONMENT_AT_JOB_START.clear()
+        _ENVIRONMENT_AT_JOB_START.update(os.environ)
+        prepare_ddp_relaunch(cfg)
     if cfg.model._target_.endswith("CodePrior"):
         use_vqvae_data(cfg)
     check_config(cfg)
@@ -138,7 +183,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()  # a missing or corrupt data set fails here, before anything is built
-    model = instantiate_plain(cfg.model)
+    compile_networks = cfg.model.get("compile", False)
+    model = instantiate_plain(cfg.model, exclude=("compile",))
+    if compile_networks:
+        # In place: the parameter names, and so the checkpoints, stay those of the plain model.
+        for network in (model.encoder, model.decoder) if hasattr(model, "encoder") else (model.prior,):
+            network.compile()
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.nonfinite = cfg.nonfinite
     if ckpt_path:
@@ -159,6 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         test_metrics = {k: float(v) for k, v in test_results[0].items()}
         metrics.update(test_metrics)
         write_json(Path(cfg.paths.output_dir) / "test_metrics.json", {**test_metrics, "ckpt_path": best})
+    end_distributed()
     return metrics
 
 
@@ -177,17 +228,34 @@ def write_json(path: Path, payload: dict) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
+    """Returns ``cfg.optimized_metric`` for hyperparameter sweepers (NaN for a failed job)."""
     try:
         metrics = train(cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingStopped as e:
-        print(f"stopped: {e}", file=sys.stderr)
-        sys.exit(3)
+    except (UserError, TrainingStopped) as e:
+        kind = "error" if isinstance(e, UserError) else "stopped"
+        print(f"{kind}: {e}", file=sys.stderr)
+        if not in_multirun():
+            sys.exit(2 if kind == "error" else 3)
+        # In a sweep, one job's failure must not end the others: it is recorded in its folder
+        # (and in the sweep's summary), and sweepers see NaN, which Optuna counts as a failed trial.
+        end_distributed()
+        record_failure(Path(cfg.paths.output_dir), f"{kind}: {e}")
+        return float("nan")
     shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("test/")}
     rank_zero_info(f"run folder: {cfg.paths.output_dir}\ntest metrics: {shown}")
+    metric = cfg.get("optimized_metric")
+    if metric:
+        if metric not in metrics:
+            raise UserError(f"optimized_metric={metric} was not logged; choose one of {sorted(metrics)}")
+        return metrics[metric]
+    return None
+
+
+@rank_zero_only
+def record_failure(folder: Path, message: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "FAILED").write_text(message + "\n")
 
 
 if __name__ == "__main__":

@@ -95,7 +95,9 @@ class GenerativeModel(L.LightningModule):
         means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
         if means:
             metrics = self.with_derived(means)
-            self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True)
+            # Already reduced over processes, so identical on every rank: sync_dist is a no-op mean.
+            self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
+                          sync_dist=True)
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 

@@ -1,0 +1,48 @@
+"""Mixed precision and torch.compile."""
+
+import pytest
+import torch
+
+from vaelab.config import compose_config
+from vaelab.models import VAE
+from vaelab.quantizer import VectorQuantizer
+from vaelab.train import train
+
+QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "trainer.max_epochs=1"]
+
+
+def test_log_densities_and_kl_stay_float32_under_bf16_autocast():
+    model = VAE([1, 8, 8], 4, {"kind": "conv", "channels": [8, 16], "activation": "relu"}, {"name": "bernoulli"},
+                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.encoder(x).dtype == torch.bfloat16  # the networks do run in bf16
+        terms = model.terms(x)
+    for name in ("log_px_given_z", "kl", "elbo"):
+        assert terms[name].dtype == torch.float32, name
+
+
+def test_vq_distances_are_float32_under_bf16_autocast():
+    vq = VectorQuantizer(num_codes=8, code_dim=4, kmeans_init=False).eval()
+    z_e = torch.randn(2, 4, 2, 2, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z_q, out = vq(z_e)
+    assert out["commitment"].dtype == torch.float32 and z_q.dtype == torch.bfloat16
+    assert torch.equal(out["indices"], vq.indices(z_e.float()))  # the same codes as in float32
+
+
+@pytest.mark.parametrize("model", ["vae", "vqvae"])
+def test_bf16_mixed_training_runs_and_logs_float32_metrics(tmp_path, model):
+    metrics = train(compose_config([*QUICK, f"model={model}", "size=small", "trainer.precision=bf16-mixed"], tmp_path))
+    assert all(v == v for v in metrics.values())
+    kl = metrics["test/kl"]
+    assert isinstance(kl, float) and kl > 0
+
+
+@pytest.mark.slow
+def test_compiled_networks_train_and_their_checkpoints_load_uncompiled(tmp_path):
+    train(compose_config([*QUICK, "size=small", "model.compile=true", "test=false"], tmp_path))
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)
+    plain = VAE(**torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"])
+    plain.load_state_dict(state)  # strict: every key matches the uncompiled model
