@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +68,52 @@ def test_multirun_runs_every_job_in_its_own_folder(tmp_path):
         betas.append([line for line in config.splitlines() if line.strip().startswith("beta:")][0].split()[-1])
         assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + float(betas[-1]) * metrics["test/kl"], rel=1e-4)
     assert [float(b) for b in betas] == [1.0, 4.0]
+
+
+def test_wandb_resume_continues_the_same_run(tmp_path):
+    run = tmp_path / "run"
+    first = run_cli(["logger=wandb", "data=synthetic", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+                     f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run_cli(["logger=wandb", "data=synthetic", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
+                      f"hydra.run.dir={run}", "ckpt_path=last"], cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    run_id = (run / "wandb_run_id").read_text().strip()
+    offline_runs = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline_runs)
+
+
+def test_ddp_inside_a_multirun_runs_every_job_in_its_own_folder(tmp_path):
+    result = run_cli(["-m", "trainer=ddp_cpu", "trainer.devices=2", "model.beta=1,2", "data=synthetic",
+                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    for job in ("0", "1"):
+        assert (sweep / job / "test_metrics.json").is_file()
+        assert (sweep / job / "train_ddp_process_1.log").is_file()  # the second process ran this job, not a new sweep
+    assert not (tmp_path / "outputs" / "train" / "runs").exists()
+    report = (sweep / "report.md").read_text()
+    assert report.count("\n") == 4  # header, rule, two jobs
+
+
+def test_a_failed_job_does_not_end_the_sweep(tmp_path):
+    result = run_cli(["-m", "data=synthetic", "data.batch_size=32,0,64", "trainer.max_epochs=1",
+                      "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert (sweep / "0" / "test_metrics.json").is_file() and (sweep / "2" / "test_metrics.json").is_file()
+    assert "data.batch_size must be a whole number" in (sweep / "1" / "FAILED").read_text()
+    assert "failed: error: data.batch_size must be a whole number" in (sweep / "report.md").read_text()
+
+
+def test_an_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
+    conf = ROOT / "tests" / "conf"
+    result = run_cli([f"hydra.searchpath=[file://{conf}]", "hparams_search=optuna_with_a_failure", "data=synthetic",
+                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd=tmp_path, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
+    completed = sorted(p.parent.name for p in sweep.glob("*/test_metrics.json"))
+    assert len(failed) == 1 and len(completed) == 2
+    assert "model.beta must be a number ≥ 0, got -1" in (sweep / failed[0] / "FAILED").read_text()
+    assert "best_value" in (sweep / "optimization_results.yaml").read_text()

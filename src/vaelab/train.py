@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import hydra
@@ -18,7 +19,7 @@ import lightning as L
 import vaelab
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.checks import check_config
 from vaelab.errors import UserError
@@ -57,14 +58,39 @@ def continue_csv_log(logger: CSVLogger) -> None:
         writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
 
 
+def configure_wandb(node: DictConfig, cfg: DictConfig) -> None:
+    """Offline without a key; one W&B run per run folder (its id is kept in the folder, so a
+    resumed run continues the same W&B run); a group per sweep; a name from the overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if node.get("offline") == "auto":
+        node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
+        if node.offline:
+            rank_zero_info(f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`")
+    id_file = Path(cfg.paths.output_dir) / "wandb_run_id"
+    if id_file.is_file():
+        node.id = id_file.read_text().strip()
+    else:
+        node.id = uuid.uuid4().hex[:8]
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(node.id + "\n")
+    node.resume = "allow"
+    if HydraConfig.initialized():
+        job = HydraConfig.get().job
+        if node.get("name") is None:
+            node.name = job.override_dirname or Path(cfg.paths.output_dir).name
+        if node.get("group") is None and in_multirun():
+            node.group = Path(HydraConfig.get().sweep.dir).name
+
+
 def build_loggers(cfg: DictConfig) -> list:
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         node = node.copy()
-        if name == "wandb" and node.get("offline") == "auto":
-            node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
-            if node.offline:
-                rank_zero_info(f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`")
+        if name == "wandb":
+            with open_dict(node):
+                configure_wandb(node, cfg)
         logger = hydra.utils.instantiate(node, _convert_="all")
         if isinstance(logger, CSVLogger) and cfg.get("ckpt_path"):
             continue_csv_log(logger)
@@ -237,11 +263,17 @@ def main(cfg: DictConfig) -> float | None:
         print(f"{kind}: {e}", file=sys.stderr)
         if not in_multirun():
             sys.exit(2 if kind == "error" else 3)
-        # In a sweep, one job's failure must not end the others: it is recorded in its folder
-        # (and in the sweep's summary), and sweepers see NaN, which Optuna counts as a failed trial.
+        # In a sweep, one job's failure must not end the others. It is recorded in its folder (and
+        # so in the sweep's summary). Hydra's basic sweeper ends the sweep on a raised failure, so
+        # there the job just returns; an optimising sweeper (Optuna) records a raised failure as a
+        # failed trial and goes on while the failures stay under its max_failure_rate.
         end_distributed()
         record_failure(Path(cfg.paths.output_dir), f"{kind}: {e}")
-        return float("nan")
+        from hydra.core.hydra_config import HydraConfig
+
+        if "BasicSweeper" in HydraConfig.get().sweeper._target_:
+            return float("nan")
+        raise
     shown = {k: round(v, 4) for k, v in sorted(metrics.items()) if k.startswith("test/")}
     rank_zero_info(f"run folder: {cfg.paths.output_dir}\ntest metrics: {shown}")
     metric = cfg.get("optimized_metric")
