@@ -219,3 +219,16 @@ def test_image_folder_that_does_not_exist(tmp_path):
     dm = ImageFolderDataModule(path=str(tmp_path / "missing"), image_shape=[3, 8, 8])
     with pytest.raises(UserError, match="is not a folder; point it at a folder of images"):
         dm.prepare()
+
+
+def test_amat_download_without_network_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
+    dm = BinarizedMNISTDataModule(path=str(tmp_path), download=True, image_shape=[1, 28, 28])
+    with pytest.raises(UserError, match="could not download binarized_mnist_train.amat .*set data.path to the packed"):
+        dm.prepare()
+    assert not list(tmp_path.glob("*.amat"))  # nothing half-downloaded left under the final name
