@@ -67,17 +67,19 @@ class FiniteGradients(L.Callback):
 
     def __init__(self, policy: str = "stop"):
         self.policy = policy
+        self.params: list[torch.nn.Parameter] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Listed once: walking the module tree every step costs more than the check itself.
+        self.params = [p for p in pl_module.parameters() if p.requires_grad]
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        params = [p for p in pl_module.parameters() if p.grad is not None]
-        if not params:
-            return
-        norms = torch._foreach_norm([p.grad for p in params])  # one fused pass, cheap enough per step
-        if torch.isfinite(torch.stack(norms).sum()):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads or torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
             return
         bad = [name for name, p in pl_module.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
         if self.policy == "skip":
-            for p in params:
+            for p in self.params:
                 p.grad = None
             pl_module.skipped_steps += 1
             return
