@@ -38,6 +38,12 @@ class WeightedSums:
 
 
 class GenerativeModel(L.LightningModule):
+    """Base of every model; see the module docstring for what a subclass implements."""
+
+    # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
+    nonfinite = "stop"
+    skipped_steps = 0
+
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""
         raise NotImplementedError
@@ -55,10 +61,6 @@ class GenerativeModel(L.LightningModule):
     def on_fit_start(self) -> None:
         # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
         self.train_epoch_sums = WeightedSums()
-
-    # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
-    nonfinite = "stop"
-    skipped_steps = 0
 
     def training_step(self, batch, batch_idx):
         x, _ = batch
