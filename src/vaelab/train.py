@@ -15,12 +15,11 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-
-import vaelab
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+import vaelab
 from vaelab.checks import check_config
 from vaelab.errors import UserError
 from vaelab.reliability import AtomicCheckpointIO, FiniteGradients, PreemptionCheckpoint, TrainingStopped
@@ -144,15 +143,13 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
 
 
 def use_vqvae_data(cfg: DictConfig) -> None:
-    """The prior stage trains on the data set its VQ-VAE was trained on."""
-    from vaelab.models.prior import load_vqvae  # noqa: F401  (its errors are the user-facing ones)
-    from vaelab.eval import load_checkpoint
+    """The prior stage trains on the data set its VQ-VAE was trained on. (A missing path is
+    left to check_config, which says what to give.)"""
+    from vaelab.models.prior import load_vqvae
 
     path = cfg.model.vqvae_ckpt
     if path and Path(path).is_file():
-        load_vqvae(path)
-        data = load_checkpoint(path)["vaelab"]["config"]["data"]
-        cfg.data = OmegaConf.create(data)
+        cfg.data = OmegaConf.create(load_vqvae(path)["vaelab"]["config"]["data"])
 
 
 def in_multirun() -> bool:
@@ -168,7 +165,6 @@ def prepare_ddp_relaunch(cfg: DictConfig) -> None:
     value) and run.dir is not the job's folder: they would re-run the sweep. So each job hands
     Lightning its own overrides and its own folder."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict, read_write
 
     hydra_cfg = HydraConfig.get()
     sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]

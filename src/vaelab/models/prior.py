@@ -22,8 +22,9 @@ from vaelab.models.base import GenerativeModel
 from vaelab.models.vqvae import VQVAE
 
 
-def load_vqvae(path: str) -> tuple[dict, dict]:
-    """(hyper_parameters, state_dict) of a VQ-VAE checkpoint, with a one-line error otherwise."""
+def load_vqvae(path: str) -> dict:
+    """A VQ-VAE checkpoint (hyper_parameters, state_dict, vaelab run config), with a one-line
+    error for anything else."""
     from vaelab.eval import load_checkpoint
 
     checkpoint = load_checkpoint(path)
@@ -31,7 +32,7 @@ def load_vqvae(path: str) -> tuple[dict, dict]:
     if not target.endswith("VQVAE"):
         raise UserError(f"prior.vqvae_ckpt={path} is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, not a "
                         "VQ-VAE; train one with model=vqvae first")
-    return checkpoint["hyper_parameters"], checkpoint["state_dict"]
+    return checkpoint
 
 
 class CausalTransformer(nn.Module):
@@ -66,7 +67,8 @@ class CodePrior(GenerativeModel):
         if vqvae_hparams is None:
             if not vqvae_ckpt:
                 raise UserError("model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
-            vqvae_hparams, vqvae_state = load_vqvae(vqvae_ckpt)
+            checkpoint = load_vqvae(vqvae_ckpt)
+            vqvae_hparams, vqvae_state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
         super().__init__()
         self.save_hyperparameters()
         self.vqvae = VQVAE(**vqvae_hparams)
