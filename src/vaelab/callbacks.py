@@ -7,7 +7,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from torchvision.utils import make_grid, save_image
+from torchvision.utils import save_image
+
+from vaelab.pictures import grid as image_grid
 
 
 class ImageGrids(L.Callback):
@@ -31,7 +33,7 @@ class ImageGrids(L.Callback):
         samples = pl_module.sample(self.num_images, generator=torch.Generator().manual_seed(0))
         self.dirpath.mkdir(parents=True, exist_ok=True)
         for name, images in (("reconstructions", pairs), ("samples", samples)):
-            grid = make_grid(images.float().clamp(0, 1).cpu(), nrow=8, pad_value=0.5)
+            grid = image_grid(images, nrow=8)
             save_image(grid, self.dirpath / f"{name}_epoch{epoch:03d}.png")
             log_image(trainer.loggers, f"images/{name}", grid, trainer.global_step)
         quantizer = getattr(pl_module, "quantizer", None)

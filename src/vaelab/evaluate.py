@@ -25,6 +25,29 @@ def ssim_sigma(height: int, width: int) -> float:
     return max(half - 0.5, 0.1) / 3.5
 
 
+class ReconstructionQuality:
+    """MSE per example, PSNR and SSIM (torchmetrics) of reconstructions x_hat against x in [0, 1],
+    accumulated over batches."""
+
+    def __init__(self, image_shape, device):
+        _, height, width = image_shape
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+        self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
+        self.squared_error: list[Tensor] = []
+
+    def update(self, x_hat: Tensor, x: Tensor) -> None:
+        self.squared_error.append((x_hat - x).pow(2).flatten(1).mean(1))
+        self.psnr.update(x_hat, x)
+        self.ssim.update(x_hat, x)
+
+    def per_example_mse(self) -> Tensor:
+        return torch.cat(self.squared_error)
+
+    def compute(self) -> dict[str, float]:
+        return {"mse": self.per_example_mse().mean().item(), "psnr": self.psnr.compute().item(),
+                "ssim": self.ssim.compute().item()}
+
+
 @torch.no_grad()
 def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_size: int = 100,
                    seed: int = 0) -> dict:
@@ -37,10 +60,8 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
     model.eval()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
-    _, height, width = split.images.shape[1:]
-    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
-    nll, elbo, recon, kl, squared_error, means, kl_dims = [], [], [], [], [], [], []
+    quality = ReconstructionQuality(split.images.shape[1:], device)
+    nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
     for start in range(0, len(split), batch_size):
         x = (split.images[start:start + batch_size].float() / split.levels).to(device)
         q = model.posterior(x)
@@ -52,12 +73,10 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
         kl.append(kl_x)
         kl_dims.append(q.kl_to_standard_normal_per_dim())
         means.append(q.mu)
-        x_hat = model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1)
-        squared_error.append((x_hat - x).pow(2).flatten(1).mean(1))
-        psnr.update(x_hat, x)
-        ssim.update(x_hat, x)
+        quality.update(model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1), x)
     per_example = {name: torch.cat(values) for name, values in
-                   (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl), ("mse", squared_error))}
+                   (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl))}
+    per_example["mse"] = quality.per_example_mse()
     means = torch.cat(means)
     kl_per_dim = torch.cat(kl_dims).mean(0)
     activity = means.var(0)  # Cov_x(E_q[z_u]) per unit u
@@ -77,9 +96,7 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": means.shape[1],
         "unit_activity": activity.tolist(),
-        "mse": per_example["mse"].mean().item(),
-        "psnr": psnr.compute().item(),
-        "ssim": ssim.compute().item(),
+        **quality.compute(),
         "per_example": per_example,
         "posterior_means": means.cpu(),
     }
@@ -95,20 +112,15 @@ def evaluate_vq_split(model, split: Split, batch_size: int = 100) -> dict:
     vq = model.vqvae if prior is not None else model
     model.eval()
     device = next(model.parameters()).device
-    _, height, width = split.images.shape[1:]
-    psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
+    quality = ReconstructionQuality(split.images.shape[1:], device)
     counts = torch.zeros(vq.quantizer.num_codes, device=device)
-    recon, squared_error, prior_nll = [], [], []
+    recon, prior_nll = [], []
     for start in range(0, len(split), batch_size):
         x = (split.images[start:start + batch_size].float() / split.levels).to(device)
         indices = vq.quantizer.indices(vq.encoder(x))
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))
-        x_hat = vq.likelihood.mean(params).clamp(0, 1)
-        squared_error.append((x_hat - x).pow(2).flatten(1).mean(1))
-        psnr.update(x_hat, x)
-        ssim.update(x_hat, x)
+        quality.update(vq.likelihood.mean(params).clamp(0, 1), x)
         counts += torch.bincount(indices.flatten(), minlength=len(counts)).float()
         if prior is not None:
             prior_nll.append(prior.code_nll(indices))
@@ -126,9 +138,7 @@ def evaluate_vq_split(model, split: Split, batch_size: int = 100) -> dict:
         "recon": recon.mean().item(),
         "prior": "learned" if prior is not None else "uniform",
         "prior_nll": code_cost.mean().item(),
-        "mse": torch.cat(squared_error).mean().item(),
-        "psnr": psnr.compute().item(),
-        "ssim": ssim.compute().item(),
+        **quality.compute(),
         "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).item(),
         "codes_used": (counts > 0).float().mean().item(),
         "dead_codes": vq.quantizer.dead_codes(),
