@@ -209,7 +209,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = instantiate_plain(cfg.model, exclude=("compile",))
     if compile_networks:
         # In place: the parameter names, and so the checkpoints, stay those of the plain model.
-        for network in (model.encoder, model.decoder) if hasattr(model, "encoder") else (model.prior,):
+        for network in model.networks():
             network.compile()
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
     model.nonfinite = cfg.nonfinite

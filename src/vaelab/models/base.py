@@ -55,6 +55,10 @@ class GenerativeModel(L.LightningModule):
     def reconstruct(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def networks(self) -> tuple[torch.nn.Module, ...]:
+        """The trained networks (what ``model.compile=true`` compiles)."""
+        return (self.encoder, self.decoder)
+
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 

@@ -81,6 +81,9 @@ class CodePrior(GenerativeModel):
         self.num_codes = self.vqvae.quantizer.num_codes
         self.prior = CausalTransformer(self.num_codes, math.prod(self.latent_shape), width, layers, heads, dropout)
 
+    def networks(self) -> tuple[nn.Module, ...]:
+        return (self.prior,)  # the VQ-VAE is frozen
+
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
         """Images -> code maps [B, H', W'] of the frozen VQ-VAE. Through ``indices``, never the
