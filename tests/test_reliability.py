@@ -114,6 +114,14 @@ def test_resuming_a_checkpoint_of_another_version_is_refused(tmp_path):
         train(compose_config([*QUICK, f"ckpt_path={tmp_path / 'old.ckpt'}"], tmp_path / "b"))
 
 
+def checkpointed_epoch(path):
+    """Epoch of the checkpoint at `path`, -1 while there is none (it is renamed into place whole)."""
+    try:
+        return torch.load(path, weights_only=False, map_location="cpu")["epoch"]
+    except FileNotFoundError:
+        return -1
+
+
 def final_metrics(run):
     return json.loads((run / "test_metrics.json").read_text())
 
@@ -132,14 +140,17 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, 
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={interrupted}"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = interrupted / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while not last.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.0))
+    # Kill at a random point inside a random early epoch. Waiting for that epoch's checkpoint (not
+    # for wall-clock time) keeps the kill early on any machine, however fast.
+    target_epoch = random.randint(1, epochs // 3)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline and checkpointed_epoch(last) < target_epoch:
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.05))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(last, weights_only=False)["epoch"]
-    assert killed_at < epochs - 1 and not (interrupted / "test_metrics.json").exists(), "killed too late to test"
+    killed_at = checkpointed_epoch(last)
+    assert 0 <= killed_at < epochs - 1 and not (interrupted / "test_metrics.json").exists(), "killed too late to test"
     resumed = run_cli([*args, f"hydra.run.dir={interrupted}", "ckpt_path=last"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_metrics(whole), final_metrics(interrupted)
