@@ -13,7 +13,8 @@ from vaelab.train import train
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["data", "model", "net", "size", "likelihood", "kl_schedule", "trainer", "logger", "callbacks", "debug",
           "experiment"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))]
+OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))
+           if not path.stem.startswith("_")]  # _name.yaml: a part other options include
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
 NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks their files' md5 sums
@@ -163,6 +164,13 @@ BAD_VALUES = [
     (["model=vqvae", "model.quantizer.beta=-0.1"], "model.quantizer.beta must be ≥ 0"),
     (["model=vqvae", "model.quantizer.update=kmeans"], "model.quantizer.update must be ema or loss"),
     (["model=vqvae", "data=synthetic", "data.image_shape=[1,6,6]"], "model=vqvae needs images whose height and width are multiples of 4"),
+    (["data.num_workers=-1"], "data.num_workers must be a whole number ≥ 0"),
+    (["data.on_device=yes"], "data.on_device and data.pin_memory must be true or false"),
+    (["data.on_device=true", "data.num_workers=2"], "data.on_device=true cuts batches on the GPU itself"),
+    (["model.channels_last=true"], "model.channels_last=true is a memory layout for convolutions; use it with net=conv"),
+    (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be ≥ 0 or null"),
+    (["trainer.gradient_clip_val=1", "trainer.precision=16-mixed"],
+     "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused"),
 ]
 
 

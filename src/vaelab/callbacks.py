@@ -85,9 +85,10 @@ class EncoderGradientVariance(L.Callback):
 
     def __init__(self, num_draws: int = 0, batch_size: int = 100, every_n_epochs: int = 1):
         self.num_draws, self.batch_size, self.every_n_epochs = num_draws, batch_size, every_n_epochs
+        self.active = num_draws > 0  # when off, train() leaves it out (see build_callbacks)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.num_draws or trainer.current_epoch % self.every_n_epochs:
+        if trainer.current_epoch % self.every_n_epochs:
             return
         from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
 

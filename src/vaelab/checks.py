@@ -39,6 +39,13 @@ def check_data(data: DictConfig) -> None:
             f"data.binarize must be auto, dynamic or none, got {data.binarize!r}")
     if "path" in data and data.path is None:
         raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
+    require(isinstance(data.get("on_device", False), bool) and isinstance(data.get("pin_memory", False), bool),
+            "data.on_device and data.pin_memory must be true or false")
+    workers = data.get("num_workers", 0)
+    require(is_int(workers) and workers >= 0, f"data.num_workers must be a whole number ≥ 0, got {workers!r}")
+    require(not (data.get("on_device") and (workers or data.get("pin_memory"))),
+            "data.on_device=true cuts batches on the GPU itself; drop data.num_workers and data.pin_memory "
+            "(they are for data kept on the host)")
     if data._target_.endswith("ImageFolderDataModule"):
         require(shape[0] in (1, 3), f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {shape[0]}")
 
@@ -80,6 +87,8 @@ def check_model(model: DictConfig) -> None:
     require(net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv")
     require(net.activation in ACTIVATIONS,
             f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}")
+    require(not model.get("channels_last") or net.kind == "conv",
+            "model.channels_last=true is a memory layout for convolutions; use it with net=conv")
     widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
     widths = net[widths_key]
     require(len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
@@ -139,10 +148,16 @@ def check_kl_schedule(spec: DictConfig) -> None:
         require(is_number(spec.gamma) and spec.gamma >= 0, f"kl_schedule.gamma must be ≥ 0, got {spec.gamma!r}")
 
 
-def check_trainer(trainer: DictConfig) -> None:
+def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
     epochs = trainer.get("max_epochs")
     require(epochs is None or (is_int(epochs) and (epochs >= 1 or epochs == -1)),
             f"trainer.max_epochs must be ≥ 1 (or -1 for no limit), got {epochs!r}")
+    clip = trainer.get("gradient_clip_val")
+    require(clip is None or (is_number(clip) and clip >= 0), f"trainer.gradient_clip_val must be ≥ 0 or null, got {clip!r}")
+    # A fused optimizer unscales 16-bit gradients inside its step, after the point where they are clipped.
+    require(not (clip and str(trainer.get("precision")).startswith("16") and (model.get("optimizer") or {}).get("fused")),
+            "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused; "
+            "set model.optimizer.fused=false")
 
 
 def check_ckpt_path(ckpt_path) -> None:
@@ -158,5 +173,5 @@ def check_config(cfg: DictConfig) -> None:
     check_data(cfg.data)
     check_model(cfg.model)
     check_variant(cfg.model)
-    check_trainer(cfg.trainer)
+    check_trainer(cfg.trainer, cfg.model)
     check_ckpt_path(cfg.get("ckpt_path"))

@@ -27,6 +27,8 @@ class DiagonalGaussian:
     z = mu + exp(logvar / 2) * eps, eps ~ N(0, I), so gradients reach the encoder.
     """
 
+    kl_is_sum_per_dim = True  # independent latents: the joint KL is the sum over dimensions
+
     def __init__(self, mu: Tensor, logvar: Tensor):
         self.mu = mu.float()
         # Exact inside the limits (so q is what the encoder says); a guard against overflow outside.
@@ -79,6 +81,8 @@ class FullCovGaussian:
     ``mu``, ``logvar`` [B, L]; ``offdiag`` [B, L(L-1)/2] fills S below the diagonal.
     Reparameterization: z = mu + S eps.
     """
+
+    kl_is_sum_per_dim = False  # correlated latents: the joint KL adds the total correlation
 
     def __init__(self, mu: Tensor, logvar: Tensor, offdiag: Tensor):
         self.mu = mu.float()

@@ -1,5 +1,6 @@
-"""What keeps a run's work safe: checkpoints that cannot be half-written, a checkpoint on
-pre-emption signals, and a stop (or skip) with a clear message when numbers go non-finite."""
+"""What keeps a run's work safe: checkpoints that cannot be half-written and a checkpoint on
+pre-emption signals. (The stop or skip on non-finite numbers is the models' own guard, in
+``models/base.py``.)"""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import signal
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
@@ -59,30 +59,3 @@ class PreemptionCheckpoint(L.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-
-
-class FiniteGradients(L.Callback):
-    """Before each optimizer step: if a gradient is NaN or infinite, ``stop`` (raise, naming the
-    step and the parameters) or ``skip`` the step (the optimizer sees no gradient)."""
-
-    def __init__(self, policy: str = "stop"):
-        self.policy = policy
-        self.params: list[torch.nn.Parameter] = []
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        # Listed once: walking the module tree every step costs more than the check itself.
-        self.params = [p for p in pl_module.parameters() if p.requires_grad]
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads or torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
-            return
-        bad = [name for name, p in pl_module.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
-        if self.policy == "skip":
-            for p in self.params:
-                p.grad = None
-            pl_module.skipped_steps += 1
-            return
-        raise TrainingStopped(f"step {trainer.global_step}: non-finite gradient in {', '.join(bad[:5])}"
-                              f"{' ...' if len(bad) > 5 else ''}; training stopped, the last good checkpoint is "
-                              f"kept (set nonfinite=skip to skip such steps)")

@@ -41,11 +41,17 @@ class BatchDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, indices: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.split.images[indices].float().div_(self.split.levels)
+    def __getitem__(self, indices: Tensor | int) -> tuple[Tensor, Tensor]:
+        # One int when Lightning swaps in its own sampler (trainer.overfit_batches): a batch of one.
+        indices = torch.as_tensor(indices).reshape(-1)
+        # index_select, not x[indices]: 5x faster on a CPU for a batch of rows (measured).
+        indices = indices.to(self.split.images.device)  # the data may live on the GPU (data.on_device)
+        x = self.split.images.index_select(0, indices).float()
+        if self.split.levels != 1:
+            x.div_(self.split.levels)
         if self.binarize:  # dynamic binarization: a fresh Bernoulli draw every time x is seen
             x = torch.bernoulli(x)
-        return x, self.split.labels[indices]
+        return x, self.split.labels.index_select(0, indices)
 
 
 class ShardedBatchSampler(Sampler):
@@ -87,12 +93,15 @@ class InMemoryDataModule(L.LightningDataModule):
 
     binarize: ``auto`` (dynamic binarization when the likelihood is Bernoulli and the data
     has grey levels), ``dynamic`` or ``none``.
+    on_device: move the splits to the training device once (a GPU), so batches are cut there.
+    pin_memory, num_workers: passed to the DataLoader (for data kept on the host).
     """
 
     name = "data"
 
     def __init__(self, image_shape, batch_size: int = 100, eval_batch_size: int | None = None,
-                 binarize: str = "auto", likelihood: str = "bernoulli", seed: int = 0, **_):
+                 binarize: str = "auto", likelihood: str = "bernoulli", seed: int = 0, on_device: bool = False,
+                 pin_memory: bool = False, num_workers: int = 0, **_):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
@@ -100,6 +109,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.binarize_mode = binarize
         self.likelihood = likelihood
         self.seed = seed
+        self.on_device, self.pin_memory, self.num_workers = on_device, pin_memory, num_workers
         self.splits: dict[str, Split] | None = None
 
     def load(self) -> dict[str, Split]:
@@ -128,6 +138,11 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        self._freeze_eval_splits()  # with a CPU generator, so before the move below
+        if self.on_device and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.splits = {name: Split(s.images.to(device), s.labels.to(device), s.levels)
+                           for name, s in self.splits.items()}
 
     @property
     def binarize(self) -> bool:
@@ -146,7 +161,9 @@ class InMemoryDataModule(L.LightningDataModule):
         # every time it is iterated, which would shift the model's random stream between an
         # uninterrupted run and a resumed one.
         return DataLoader(dataset, sampler=sampler, batch_size=None,
-                          generator=torch.Generator().manual_seed(self.seed + rank))
+                          generator=torch.Generator().manual_seed(self.seed + rank),
+                          pin_memory=self.pin_memory, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
 
     def fixed_eval_split(self, split: str) -> Split:
         """The split as the model is evaluated on it (binarized once, fixed seed, when binarizing)."""

@@ -43,6 +43,20 @@ class GenerativeModel(L.LightningModule):
     # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
     nonfinite = "stop"
     skipped_steps = 0
+    # Set by train() from trainer.gradient_clip_val / trainer.gradient_clip_algorithm.
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm = "norm"
+    # Set by train() from model.channels_last (it converts the weights; images() the batches).
+    channels_last = False
+
+    def __init__(self):
+        super().__init__()
+        # The optimizer step is written out in training_step (Lightning's manual optimization):
+        # the automatic loop wraps every step in closures that cost ~0.5 ms, a tenth of a small
+        # MLP's step on a CPU (benchmarks/throughput.py). Lightning still does the rest: gradient
+        # scaling (manual_backward, LightningOptimizer.step), DDP gradient sync, optimizer state
+        # in checkpoints.
+        self.automatic_optimization = False
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""
@@ -66,23 +80,50 @@ class GenerativeModel(L.LightningModule):
         # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
         self.train_epoch_sums = WeightedSums()
 
-    def training_step(self, batch, batch_idx):
+    def images(self, batch) -> Tensor:
+        """The images of a (images, labels) batch, in the model's memory layout."""
         x, _ = batch
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def training_step(self, batch, batch_idx):
+        x = self.images(batch)
         loss, metrics = self.step_metrics(x)
         if not torch.isfinite(loss):
             return self.nonfinite_loss(metrics)
+        step = self.global_step  # the step this loss belongs to (optimizer.step() advances it)
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        if not self.gradients_are_finite():
+            return None  # skipped: a skipped step is not counted as a step
+        optimizer.step()  # clips the gradients first (on_before_optimizer_step)
         self.train_epoch_sums.add(metrics, x.shape[0])
         # self.log costs ~0.5 ms a call (measured), a tenth of this model's step on a CPU, so the
         # per-step curve goes straight to the loggers every log_every_n_steps, on rank 0.
-        step = self.global_step
         if (step + 1) % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
             values = {f"train/{k}": float(v) for k, v in self.with_derived(metrics).items()}
             for logger in self.loggers:
                 logger.log_metrics({**values, "epoch": self.current_epoch}, step=step)
         return loss
 
+    def on_train_start(self) -> None:
+        # Restored here, after Lightning's sanity check has drawn its own samples.
+        state = getattr(self, "_rng_state_to_restore", None)
+        if state is not None:
+            torch.set_rng_state(state)
+            self._rng_state_to_restore = None
+        # Listed once: walking the module tree every step costs more than the check itself.
+        self.trained_parameters = [p for p in self.parameters() if p.requires_grad]
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Lightning calls this after unscaling the gradients (16-bit mixed precision), so the
+        # limit applies to the true gradients.
+        if self.gradient_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
+                                gradient_clip_algorithm=self.gradient_clip_algorithm)
+
     def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
-        """Skip the step (returning None makes Lightning skip it), or stop naming the bad terms."""
+        """Skip the step (no backward pass, no optimizer step), or stop naming the bad terms."""
         if self.nonfinite == "skip":
             self.skipped_steps += 1
             return None
@@ -94,10 +135,37 @@ class GenerativeModel(L.LightningModule):
             f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'}); "
             "training stopped, the last good checkpoint is kept (set nonfinite=skip to skip such steps)")
 
+    def gradients_are_finite(self) -> bool:
+        """False (nonfinite=skip) or a stop naming the parameters when a gradient is NaN or
+        infinite. Under 16-bit mixed precision the gradient scaler already skips such steps and
+        lowers its scale: overflow is expected there, so the scaler is left to it."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return True
+        grads = [p.grad for p in self.trained_parameters if p.grad is not None]
+        if not grads:
+            return True
+        # One fused pass over all gradients (GradScaler's own test), multiplying them by 1.
+        found_nonfinite = torch.zeros(1, device=grads[0].device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_nonfinite, torch.ones_like(found_nonfinite))
+        if not found_nonfinite.item():
+            return True
+        if self.nonfinite == "skip":
+            self.skipped_steps += 1
+            return False
+        bad = [name for name, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        from vaelab.reliability import TrainingStopped
+
+        raise TrainingStopped(f"step {self.global_step}: non-finite gradient in {', '.join(bad[:5])}"
+                              f"{' ...' if len(bad) > 5 else ''}; training stopped, the last good checkpoint is "
+                              f"kept (set nonfinite=skip to skip such steps)")
+
     def on_train_epoch_start(self) -> None:
         self.train_epoch_sums = WeightedSums()
 
     def on_train_epoch_end(self) -> None:
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:  # every scheduler here steps once per epoch
+            scheduler.step()
         means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
         if means:
             metrics = self.with_derived(means)
@@ -108,7 +176,7 @@ class GenerativeModel(L.LightningModule):
             self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 
     def _eval_step(self, batch, stage: str) -> None:
-        x, _ = batch
+        x = self.images(batch)
         _, metrics = self.step_metrics(x)
         metrics.update(self.eval_metrics(x, stage))
         self.log_dict({f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
@@ -133,13 +201,6 @@ class GenerativeModel(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_state_to_restore = checkpoint.get("vaelab", {}).get("torch_rng_state")
-
-    def on_train_start(self) -> None:
-        # Restored here, after Lightning's sanity check has drawn its own samples.
-        state = getattr(self, "_rng_state_to_restore", None)
-        if state is not None:
-            torch.set_rng_state(state)
-            self._rng_state_to_restore = None
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

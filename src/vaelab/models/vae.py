@@ -74,7 +74,8 @@ class VAE(GenerativeModel):
             z = q.rsample()
             log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
         kl_per_dim = q.kl_to_standard_normal_per_dim()
-        kl = q.kl_to_standard_normal()
+        # Summed from the per-dimension terms where they add up to the joint KL (diagonal q).
+        kl = kl_per_dim.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()
         return {"log_px_given_z": log_px_given_z, "kl": kl, "kl_per_dim": kl_per_dim,
                 "elbo": objectives.elbo(log_px_given_z, kl)}
 
