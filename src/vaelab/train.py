@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import uuid
+import warnings
 from pathlib import Path
 
 import hydra
@@ -217,6 +218,9 @@ def skip_nvml_checks_without_gpus() -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; returns the last logged value of every metric."""
     skip_nvml_checks_without_gpus()
+    # A 1-channel first convolution gets its weight gradient in an equivalent but differently
+    # strided layout, so DDP copies those few values each step instead of sharing memory.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if in_multirun():
         _ENVIRONMENT_AT_JOB_START.clear()
         _ENVIRONMENT_AT_JOB_START.update(os.environ)
