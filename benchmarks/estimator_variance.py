@@ -16,7 +16,7 @@ import torch
 
 from vaelab.config import compose_config
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
-from vaelab.train import instantiate_plain, train
+from vaelab.train import instantiate_model, instantiate_plain, train
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         cfg = compose_config([f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
                               "logger=none", "test=false"], out)
         train(cfg)
-        model = instantiate_plain(cfg.model, exclude=("compile",))
+        model = instantiate_model(cfg.model)
         model.load_state_dict(torch.load(f"{out}/checkpoints/last.ckpt", weights_only=False)["state_dict"])
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()

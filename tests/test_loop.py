@@ -7,7 +7,7 @@ import torch
 
 import vaelab.train as vt
 from vaelab.config import compose_config
-from vaelab.train import instantiate_plain, train
+from vaelab.train import instantiate_model, train
 
 QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
 STEPS_PER_EPOCH = 512 // 64  # data=synthetic
@@ -65,8 +65,8 @@ def test_workers_pinned_memory_and_data_on_the_device_give_the_same_run(tmp_path
 
 def test_channels_last_changes_the_memory_layout_not_the_numbers(tmp_path):
     cfg = compose_config([*QUICK, "net=conv", "data=digits"], tmp_path)
-    plain = instantiate_plain(cfg.model, exclude=vt.RUN_ONLY_MODEL_KEYS)
-    nhwc = instantiate_plain(cfg.model, exclude=vt.RUN_ONLY_MODEL_KEYS)
+    plain = instantiate_model(cfg.model)
+    nhwc = instantiate_model(cfg.model)
     nhwc.load_state_dict(plain.state_dict())
     nhwc.to(memory_format=torch.channels_last)
     conv = next(m for m in nhwc.encoder.modules() if isinstance(m, torch.nn.Conv2d))
@@ -82,4 +82,4 @@ def test_channels_last_changes_the_memory_layout_not_the_numbers(tmp_path):
                                    tmp_path / "run"))
     assert metrics["val/elbo"] < 0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-    instantiate_plain(cfg.model, exclude=vt.RUN_ONLY_MODEL_KEYS).load_state_dict(state)
+    instantiate_model(cfg.model).load_state_dict(state)

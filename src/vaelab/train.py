@@ -40,6 +40,15 @@ def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
     return target(**kwargs, **extra)
 
 
+# Settings of how a model runs, not of what it is: a checkpoint resumes and loads either way.
+RUN_ONLY_MODEL_KEYS = ("compile", "channels_last")
+
+
+def instantiate_model(node: DictConfig):
+    """The model of a ``model`` config node, without its run-only settings (train() applies those)."""
+    return instantiate_plain(node, exclude=RUN_ONLY_MODEL_KEYS)
+
+
 def wandb_has_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -128,8 +137,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return ckpt
 
 
-# Settings of how a model runs, not of what it is: a checkpoint resumes and loads either way.
-RUN_ONLY_MODEL_KEYS = ("compile", "channels_last")
 
 
 def check_resume_checkpoint(path: str, config: dict) -> None:
@@ -209,8 +216,6 @@ def skip_nvml_checks_without_gpus() -> None:
     again (nothing is cached until CUDA starts), and Adam asks once per step: on a machine with no
     GPU that cost a small MLP 12% of its training speed (measured). With no GPU there is nothing
     a fork could spoil, so the plain check is used."""
-    import torch
-
     if not torch.cuda.is_available():
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
@@ -235,10 +240,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()  # a missing or corrupt data set fails here, before anything is built
     compile_networks = cfg.model.get("compile", False)
-    model = instantiate_plain(cfg.model, exclude=RUN_ONLY_MODEL_KEYS)
+    model = instantiate_model(cfg.model)
     if cfg.model.get("channels_last"):
         model.to(memory_format=torch.channels_last)
-        model.channels_last = True  # its batches are converted too (on_after_batch_transfer)
+        model.channels_last = True  # its batches are converted too (GenerativeModel.images)
     if compile_networks:
         # In place: the parameter names, and so the checkpoints, stay those of the plain model.
         for network in model.networks():

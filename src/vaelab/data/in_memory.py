@@ -43,9 +43,9 @@ class BatchDataset(Dataset):
 
     def __getitem__(self, indices: Tensor | int) -> tuple[Tensor, Tensor]:
         # One int when Lightning swaps in its own sampler (trainer.overfit_batches): a batch of one.
-        indices = torch.as_tensor(indices).reshape(-1)
+        # The data may live on the GPU (data.on_device).
+        indices = torch.as_tensor(indices).reshape(-1).to(self.split.images.device)
         # index_select, not x[indices]: 5x faster on a CPU for a batch of rows (measured).
-        indices = indices.to(self.split.images.device)  # the data may live on the GPU (data.on_device)
         x = self.split.images.index_select(0, indices).float()
         if self.split.levels != 1:
             x.div_(self.split.levels)
