@@ -56,6 +56,8 @@ def usage_histogram(usage: torch.Tensor, dead_threshold: float, path: Path) -> N
     dead = int((usage < dead_threshold).sum())
     ax.set(xlabel="code (sorted by usage)", ylabel="usage", yscale="log",
            title=f"codebook usage: {len(usage) - dead} of {len(usage)} codes alive")
+    # A dead code's average decays towards 0 without bound; a floor keeps the live codes readable.
+    ax.set_ylim(bottom=dead_threshold / 100)
     ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

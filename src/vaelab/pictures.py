@@ -99,7 +99,10 @@ def latent_map(means: Tensor, labels: Tensor, path: Path) -> None:
         fig.colorbar(points, ax=ax, label="label")
     if (~labelled).any():
         ax.scatter(z[~labelled, 0], z[~labelled, 1], c="grey", s=4, alpha=0.5)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title="posterior means of the evaluation split")
+    title = "posterior means of the evaluation split"
+    if not labelled.any():  # e.g. fixed-binarized MNIST, which is published without labels
+        title += " (the data set has no labels)"
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -44,7 +44,8 @@ class CausalTransformer(nn.Module):
         self.embed = nn.Embedding(num_codes, width)
         self.position = nn.Parameter(torch.randn(1, length, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(layer, layers)
+        # Nested tensors are for padded batches; code maps have none (and norm_first disables them anyway).
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_codes)
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(length), persistent=False)
