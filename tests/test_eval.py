@@ -15,7 +15,7 @@ from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
 from vaelab.evaluate import evaluate_split
 from vaelab.models import VAE
-from vaelab.pictures import slerp, traversals
+from vaelab.pictures import manifold, slerp, traversals
 from vaelab.report import main as report_main
 from vaelab.train import train
 
@@ -162,6 +162,30 @@ def test_slerp_and_traversals():
     model.decoder = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Unflatten(-1, (1, 4, 4)))
     image = traversals(model, torch.zeros(1, 1, 1, 3), kl_per_dim=[0.1, 2.0, 1.0], num_dims=2, steps=5)
     assert image.shape[0] == 3 and image.shape[1] == 2 * 4 + 3 * 2  # two rows of 4-pixel images, padding 2
+
+
+def test_manifold_decodes_the_prior_quantiles_in_reading_order():
+    # Decoder: z -> a 1x2-pixel image (sigmoid(z1), sigmoid(z2)), so each tile shows its own z.
+    model = linear_gaussian(latent=2)
+    model.decoder = torch.nn.Sequential(torch.nn.Sigmoid(), torch.nn.Unflatten(-1, (1, 1, 2)))
+    steps, pad = 5, 2
+    image = manifold(model, steps=steps)
+    quantiles = torch.distributions.Normal(0, 1).icdf((torch.arange(steps) + 0.5) / steps)
+    for row in range(steps):
+        for col in range(steps):
+            y, x = pad + row * (1 + pad), pad + col * (2 + pad)
+            # z1 grows to the right, z2 grows upwards (the AEVB paper's figure 4).
+            expected = torch.sigmoid(torch.stack([quantiles[col], quantiles[steps - 1 - row]]))
+            torch.testing.assert_close(image[0, y, x:x + 2], expected, atol=1e-6, rtol=0)
+
+
+def test_a_two_dimensional_latent_gets_its_manifold_picture(tmp_path):
+    train(compose_config([*QUICK, "size.latent_dim=2", "test=false"], tmp_path / "run"))
+    cfg = compose_config([f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=10"], tmp_path / "eval",
+                         config_name="eval")
+    evaluate_checkpoint(cfg)
+    assert (tmp_path / "eval" / "images" / "manifold.png").is_file()
+    assert not (tmp_path / "run").joinpath("images", "manifold.png").exists()  # eval writes its own folder
 
 
 def test_report_tables_and_plots_a_sweep(tmp_path):
