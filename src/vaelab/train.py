@@ -137,8 +137,6 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return ckpt
 
 
-
-
 def check_resume_checkpoint(path: str, config: dict) -> None:
     """The checkpoint must come from the same model as the one configured, with epochs left."""
     from vaelab.eval import load_checkpoint

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 import vaelab
+from vaelab.reliability import TrainingStopped
 
 
 class WeightedSums:
@@ -124,16 +125,9 @@ class GenerativeModel(L.LightningModule):
 
     def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
         """Skip the step (no backward pass, no optimizer step), or stop naming the bad terms."""
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return None
         bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
-        from vaelab.reliability import TrainingStopped
-
-        raise TrainingStopped(
-            f"step {self.global_step}: the loss is {metrics['loss'].item()} "
-            f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'}); "
-            "training stopped, the last good checkpoint is kept (set nonfinite=skip to skip such steps)")
+        self.stop_or_skip(f"the loss is {metrics['loss'].item()} "
+                          f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'})")
 
     def gradients_are_finite(self) -> bool:
         """False (nonfinite=skip) or a stop naming the parameters when a gradient is NaN or
@@ -149,15 +143,18 @@ class GenerativeModel(L.LightningModule):
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_nonfinite, torch.ones_like(found_nonfinite))
         if not found_nonfinite.item():
             return True
+        bad = [name for name, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
+        self.stop_or_skip(f"non-finite gradient in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        return False
+
+    def stop_or_skip(self, problem: str) -> None:
+        """The ``nonfinite`` policy for a step whose numbers went bad: count it as skipped, or
+        stop the run with a message naming the step and ``problem``."""
         if self.nonfinite == "skip":
             self.skipped_steps += 1
-            return False
-        bad = [name for name, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
-        from vaelab.reliability import TrainingStopped
-
-        raise TrainingStopped(f"step {self.global_step}: non-finite gradient in {', '.join(bad[:5])}"
-                              f"{' ...' if len(bad) > 5 else ''}; training stopped, the last good checkpoint is "
-                              f"kept (set nonfinite=skip to skip such steps)")
+            return
+        raise TrainingStopped(f"step {self.global_step}: {problem}; training stopped, the last good checkpoint is "
+                              "kept (set nonfinite=skip to skip such steps)")
 
     def on_train_epoch_start(self) -> None:
         self.train_epoch_sums = WeightedSums()
