@@ -77,6 +77,14 @@ class GenerativeModel(L.LightningModule):
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
+    def optimizer_steps_per_epoch(self) -> int | None:
+        """Optimizer steps in one training epoch, once the trainer knows the epoch's batches
+        (None before: during the sanity check, or without a trainer)."""
+        batches = self.trainer.num_training_batches
+        if batches == float("inf") or batches is None:
+            return None
+        return int(batches)
+
     def on_fit_start(self) -> None:
         # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
         self.train_epoch_sums = WeightedSums()

@@ -22,14 +22,21 @@ class BetaVAE(VAE):
         self.free_bits = free_bits
         self._schedule = None
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        # Built here: before training (Lightning's sanity check) the number of steps an epoch
+        # is unknown, and a schedule given in epochs built then would run in steps.
+        self._schedule = build_kl_schedule(self.kl_schedule_spec, self.beta, self.optimizer_steps_per_epoch())
+
     @property
     def schedule(self):
-        """Built on first use, when the number of steps per epoch is known."""
-        if self._schedule is None:
-            trainer = self._trainer
-            steps_per_epoch = int(trainer.num_training_batches) if trainer and trainer.num_training_batches != float("inf") else 1
-            self._schedule = build_kl_schedule(self.kl_schedule_spec, self.beta, steps_per_epoch)
-        return self._schedule
+        """The KL schedule of this run. Outside training (the sanity check before it, a loaded
+        checkpoint) it is only needed at the step the model is at; a length given in epochs is
+        then read from the trainer if it knows the epoch's length."""
+        if self._schedule is not None:
+            return self._schedule
+        steps_per_epoch = self.optimizer_steps_per_epoch() if self._trainer is not None else None
+        return build_kl_schedule(self.kl_schedule_spec, self.beta, steps_per_epoch or 1)
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)
