@@ -9,6 +9,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
 from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 from vaelab.models import IWAE, VAE, BetaVAE
+from vaelab.models.base import WeightedSums
 from vaelab.objectives import iwae_bound
 from vaelab.schedules import CapacityControl, ConstantBeta, CyclicalAnnealing, IWAEPaperLR, LinearWarmup, build_kl_schedule
 
@@ -250,3 +251,24 @@ def test_beta_vae_loss_with_schedule_capacity_and_free_bits():
     assert (out["kl_per_dim"].mean(0) < 10.0).all()
     torch.testing.assert_close(out["loss"], -out["log_px_given_z"].mean() + 3 * 10.0)
     assert out["beta"].item() == 1.0
+
+
+# ---- where step metrics live ----------------------------------------------------------------
+@pytest.mark.parametrize("cls, kwargs", [
+    (VAE, {}),
+    (BetaVAE, {"kl_schedule": {"name": "linear", "warmup_steps": 10}}),
+    (BetaVAE, {"kl_schedule": {"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": 10}}),
+    (IWAE, {"k": 3}),
+])
+def test_every_step_metric_lives_on_the_loss_device(cls, kwargs):
+    """A metric made on the CPU beside a GPU loss fails when the metrics are stacked. The suite has
+    no GPU, so the model runs on PyTorch's meta device, which is not the CPU either: anything created
+    without the loss's device shows up here as it would on a GPU."""
+    model = bernoulli_model(cls, **kwargs).to("meta")
+    x = torch.empty(4, 1, 4, 4, device="meta")
+    loss, metrics = model.step_metrics(x)
+    for name, value in model.with_derived(metrics).items():
+        assert value.device == loss.device, name
+        assert value.dtype == torch.float32, name
+    sums = WeightedSums()
+    sums.add(metrics, batch_size=4)  # stacks every metric: fails across devices

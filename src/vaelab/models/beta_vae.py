@@ -46,9 +46,10 @@ class BetaVAE(VAE):
             kl = terms["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
         kl_penalty = kl if capacity is None else (kl - capacity).abs()
         terms["loss"] = -terms["log_px_given_z"].mean() + beta * kl_penalty
-        terms["beta"] = torch.tensor(beta)
+        # On the loss's device and in float32, like every other metric (they are stacked together).
+        terms["beta"] = kl.new_tensor(beta, dtype=torch.float32)
         if capacity is not None:
-            terms["capacity"] = torch.tensor(capacity)
+            terms["capacity"] = kl.new_tensor(capacity, dtype=torch.float32)
         return terms
 
     def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
