@@ -2,6 +2,7 @@
 against values computed here independently of the implementation."""
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,18 @@ def test_kl_schedules_given_in_epochs_run_over_those_epochs(schedule, overrides,
         assert beta == pytest.approx(expected_beta, abs=1e-5), f"step {step}"
         if expected_capacity is not None:
             assert logged_series(tmp_path, "train/capacity")[step] == pytest.approx(expected_capacity, abs=1e-4)
+
+
+# ---- checkpoint selection ----------------------------------------------------------------
+def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_elbo(tmp_path):
+    """Under capacity control val/loss measures |KL - C(t)| for a moving C(t), not how good the model
+    is: in this run it is lowest after epoch 1 while the bound is best after epoch 0. The bound
+    (val/elbo) is what is selected, for every model."""
+    cfg = compose_config([*QUICK, "model=beta_vae", "kl_schedule=capacity", "kl_schedule.c_max=4",
+                          "trainer.max_epochs=4", "trainer.limit_val_batches=1.0"], tmp_path)
+    train(cfg)
+    val_elbo = {int(row["epoch"]): float(row["val/elbo"]) for row in logged_rows(tmp_path) if row.get("val/elbo")}
+    best_epoch = max(val_elbo, key=val_elbo.get)
+    chosen = json.loads((tmp_path / "test_metrics.json").read_text())["ckpt_path"]
+    assert Path(chosen).name == "best.ckpt"
+    assert torch.load(chosen, weights_only=False)["epoch"] == best_epoch, val_elbo
