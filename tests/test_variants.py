@@ -121,6 +121,28 @@ def test_dreg_matches_iwae_for_the_decoder_and_in_expectation_for_the_encoder():
     assert g_dreg.var(0).mean() < g_iwae.var(0).mean()
 
 
+@pytest.mark.parametrize("learn_sigma", ["global", "pixel"])
+def test_dreg_gives_the_generative_side_exactly_the_iwae_gradient_with_a_learned_sigma(learn_sigma):
+    """The decoder and a learned likelihood scale are the generative model: DReG changes only the
+    encoder's gradient, so on the same samples they get exactly IWAE's gradient."""
+    likelihood = {"name": "gaussian", "sigma": 0.3, "learn_sigma": learn_sigma}
+    torch.manual_seed(0)
+    iwae = IWAE([1, 4, 4], 3, MLP, likelihood, ADAM, k=10)
+    dreg = IWAE([1, 4, 4], 3, MLP, likelihood, ADAM, k=10, dreg=True)
+    dreg.load_state_dict(iwae.state_dict())
+    x = torch.rand(16, 1, 4, 4)
+    grads = []
+    for model in (iwae, dreg):
+        model.train()
+        torch.manual_seed(3)
+        loss = model.objective(x)["loss"]
+        model.zero_grad()
+        loss.backward()
+        grads.append([p.grad.clone() for p in (*model.decoder.parameters(), model.likelihood.log_sigma)])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 # ---- score function --------------------------------------------------------------------
 def test_score_function_and_reparameterization_agree_in_expectation_with_the_exact_gradient():
     """On the linear-Gaussian model the ELBO is analytic in the encoder's weights:

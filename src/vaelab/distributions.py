@@ -171,6 +171,11 @@ class Likelihood(nn.Module):
         """log p(x|z) summed over pixels, [...] (one value per example and sample)."""
         raise NotImplementedError
 
+    def forward(self, x: Tensor, params: Tensor) -> Tensor:
+        """``log_prob``; as ``forward`` so that ``torch.func.functional_call`` can evaluate it with
+        other (e.g. detached) parameters, as DReG's encoder term does."""
+        return self.log_prob(x, params)
+
     def mean(self, params: Tensor) -> Tensor:
         """E[x|z], the image to show for a reconstruction or a sample."""
         raise NotImplementedError

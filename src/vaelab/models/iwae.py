@@ -10,6 +10,11 @@ from vaelab import objectives
 from vaelab.models.vae import VAE
 
 
+def detached_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
+    """The module's parameters and buffers, cut from the graph (for ``functional_call``)."""
+    return {name: t.detach() for name, t in (*module.named_parameters(), *module.named_buffers())}
+
+
 class IWAE(VAE):
     """loss = -L_k, L_k = log (1/k) sum_k p(x, z_k) / q(z_k|x) with z_k ~ q(z|x), the k-sample bound
     (k in training, ``k_eval`` in validation and test). ``dreg``: the doubly reparameterized
@@ -43,11 +48,12 @@ class IWAE(VAE):
         # Decoder: z without its path to the encoder.
         z_fixed = z.detach()
         log_w_decoder = self.likelihood.log_prob(x, self.decoder(z_fixed)) + self.prior.log_prob(z_fixed)
-        # Encoder: through z only; the decoder's parameters and q's parameters are held fixed.
-        frozen = {name: p.detach() for name, p in self.decoder.named_parameters()}
-        decoded = functional_call(self.decoder, frozen, (z,))
-        log_w_encoder = (self.likelihood.log_prob(x, decoded) + self.prior.log_prob(z)
-                         - q.detached().log_prob(z))
+        # Encoder: through z only. Every generative parameter (the decoder's and the likelihood's,
+        # e.g. a learned sigma) and q's own parameters are held fixed, so this term sends nothing
+        # to the generative model, which gets exactly the IWAE gradient from the term above.
+        decoded = functional_call(self.decoder, detached_parameters(self.decoder), (z,))
+        log_px_given_z = functional_call(self.likelihood, detached_parameters(self.likelihood), (x, decoded))
+        log_w_encoder = log_px_given_z + self.prior.log_prob(z) - q.detached().log_prob(z)
         surrogate = (weights * log_w_decoder).sum(0) + (weights.pow(2) * log_w_encoder).sum(0)
         return surrogate - surrogate.detach()
 
