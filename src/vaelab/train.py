@@ -7,6 +7,7 @@ call it with a config composed by Hydra's compose API.
 from __future__ import annotations
 
 import csv
+import importlib.resources
 import json
 import os
 import sys
@@ -27,7 +28,19 @@ from vaelab.checks import check_config
 from vaelab.errors import UserError
 from vaelab.reliability import AtomicCheckpointIO, PreemptionCheckpoint, TrainingStopped
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def find_config_dir() -> str:
+    """The folder of vaelab's Hydra configs: the conf/ of the source tree this code runs from (a
+    checkout or an editable install), else the copy an installed package carries as vaelab.conf.
+    The source tree comes first so that a checkout run with PYTHONPATH=src reads its own configs,
+    not those of another checkout that is installed (editable) in the same environment."""
+    tree = Path(__file__).resolve().parents[2] / "conf"
+    if (tree / "train.yaml").is_file():
+        return str(tree)
+    return str(importlib.resources.files("vaelab.conf"))
+
+
+CONFIG_DIR = find_config_dir()
 
 
 def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
