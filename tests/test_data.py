@@ -34,7 +34,7 @@ def write_binarized_npz(path, n=(30, 10, 10), seed=0) -> dict:
 
 
 def test_digits_splits_and_scaling():
-    dm = DigitsDataModule(image_shape=[1, 8, 8], likelihood="gaussian")
+    dm = DigitsDataModule(image_shape=[1, 8, 8], likelihood="bernoulli", binarize="none")
     dm.prepare()
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [1437, 180, 180]
     all_images = torch.cat([dm.splits[s].images for s in ("train", "val", "test")])
@@ -53,7 +53,9 @@ def test_dynamic_binarization_follows_the_likelihood():
     assert bern.binarize and not gauss.binarize
     loader = bern._loader("train", 1437, train=True)
     x1, _ = next(iter(loader))
-    x2, _ = next(iter(loader))  # the next epoch
+    assert torch.equal(next(iter(loader))[0], x1)  # the same epoch: the same draw (exact resume)
+    loader.sampler.set_epoch(1)  # as Lightning does at every epoch
+    x2, _ = next(iter(loader))
     assert set(x1.unique().tolist()) == {0.0, 1.0}
     assert not torch.equal(x1, x2)  # a fresh draw each time the data is seen
     # The mean of the binarized data is the mean grey level.
@@ -67,8 +69,8 @@ def test_dynamic_binarization_follows_the_likelihood():
 
 @pytest.mark.parametrize("n,batch", [(1000, 100), (1001, 100), (37, 8)])
 def test_sharded_batches_reassemble_the_single_process_batches(n, batch):
-    single = list(ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3))
-    ranks = [list(ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2))
+    single = [b.indices for b in ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3)]
+    ranks = [[b.indices for b in ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2)]
              for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == n // batch
     for whole, a, b in zip(single, *ranks):
@@ -78,11 +80,11 @@ def test_sharded_batches_reassemble_the_single_process_batches(n, batch):
 
 def test_sampler_reshuffles_per_epoch_and_evaluation_covers_everything():
     s = ShardedBatchSampler(50, 10, shuffle=True, drop_last=True, seed=0)
-    first = torch.cat(list(s))
+    first = torch.cat([b.indices for b in s])
     s.set_epoch(1)
-    second = torch.cat(list(s))
+    second = torch.cat([b.indices for b in s])
     assert not torch.equal(first, second) and torch.equal(first.sort().values, second.sort().values)
-    ev = [torch.cat(list(ShardedBatchSampler(53, 10, False, False, rank=r, world_size=2))) for r in range(2)]
+    ev = [torch.cat([b.indices for b in ShardedBatchSampler(53, 10, False, False, rank=r, world_size=2)]) for r in range(2)]
     assert torch.equal(torch.cat(ev).sort().values, torch.arange(53))
 
 
@@ -232,3 +234,35 @@ def test_amat_download_without_network_says_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="could not download binarized_mnist_train.amat .*set data.path to the packed"):
         dm.prepare()
     assert not list(tmp_path.glob("*.amat"))  # nothing half-downloaded left under the final name
+
+
+@pytest.mark.parametrize("levels", [16, 255])  # digits (17 values) and 8-bit data (256 values)
+def test_a_gaussian_likelihood_sees_uniformly_dequantized_data_and_its_bound_adds_log_levels(levels):
+    """Worked by hand: for y = (x + u) / L with u ~ U[0, 1) and L = levels + 1 values,
+    E_u[log N(y; m, s)] = -log(s sqrt(2 pi)) - (((x + 1/2) / L - m)^2 + 1 / (12 L^2)) / (2 s^2),
+    and -log P(x) <= -E_u[log p(y)] + log L per dimension."""
+    import math
+
+    from vaelab.data.in_memory import InMemoryDataModule, Split
+    from vaelab.distributions import GaussianLikelihood
+
+    x = torch.tensor([[[[0, levels // 3, levels]]]], dtype=torch.uint8).expand(4000, 1, 1, 3).contiguous()
+
+    class Three(InMemoryDataModule):
+        def load(self):
+            return {name: Split(x, torch.zeros(len(x), dtype=torch.long), levels) for name in ("train", "val", "test")}
+
+    data = Three(image_shape=[1, 1, 3], batch_size=4000, likelihood="gaussian", num_levels=levels + 1)
+    data.setup()
+    y = next(iter(data.train_dataloader()))[0]
+    L = levels + 1
+    assert torch.equal((y * L).floor(), x.float())  # each value inside its own bin
+    m, s = 0.5, 0.3
+    likelihood = GaussianLikelihood(sigma=s, num_levels=L)
+    mean_log_density = likelihood.log_prob(y, torch.full_like(y, m)).mean().item()
+    expected = sum(-math.log(s * math.sqrt(2 * math.pi)) - (((v + 0.5) / L - m) ** 2 + 1 / (12 * L**2)) / (2 * s**2)
+                   for v in (0, levels // 3, levels))
+    assert mean_log_density == pytest.approx(expected, abs=0.01)
+    assert likelihood.bpd_offset_nats_per_dim == pytest.approx(math.log(L))
+    # Evaluation data is dequantized once: the same values every epoch.
+    assert torch.equal(next(iter(data.val_dataloader()))[0], next(iter(data.val_dataloader()))[0])

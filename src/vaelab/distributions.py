@@ -198,13 +198,13 @@ class GaussianLikelihood(Likelihood):
 
     ``learn_sigma``: ``none`` keeps sigma fixed at ``sigma``; ``global`` learns one sigma;
     ``pixel`` learns one sigma per pixel (``image_shape`` is then required).
-    A density on [0, 1]-scaled 8-bit data: bits/dim add log(256) to compare with papers.
+    A density of uniformly dequantized data y = (x + u) / num_levels (``vaelab.data.in_memory``):
+    -log P(x) <= -E_u[log p(y)] + D log(num_levels), so bits/dim add log(num_levels) per dimension.
     """
 
-    bpd_offset_nats_per_dim = math.log(256)
-
-    def __init__(self, sigma: float = 1.0, learn_sigma: str = "none", image_shape=None):
+    def __init__(self, sigma: float = 1.0, learn_sigma: str = "none", image_shape=None, num_levels: int = 256):
         super().__init__()
+        self.bpd_offset_nats_per_dim = math.log(num_levels)
         log_sigma = torch.tensor(math.log(sigma))
         if learn_sigma == "none":
             self.register_buffer("log_sigma", log_sigma)
@@ -226,9 +226,10 @@ class GaussianLikelihood(Likelihood):
         return params.float()
 
 
-def build_likelihood(name: str, image_shape, sigma: float = 1.0, learn_sigma: str = "none") -> Likelihood:
+def build_likelihood(name: str, image_shape, sigma: float = 1.0, learn_sigma: str = "none",
+                     num_levels: int = 256) -> Likelihood:
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":
-        return GaussianLikelihood(sigma=sigma, learn_sigma=learn_sigma, image_shape=image_shape)
+        return GaussianLikelihood(sigma=sigma, learn_sigma=learn_sigma, image_shape=image_shape, num_levels=num_levels)
     raise ValueError(f"unknown likelihood {name!r}: use bernoulli or gaussian")

@@ -88,9 +88,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     split = datamodule.fixed_eval_split(cfg.split)
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
     if is_vq:
-        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size)
+        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize)
     else:
-        results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed)
+        results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed,
+                                 dequantize=datamodule.dequantize)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from vaelab.data.in_memory import Split
+from vaelab.data.in_memory import TEST_NOISE, BatchDataset, BatchRef, Split, derive_seed
 from vaelab.objectives import bits_per_dim
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
@@ -48,9 +48,18 @@ class ReconstructionQuality:
                 "ssim": self.ssim.compute().item()}
 
 
+def model_inputs(split: Split, batch_size: int, dequantize: bool, device):
+    """The split's images in batches as the model sees them: in [0, 1], or uniformly dequantized
+    with fixed noise for a continuous likelihood (``vaelab.data.in_memory``)."""
+    dataset = BatchDataset(split, binarize=False, dequantize=dequantize)
+    for number, start in enumerate(range(0, len(split), batch_size)):
+        indices = torch.arange(start, min(start + batch_size, len(split)))
+        yield dataset[BatchRef(indices, derive_seed(TEST_NOISE, number), 0, len(indices))][0].to(device)
+
+
 @torch.no_grad()
 def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_size: int = 100,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, dequantize: bool = False) -> dict:
     """Metrics of ``model`` on every example of ``split`` (already binarized if it should be).
 
     Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
@@ -62,8 +71,7 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
     nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
-    for start in range(0, len(split), batch_size):
-        x = (split.images[start:start + batch_size].float() / split.levels).to(device)
+    for x in model_inputs(split, batch_size, dequantize, device):
         q = model.posterior(x)
         bound, log_px_given_z = model.importance_sampling(x, k, chunk)
         kl_x = q.kl_to_standard_normal()
@@ -103,7 +111,7 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
 
 
 @torch.no_grad()
-def evaluate_vq_split(model, split: Split, batch_size: int = 100) -> dict:
+def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bool = False) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
     code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
@@ -115,8 +123,7 @@ def evaluate_vq_split(model, split: Split, batch_size: int = 100) -> dict:
     quality = ReconstructionQuality(split.images.shape[1:], device)
     counts = torch.zeros(vq.quantizer.num_codes, device=device)
     recon, prior_nll = [], []
-    for start in range(0, len(split), batch_size):
-        x = (split.images[start:start + batch_size].float() / split.levels).to(device)
+    for x in model_inputs(split, batch_size, dequantize, device):
         indices = vq.quantizer.indices(vq.encoder(x))
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))

@@ -3,11 +3,24 @@ one tensor index (no per-sample Python work, no collate).
 
 ``batch_size`` is the *global* batch: under DDP with W processes each takes its 1/W share of
 every global batch, so the optimisation is the same whatever the number of devices.
+
+What the model sees: integers 0..levels as floats in [0, 1] for a Bernoulli likelihood (binarized
+by a fresh draw when the data have grey levels), or, for a continuous likelihood, uniformly
+dequantized values y = (x + u) / (levels + 1), u ~ U[0, 1): then -E_u[log p(y)] + D log(levels + 1)
+bounds -log P(x) of the discrete data, so bits/dim are a bound comparable with papers.
+
+The noise of a batch (binarization, dequantization) is drawn for the whole global batch from a
+generator seeded by the run's seed, the epoch and the batch's number, and each process takes its
+rows: the processes draw different noise, together the noise of one process, and a resumed run
+draws the same noise as an uninterrupted one without any saved state.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
 
 import lightning as L
 import torch
@@ -29,42 +42,68 @@ class Split:
         return self.images.shape[0]
 
 
-class BatchDataset(Dataset):
-    """Indexed by a whole list of indices: returns the batch (x in [0, 1], y) in one go.
-    Dynamic binarization draws from torch's global generator (seeded by the run's seed and saved
-    in checkpoints), so a resumed run draws the same bits as an uninterrupted one."""
+def derive_seed(*keys: int) -> int:
+    """A seed for the stream named by ``keys``: hashed (NumPy's SeedSequence), so nearby keys give
+    unrelated streams; ``seed + epoch`` would make run 1's epoch e run 0's epoch e + 1."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0] >> 1)
 
-    def __init__(self, split: Split, binarize: bool):
+
+# Stream names for derive_seed: the data order, the training noise, and each evaluation split's noise.
+ORDER, TRAIN_NOISE, VAL_NOISE, TEST_NOISE = 0, 1, 2, 3
+
+
+class BatchRef(NamedTuple):
+    """One process's share of a global batch: its ``indices`` and where they sit in the global
+    batch (``offset`` of ``global_size`` rows), and the seed of the global batch's noise."""
+
+    indices: Tensor
+    noise_seed: int
+    offset: int
+    global_size: int
+
+
+class BatchDataset(Dataset):
+    """Indexed by a ``BatchRef``: returns the batch (x, y) in one go, as the model sees it (see the
+    module docstring): binarized when ``binarize``, dequantized when ``dequantize``."""
+
+    def __init__(self, split: Split, binarize: bool, dequantize: bool = False):
         self.split = split
-        self.binarize = binarize
+        self.binarize, self.dequantize = binarize, dequantize
 
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, indices: Tensor | int) -> tuple[Tensor, Tensor]:
-        # One int when Lightning swaps in its own sampler (trainer.overfit_batches): a batch of one.
+    def __getitem__(self, ref: BatchRef) -> tuple[Tensor, Tensor]:
         # The data may live on the GPU (data.on_device).
-        indices = torch.as_tensor(indices).reshape(-1).to(self.split.images.device)
+        device = self.split.images.device
+        indices = ref.indices.to(device)
         # index_select, not x[indices]: 5x faster on a CPU for a batch of rows (measured).
         x = self.split.images.index_select(0, indices).float()
-        if self.split.levels != 1:
-            x.div_(self.split.levels)
-        if self.binarize:  # dynamic binarization: a fresh Bernoulli draw every time x is seen
-            x = torch.bernoulli(x)
+        if self.binarize or self.dequantize:
+            g = torch.Generator(device=device).manual_seed(ref.noise_seed)
+            u = torch.rand(ref.global_size, *x.shape[1:], generator=g, device=device)[ref.offset:ref.offset + len(x)]
+        if self.dequantize:
+            x = x.add_(u).div_(self.split.levels + 1)
+        else:
+            if self.split.levels != 1:
+                x.div_(self.split.levels)
+            if self.binarize:  # dynamic binarization: a fresh Bernoulli draw every time x is seen
+                x = (u < x).float()
         return x, self.split.labels.index_select(0, indices)
 
 
 class ShardedBatchSampler(Sampler):
-    """Yields this process's share of each global batch as an index tensor.
+    """Yields this process's share of each global batch as a ``BatchRef``.
 
     The order is a seeded permutation per epoch (``set_epoch``), identical on every process,
-    so the processes together see exactly the batches a single process would.
+    so the processes together see exactly the batches a single process would. ``noise`` names
+    the noise stream: the training noise changes every epoch, an evaluation split's does not.
     """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, noise: int = TRAIN_NOISE):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.noise = seed, rank, world_size, noise
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -72,17 +111,24 @@ class ShardedBatchSampler(Sampler):
 
     def _global_batches(self):
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive_seed(ORDER, self.seed, self.epoch)))
         else:
             order = torch.arange(self.n)
         stop = self.n - self.n % self.batch_size if self.drop_last else self.n
         return order[:stop].split(self.batch_size)
 
+    def noise_seed(self, batch_number: int) -> int:
+        if self.noise == TRAIN_NOISE:
+            return derive_seed(TRAIN_NOISE, self.seed, self.epoch, batch_number)
+        return derive_seed(self.noise, batch_number)  # the same every epoch and for every run
+
     def __iter__(self):
-        for batch in self._global_batches():
-            share = batch.tensor_split(self.world_size)[self.rank]
+        for number, batch in enumerate(self._global_batches()):
+            shares = batch.tensor_split(self.world_size)
+            share = shares[self.rank]
             if len(share):
-                yield share
+                offset = sum(len(s) for s in shares[:self.rank])
+                yield BatchRef(share, self.noise_seed(number), offset, len(batch))
 
     def __len__(self) -> int:
         return sum(1 for b in self._global_batches() if len(b.tensor_split(self.world_size)[self.rank]))
@@ -92,7 +138,10 @@ class InMemoryDataModule(L.LightningDataModule):
     """Base for data sets held in memory. A subclass implements ``load`` and sets ``name``.
 
     binarize: ``auto`` (dynamic binarization when the likelihood is Bernoulli and the data
-    has grey levels), ``dynamic`` or ``none``.
+    has grey levels), ``dynamic`` or ``none``. A continuous likelihood always sees uniformly
+    dequantized data (module docstring).
+    num_levels: how many values a pixel takes (17 for digits, 256 for 8-bit images, 2 for binary
+    ones); checked against the files, and the bits/dim offset of a continuous likelihood.
     on_device: move the splits to the training device once (a GPU), so batches are cut there.
     pin_memory, num_workers: passed to the DataLoader (for data kept on the host).
     """
@@ -101,7 +150,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def __init__(self, image_shape, batch_size: int = 100, eval_batch_size: int | None = None,
                  binarize: str = "auto", likelihood: str = "bernoulli", seed: int = 0, on_device: bool = False,
-                 pin_memory: bool = False, num_workers: int = 0, **_):
+                 pin_memory: bool = False, num_workers: int = 0, num_levels: int | None = None, **_):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
@@ -109,6 +158,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.binarize_mode = binarize
         self.likelihood = likelihood
         self.seed = seed
+        self.num_levels = num_levels
         self.on_device, self.pin_memory, self.num_workers = on_device, pin_memory, num_workers
         self.splits: dict[str, Split] | None = None
 
@@ -131,6 +181,9 @@ class InMemoryDataModule(L.LightningDataModule):
                 )
             if len(split) == 0:
                 raise UserError(f"data {self.name}: the {split_name} split is empty; check the data files")
+            if self.num_levels is not None and split.levels + 1 != self.num_levels:
+                raise UserError(f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
+                                f"says data.num_levels={self.num_levels}; set data.num_levels={split.levels + 1}")
         if self.batch_size > len(splits["train"]):
             raise UserError(f"data.batch_size={self.batch_size} is larger than the {len(splits['train'])} "
                             "training examples; lower data.batch_size")
@@ -146,17 +199,25 @@ class InMemoryDataModule(L.LightningDataModule):
 
     @property
     def binarize(self) -> bool:
+        if self.dequantize:
+            return False
         if self.binarize_mode == "auto":
             return self.likelihood == "bernoulli" and self.splits["train"].levels > 1
         return self.binarize_mode == "dynamic"
 
+    @property
+    def dequantize(self) -> bool:
+        """A continuous likelihood on discrete data: uniform dequantization (module docstring)."""
+        return self.likelihood != "bernoulli"
+
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        noise = TRAIN_NOISE if train else {"val": VAL_NOISE, "test": TEST_NOISE}[split]
         sampler = ShardedBatchSampler(len(self.splits[split]), batch_size, shuffle=train, drop_last=train,
-                                      seed=self.seed, rank=rank, world_size=world)
+                                      seed=self.seed, rank=rank, world_size=world, noise=noise)
         # Evaluation splits are binarized once with a fixed seed so every epoch sees the same data.
-        dataset = BatchDataset(self.splits[split], self.binarize and train)
+        dataset = self.dataset(split, train)
         # Its own generator: a DataLoader draws a seed for its workers from the global generator
         # every time it is iterated, which would shift the model's random stream between an
         # uninterrupted run and a resumed one.
@@ -165,12 +226,16 @@ class InMemoryDataModule(L.LightningDataModule):
                           pin_memory=self.pin_memory, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
+    def dataset(self, split: str, train: bool = False) -> BatchDataset:
+        """The split as the model sees it, indexed by ``BatchRef``s."""
+        return BatchDataset(self.splits[split], binarize=self.binarize and train, dequantize=self.dequantize)
+
     def fixed_eval_split(self, split: str) -> Split:
         """The split as the model is evaluated on it (binarized once, fixed seed, when binarizing)."""
         s = self.splits[split]
         if not self.binarize:
             return s
-        g = torch.Generator().manual_seed(12345)
+        g = torch.Generator().manual_seed(derive_seed({"val": VAL_NOISE, "test": TEST_NOISE, "train": TRAIN_NOISE}[split]))
         images = torch.bernoulli(s.images.float() / s.levels, generator=g).to(torch.uint8)
         return Split(images, s.labels, levels=1)
 
