@@ -85,3 +85,35 @@ def test_gaussian_bits_per_dim_on_digits_is_a_bound_that_beats_a_uniform_guess(t
     train(cfg)
     bpd = json.loads((tmp_path / "test_metrics.json").read_text())["test/bpd"]
     assert 0 <= bpd < math.log2(17), bpd
+
+
+# ---- debug=overfit ------------------------------------------------------------------------
+def test_debug_overfit_trains_and_validates_on_the_same_batches_at_the_configured_batch_size(tmp_path):
+    import lightning as L
+
+    import vaelab.train as vt
+
+    seen = {"train": [], "val": []}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["train"].append(batch[1])
+
+        def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+            if not trainer.sanity_checking:
+                seen["val"].append(batch[1])
+
+    cfg = compose_config([*QUICK, "debug=overfit", "trainer.max_epochs=40", "trainer.limit_val_batches=1.0"], tmp_path)
+    original = vt.build_callbacks
+    vt.build_callbacks = lambda c: [*original(c), Spy()]
+    try:
+        metrics = train(cfg)
+    finally:
+        vt.build_callbacks = original
+    assert [len(labels) for labels in seen["train"]] == [32, 32] * 40  # two batches of the configured size
+    first_epoch = torch.cat(seen["train"][:2]).sort().values
+    assert torch.equal(torch.cat(seen["train"][-2:]).sort().values, first_epoch)  # the same images every epoch
+    assert torch.equal(torch.cat(seen["val"][-1:]).sort().values, first_epoch)  # validated on those images
+    rows = [row for row in logged_rows(tmp_path) if row.get("val/elbo")]
+    assert float(rows[-1]["val/elbo"]) > float(rows[0]["val/elbo"]) + 5  # 64 images are learned far past epoch 0
+    assert metrics["val/elbo"] == pytest.approx(float(rows[-1]["val/elbo"]))

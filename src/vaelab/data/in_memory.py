@@ -140,6 +140,8 @@ class InMemoryDataModule(L.LightningDataModule):
     binarize: ``auto`` (dynamic binarization when the likelihood is Bernoulli and the data
     has grey levels), ``dynamic`` or ``none``. A continuous likelihood always sees uniformly
     dequantized data (module docstring).
+    overfit_batches: > 0 keeps only that many global batches of training images and validates and
+    tests on those same images (``debug=overfit``): a working model drives its loss far down.
     num_levels: how many values a pixel takes (17 for digits, 256 for 8-bit images, 2 for binary
     ones); checked against the files, and the bits/dim offset of a continuous likelihood.
     on_device: move the splits to the training device once (a GPU), so batches are cut there.
@@ -150,7 +152,8 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def __init__(self, image_shape, batch_size: int = 100, eval_batch_size: int | None = None,
                  binarize: str = "auto", likelihood: str = "bernoulli", seed: int = 0, on_device: bool = False,
-                 pin_memory: bool = False, num_workers: int = 0, num_levels: int | None = None, **_):
+                 pin_memory: bool = False, num_workers: int = 0, num_levels: int | None = None,
+                 overfit_batches: int = 0, **_):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
@@ -159,6 +162,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.likelihood = likelihood
         self.seed = seed
         self.num_levels = num_levels
+        self.overfit_batches = overfit_batches
         self.on_device, self.pin_memory, self.num_workers = on_device, pin_memory, num_workers
         self.splits: dict[str, Split] | None = None
 
@@ -187,6 +191,11 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.batch_size > len(splits["train"]):
             raise UserError(f"data.batch_size={self.batch_size} is larger than the {len(splits['train'])} "
                             "training examples; lower data.batch_size")
+        if self.overfit_batches:
+            train = splits["train"]
+            n = min(len(train), self.overfit_batches * self.batch_size)
+            few = Split(train.images[:n], train.labels[:n], train.levels)
+            splits = {"train": few, "val": few, "test": few}
         self.splits = splits
 
     def setup(self, stage: str | None = None) -> None:
