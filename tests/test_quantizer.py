@@ -108,6 +108,26 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
     assert (vq.usage[5:] == 1.0).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rows", [4, 16])
+def test_restarts_draw_distinct_encoder_outputs(rows, seed):
+    """6 dead codes: with 16 encoder outputs each gets a different one; with 4, only 4 codes are
+    restarted (one per output) and the other 2 stay dead until a later batch."""
+    vq = quantizer(update="loss", restart_dead=True, dead_threshold=0.5, seed=seed).train()  # no EMA moves
+    vq.codebook.data[2:] = 1e3  # far from any data: never chosen
+    vq.usage[2:] = 0.0
+    before = vq.codebook.detach().clone()
+    z_e = torch.randn(rows // 4, 4, 2, 2, generator=torch.Generator().manual_seed(seed))
+    vq(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    restarted = (vq.codebook[2:] != before[2:]).any(1).nonzero().squeeze(1) + 2
+    assert len(restarted) == min(6, rows)
+    source = torch.cdist(vq.codebook[restarted], flat).argmin(1)  # the output each code was seeded on
+    torch.testing.assert_close(vq.codebook[restarted], flat[source], rtol=0, atol=0)
+    assert len(source.unique()) == len(restarted)  # no two codes share an output
+    assert (vq.usage[restarted] == 1.0).all() and vq.dead_codes() == 6 - len(restarted)
+
+
 def test_cosine_codebook_and_low_dimensional_lookup():
     vq = quantizer(cosine=True, lookup_dim=2, code_dim=6).train()
     z_e = torch.randn(2, 6, 2, 2, requires_grad=True)

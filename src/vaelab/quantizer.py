@@ -7,9 +7,9 @@ element, so no weight depends on the batch size):
                                    exponential moving averages instead, with Laplace smoothing)
   commitment beta * |z_e - sg[e]|^2
 Health: k-means initialisation from the first batch, and dead-code restart (codes whose usage
-average falls below ``dead_threshold`` are re-seeded from recent encoder outputs). Under DDP
-every statistic (EMA counts and sums, k-means data, restart candidates) is taken over all
-processes' data, and random choices use a generator with the same seed on every process, so
+average falls below ``dead_threshold`` are re-seeded from distinct recent encoder outputs).
+Under DDP every statistic (EMA counts and sums, k-means data, restart candidates) is taken over
+all processes' data, and random choices use a generator with the same seed on every process, so
 every process holds the same codebook, equal to a single process on the same global batch.
 """
 
@@ -194,7 +194,10 @@ class VectorQuantizer(nn.Module):
         if len(dead) == 0:
             return
         data = all_gather_rows(flat)
-        pick = torch.randint(len(data), (len(dead),), generator=self.generator()).to(data.device)
+        # Distinct outputs, so no two restarted codes start on the same vector (and then split
+        # its vectors between them); with fewer outputs than dead codes the rest wait a batch.
+        pick = torch.randperm(len(data), generator=self.generator())[: len(dead)].to(data.device)
+        dead = dead[: len(pick)]
         self.codebook.data[dead] = data[pick]
         self.usage[dead] = 1.0
         if self.update == "ema":
