@@ -152,6 +152,28 @@ def test_perplexity_is_between_one_and_the_number_of_codes():
     assert out["perplexity"].item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_perplexity_and_codes_used_describe_the_global_batch(monkeypatch, training):
+    """Under DDP both describe every process's vectors. A second process is simulated by adding
+    its statistics in all_reduce_sum: here 4 vectors on code 0, there one each on codes 1-4, so the
+    global counts are [4, 1, 1, 1, 1, 0, 0, 0]: probabilities 1/2 and 4 x 1/8, entropy
+    1/2 log 2 + 4/8 log 8 = 2 log 2, perplexity 4; 5 of the 8 codes used (this process alone: 1, 1/8)."""
+    vq = quantizer(update="ema").train(training)
+    here, there = vq.codebook[[0, 0, 0, 0]].clone(), vq.codebook[[1, 2, 3, 4]].clone()
+
+    def all_reduce_sum(t):
+        indices = torch.tensor([1, 2, 3, 4])  # the other process's nearest codes
+        counts = torch.bincount(indices, minlength=8).to(t.dtype)
+        sums = torch.zeros(8, 4).index_add_(0, indices, there)
+        # Counts alone, or counts beside the EMA sums (training's one all-reduce).
+        return t.add_(counts if t.dim() == 1 else torch.cat([counts[:, None], sums], 1))
+
+    monkeypatch.setattr("vaelab.quantizer.all_reduce_sum", all_reduce_sum)
+    _, out = vq(as_map(here))
+    assert out["perplexity"].item() == pytest.approx(4.0)
+    assert out["codes_used"].item() == 5 / 8
+
+
 # ---- DDP ------------------------------------------------------------------------------------
 SETTINGS = dict(num_codes=16, code_dim=4, update="ema", decay=0.8, kmeans_init=True, kmeans_iterations=5,
                 restart_dead=True, dead_threshold=0.9, usage_decay=0.5, seed=3)
@@ -163,9 +185,16 @@ def global_batches(steps=6):
 
 
 def run_steps(vq, batches):
+    """The codebook after training on ``batches``, and [perplexity, codes_used] of each training
+    step and of an evaluation of the last batch."""
+    stats = []
     for z_e in batches:
-        vq(z_e)
-    return vq.codebook.clone()
+        _, out = vq(z_e)
+        stats.append([out["perplexity"], out["codes_used"]])
+    codebook = vq.codebook.clone()
+    _, out = vq.eval()(batches[-1])
+    stats.append([out["perplexity"], out["codes_used"]])
+    return codebook, torch.tensor(stats)
 
 
 def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -180,7 +209,9 @@ def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.slow
 def test_ddp_codebooks_are_identical_across_ranks_and_equal_to_one_process(tmp_path):
     mp.start_processes(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    (rank0, stats0), (rank1, stats1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)
-    single = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
+    assert torch.equal(stats0, stats1)  # perplexity and codes used of the global batch, on every rank
+    single, stats = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
     torch.testing.assert_close(rank0, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats0, stats, atol=1e-5, rtol=1e-5)

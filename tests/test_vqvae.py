@@ -32,6 +32,24 @@ def test_latent_grid_and_reconstruction_shapes(image_shape):
     assert model.reconstruct(x).shape == x.shape
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_reconstruct_neither_syncs_nor_updates_the_codebook(monkeypatch, training):
+    """The image callback reconstructs on rank 0 alone: a collective there would hang DDP."""
+    def no_collective(t):
+        raise AssertionError("reconstruct called a collective")
+
+    monkeypatch.setattr("vaelab.quantizer.all_reduce_sum", no_collective)
+    monkeypatch.setattr("vaelab.quantizer.all_gather_rows", no_collective)
+    model = make_vqvae().train(training)
+    codebook = model.quantizer.codebook.clone()
+    x = torch.rand(2, 1, 8, 8)
+    z_e = model.encoder(x)
+    expected = model.likelihood.mean(model.decode(model.quantizer.codebook[model.quantizer.nearest(
+        z_e.permute(0, 2, 3, 1).reshape(-1, 8))].view(2, 2, 2, 8).permute(0, 3, 1, 2)))
+    torch.testing.assert_close(model.reconstruct(x), expected)
+    assert torch.equal(model.quantizer.codebook, codebook)
+
+
 def test_loss_is_reconstruction_plus_vq_terms_summed_per_example():
     model = make_vqvae().train()
     x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))

@@ -117,7 +117,8 @@ class VectorQuantizer(nn.Module):
         return distances.argmin(1)
 
     def forward(self, z_e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """z_e [B, D, H, W] -> (z_q with straight-through gradient [B, D, H, W], terms)."""
+        """z_e [B, D, H, W] -> (z_q with straight-through gradient [B, D, H, W], terms). Under DDP
+        every process must call it (its statistics are summed over processes, also in eval)."""
         batch, _, height, width = z_e.shape
         flat = self.project_in(z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))  # [N, lookup]
         if self.cosine:
@@ -128,12 +129,15 @@ class VectorQuantizer(nn.Module):
         quantized = self.codes()[indices]  # [N, lookup]
         commitment = F.mse_loss(flat, quantized.detach())
         codebook_loss = F.mse_loss(quantized, flat.detach()) if self.update == "loss" else flat.new_zeros(())
+        # Code counts over every process's vectors, so perplexity and codes_used describe the
+        # global batch (the mean of per-process values would understate both).
         if self.training:
-            self._update(flat.detach(), indices)
+            counts = self._update(flat.detach(), indices)
+        else:
+            counts = all_reduce_sum(torch.bincount(indices, minlength=self.num_codes).float())
         # Straight-through: the forward value is the code, the gradient is the identity on z_e.
         straight = flat + (quantized - flat).detach()
         z_q = self.project_out(straight).view(batch, height, width, -1).permute(0, 3, 1, 2)
-        counts = torch.bincount(indices, minlength=self.num_codes).float()
         probs = counts / counts.sum()
         return z_q.to(z_e.dtype), {
             "indices": indices.view(batch, height, width),
@@ -170,7 +174,9 @@ class VectorQuantizer(nn.Module):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def _update(self, flat: Tensor, indices: Tensor) -> None:
+    def _update(self, flat: Tensor, indices: Tensor) -> Tensor:
+        """Usage, EMA codebook and restarts from this step's vectors; returns the code counts
+        summed over processes [K]."""
         one_hot_counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
         stats = all_reduce_sum(torch.cat([one_hot_counts[:, None], sums], 1))
@@ -187,6 +193,7 @@ class VectorQuantizer(nn.Module):
         if self.restart_dead:
             self._restart(flat)
         self.steps += 1
+        return counts
 
     @torch.no_grad()
     def _restart(self, flat: Tensor) -> None:

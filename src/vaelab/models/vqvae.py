@@ -94,8 +94,9 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        z_q, _ = self.quantizer(self.encoder(x))
-        return self.likelihood.mean(self.decode(z_q))
+        # Not the quantizer's forward: that all-reduces its code counts under DDP, and the image
+        # callback reconstructs on rank 0 alone (it would wait for the other processes forever).
+        return self.decode_codes(self.quantizer.indices(self.encoder(x)))
 
     @torch.no_grad()
     def decode_codes(self, indices: Tensor) -> Tensor:
