@@ -121,7 +121,7 @@ def test_restarts_draw_distinct_encoder_outputs(rows, seed):
     vq(z_e)
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
     restarted = (vq.codebook[2:] != before[2:]).any(1).nonzero().squeeze(1) + 2
-    assert len(restarted) == min(6, rows)
+    assert len(restarted) == min(6, rows) and torch.equal(vq.restarted, restarted)
     source = torch.cdist(vq.codebook[restarted], flat).argmin(1)  # the output each code was seeded on
     torch.testing.assert_close(vq.codebook[restarted], flat[source], rtol=0, atol=0)
     assert len(source.unique()) == len(restarted)  # no two codes share an output

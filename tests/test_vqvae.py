@@ -3,8 +3,10 @@
 import math
 import shutil
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.config import compose_config
 from vaelab.errors import UserError
@@ -62,6 +64,44 @@ def test_loss_is_reconstruction_plus_vq_terms_summed_per_example():
     derived = model.with_derived(metrics)
     assert derived["kl"].item() == pytest.approx(4 * math.log(16))  # uniform prior over 16 codes at 2x2 positions
     torch.testing.assert_close(derived["elbo"], -(metrics["recon"] + derived["kl"]))
+
+
+def test_a_restarted_code_starts_with_fresh_adam_moments():
+    """update=loss: a code restarted in a step's forward is stepped as if Adam had never seen it,
+    so after the step its moments are exp_avg = (1 - beta1) g and exp_avg_sq = (1 - beta2) g^2
+    (g its gradient row), not beta1 m_old + (1 - beta1) g carrying the replaced vector's momentum."""
+    torch.manual_seed(0)
+    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": "loss", "dead_threshold": 0.5},
+                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2, "betas": (0.8, 0.9)},
+                  hidden=16, res_blocks=1)
+    codebook = model.quantizer.codebook
+    seen = {}
+
+    class ForceRestart(L.Callback):
+        """Before the third step, marks dead the code with the most momentum (the other codes'
+        usage stays near 1, far above the threshold); after it, reads that code's Adam state."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 2:
+                momentum = trainer.optimizers[0].state[codebook]["exp_avg"].norm(dim=1)
+                seen["code"] = code = int(momentum.argmax())
+                assert momentum[code] > 0
+                pl_module.quantizer.usage[code] = 0.0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 2:
+                state, code = trainer.optimizers[0].state[codebook], seen["code"]
+                seen.update(usage=pl_module.quantizer.usage[code].item(), grad=codebook.grad[code].clone(),
+                            exp_avg=state["exp_avg"][code].clone(), exp_avg_sq=state["exp_avg_sq"][code].clone())
+
+    x = torch.bernoulli(torch.full((24, 1, 8, 8), 0.4))
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[ForceRestart()])
+    trainer.fit(model, DataLoader(TensorDataset(x, torch.zeros(24)), batch_size=8))
+    assert seen["usage"] == 1.0  # restarted in the third step
+    torch.testing.assert_close(seen["exp_avg"], (1 - 0.8) * seen["grad"])
+    torch.testing.assert_close(seen["exp_avg_sq"], (1 - 0.9) * seen["grad"] ** 2)
+    assert model.quantizer.restarted.tolist() == [seen["code"]]
 
 
 def test_vqvae_and_its_prior_train_and_the_prior_checkpoint_stands_alone(tmp_path):

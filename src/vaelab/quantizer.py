@@ -102,6 +102,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.ones(num_codes))
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Codes restarted by the latest training forward (for the model to reset their optimizer state).
+        self.restarted = torch.zeros(0, dtype=torch.long)
 
     def generator(self) -> torch.Generator:
         """The same random stream on every process (seeded by the step), for k-means and restarts."""
@@ -177,6 +179,7 @@ class VectorQuantizer(nn.Module):
     def _update(self, flat: Tensor, indices: Tensor) -> Tensor:
         """Usage, EMA codebook and restarts from this step's vectors; returns the code counts
         summed over processes [K]."""
+        self.restarted = indices.new_zeros(0)
         one_hot_counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
         stats = all_reduce_sum(torch.cat([one_hot_counts[:, None], sums], 1))
@@ -205,6 +208,7 @@ class VectorQuantizer(nn.Module):
         # its vectors between them); with fewer outputs than dead codes the rest wait a batch.
         pick = torch.randperm(len(data), generator=self.generator())[: len(dead)].to(data.device)
         dead = dead[: len(pick)]
+        self.restarted = dead
         self.codebook.data[dead] = data[pick]
         self.usage[dead] = 1.0
         if self.update == "ema":
