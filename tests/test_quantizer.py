@@ -63,21 +63,21 @@ def test_loss_update_trains_the_codebook_and_ema_does_not_need_gradients():
     assert not quantizer(update="ema").codebook.requires_grad
 
 
-def test_ema_update_matches_its_formula():
-    vq = quantizer(update="ema", decay=0.9, epsilon=1e-5).train()
-    counts0, sums0 = vq.ema_counts.clone(), vq.ema_sums.clone()
-    z_e = torch.randn(4, 4, 2, 2)
-    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
-    indices = vq.nearest(flat)
-    vq(z_e)
-    counts = torch.bincount(indices, minlength=8).float()
-    sums = torch.zeros(8, 4).index_add_(0, indices, flat)
-    expected_counts = 0.9 * counts0 + 0.1 * counts
-    expected_sums = 0.9 * sums0 + 0.1 * sums
-    torch.testing.assert_close(vq.ema_counts, expected_counts)
-    n = expected_counts.sum()
-    smoothed = (expected_counts + 1e-5) / (n + 8 * 1e-5) * n
-    torch.testing.assert_close(vq.codebook, expected_sums / smoothed[:, None])
+def test_ema_update_worked_by_hand():
+    """2 codes in 1-D at 0 and 1, EMA counts 1 and sums equal to the codes, decay 0.75, epsilon
+    0.75; a batch of 0.25 (nearest code 0) and 0.75, 1.25, 1.5 (nearest code 1):
+      batch counts [1, 3], sums [0.25, 3.5]
+      ema_counts = 0.75 [1, 1] + 0.25 [1, 3]        = [1, 1.5]
+      ema_sums   = 0.75 [0, 1] + 0.25 [0.25, 3.5]   = [0.0625, 1.625]
+      Laplace    (c + 0.75) / (2.5 + 2 * 0.75) * 2.5 = [1.09375, 1.40625]   (n = 2.5)
+      codebook   = ema_sums / smoothed counts"""
+    vq = quantizer(num_codes=2, code_dim=1, update="ema", decay=0.75, epsilon=0.75).train()
+    vq.codebook.copy_(torch.tensor([[0.0], [1.0]]))
+    vq.ema_sums.copy_(vq.codebook)
+    vq(as_map(torch.tensor([[0.25], [0.75], [1.25], [1.5]])))
+    torch.testing.assert_close(vq.ema_counts, torch.tensor([1.0, 1.5]))
+    torch.testing.assert_close(vq.ema_sums, torch.tensor([[0.0625], [1.625]]))
+    torch.testing.assert_close(vq.codebook, torch.tensor([[0.0625 / 1.09375], [1.625 / 1.40625]]))
 
 
 def clustered(num_clusters=8, per_cluster=16, dim=4, seed=0):

@@ -6,6 +6,7 @@ import shutil
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.config import compose_config
@@ -52,18 +53,39 @@ def test_reconstruct_neither_syncs_nor_updates_the_codebook(monkeypatch, trainin
     assert torch.equal(model.quantizer.codebook, codebook)
 
 
-def test_loss_is_reconstruction_plus_vq_terms_summed_per_example():
-    model = make_vqvae().train()
+@pytest.mark.parametrize("update", ["ema", "loss"])
+def test_loss_is_reconstruction_plus_vq_terms_summed_per_example(update):
+    """loss = mean over examples of -log p(x|z_q) + (c + beta) sum over the example's code map
+    (2 x 2 positions x 8 dimensions) of (z_e - e)^2, with c = 1 for update=loss's codebook term
+    and 0 for ema; recomputed here with loops over examples, positions and codes."""
+    torch.manual_seed(0)
+    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": update, "kmeans_init": False},
+                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, hidden=16, res_blocks=1).eval()
     x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
     loss, metrics = model.step_metrics(x)
-    torch.testing.assert_close(loss, metrics["recon"] + metrics["vq"])
-    model.eval()
-    terms = model.terms(x)
-    # The VQ term is a mean per element times the elements of one example's code map.
-    torch.testing.assert_close(model.step_metrics(x)[1]["vq"], terms["vq_loss"] * 2 * 2 * 8)
+    codebook, beta = model.quantizer.codebook.detach(), QUANTIZER["beta"]
+    with torch.no_grad():
+        z_e = model.encoder(x)
+        z_q = torch.zeros_like(z_e)
+        vq = []
+        for i in range(6):
+            squared = 0.0
+            for h in range(2):
+                for w in range(2):
+                    distances = [((z_e[i, :, h, w] - code) ** 2).sum().item() for code in codebook]
+                    k = distances.index(min(distances))
+                    z_q[i, :, h, w] = codebook[k]
+                    squared += distances[k]
+            vq.append(((1.0 if update == "loss" else 0.0) + beta) * squared)
+        logits = model.decode(z_q)
+        log_px = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum((1, 2, 3))
+    recon = [-value for value in log_px.tolist()]
+    assert metrics["recon"].item() == pytest.approx(sum(recon) / 6, rel=1e-5)
+    assert metrics["vq"].item() == pytest.approx(sum(vq) / 6, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(r + v for r, v in zip(recon, vq)) / 6, rel=1e-5)
     derived = model.with_derived(metrics)
     assert derived["kl"].item() == pytest.approx(4 * math.log(16))  # uniform prior over 16 codes at 2x2 positions
-    torch.testing.assert_close(derived["elbo"], -(metrics["recon"] + derived["kl"]))
+    assert derived["elbo"].item() == pytest.approx(-(sum(recon) / 6 + 4 * math.log(16)), rel=1e-5)
 
 
 def test_a_restarted_code_starts_with_fresh_adam_moments():
