@@ -63,21 +63,21 @@ def test_loss_update_trains_the_codebook_and_ema_does_not_need_gradients():
     assert not quantizer(update="ema").codebook.requires_grad
 
 
-def test_ema_update_matches_its_formula():
-    vq = quantizer(update="ema", decay=0.9, epsilon=1e-5).train()
-    counts0, sums0 = vq.ema_counts.clone(), vq.ema_sums.clone()
-    z_e = torch.randn(4, 4, 2, 2)
-    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
-    indices = vq.nearest(flat)
-    vq(z_e)
-    counts = torch.bincount(indices, minlength=8).float()
-    sums = torch.zeros(8, 4).index_add_(0, indices, flat)
-    expected_counts = 0.9 * counts0 + 0.1 * counts
-    expected_sums = 0.9 * sums0 + 0.1 * sums
-    torch.testing.assert_close(vq.ema_counts, expected_counts)
-    n = expected_counts.sum()
-    smoothed = (expected_counts + 1e-5) / (n + 8 * 1e-5) * n
-    torch.testing.assert_close(vq.codebook, expected_sums / smoothed[:, None])
+def test_ema_update_worked_by_hand():
+    """2 codes in 1-D at 0 and 1, EMA counts 1 and sums equal to the codes, decay 0.75, epsilon
+    0.75; a batch of 0.25 (nearest code 0) and 0.75, 1.25, 1.5 (nearest code 1):
+      batch counts [1, 3], sums [0.25, 3.5]
+      ema_counts = 0.75 [1, 1] + 0.25 [1, 3]        = [1, 1.5]
+      ema_sums   = 0.75 [0, 1] + 0.25 [0.25, 3.5]   = [0.0625, 1.625]
+      Laplace    (c + 0.75) / (2.5 + 2 * 0.75) * 2.5 = [1.09375, 1.40625]   (n = 2.5)
+      codebook   = ema_sums / smoothed counts"""
+    vq = quantizer(num_codes=2, code_dim=1, update="ema", decay=0.75, epsilon=0.75).train()
+    vq.codebook.copy_(torch.tensor([[0.0], [1.0]]))
+    vq.ema_sums.copy_(vq.codebook)
+    vq(as_map(torch.tensor([[0.25], [0.75], [1.25], [1.5]])))
+    torch.testing.assert_close(vq.ema_counts, torch.tensor([1.0, 1.5]))
+    torch.testing.assert_close(vq.ema_sums, torch.tensor([[0.0625], [1.625]]))
+    torch.testing.assert_close(vq.codebook, torch.tensor([[0.0625 / 1.09375], [1.625 / 1.40625]]))
 
 
 def clustered(num_clusters=8, per_cluster=16, dim=4, seed=0):
@@ -108,6 +108,26 @@ def test_dead_codes_are_restarted_from_encoder_outputs():
     assert (vq.usage[5:] == 1.0).all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("rows", [4, 16])
+def test_restarts_draw_distinct_encoder_outputs(rows, seed):
+    """6 dead codes: with 16 encoder outputs each gets a different one; with 4, only 4 codes are
+    restarted (one per output) and the other 2 stay dead until a later batch."""
+    vq = quantizer(update="loss", restart_dead=True, dead_threshold=0.5, seed=seed).train()  # no EMA moves
+    vq.codebook.data[2:] = 1e3  # far from any data: never chosen
+    vq.usage[2:] = 0.0
+    before = vq.codebook.detach().clone()
+    z_e = torch.randn(rows // 4, 4, 2, 2, generator=torch.Generator().manual_seed(seed))
+    vq(z_e)
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 4)
+    restarted = (vq.codebook[2:] != before[2:]).any(1).nonzero().squeeze(1) + 2
+    assert len(restarted) == min(6, rows) and torch.equal(vq.restarted, restarted)
+    source = torch.cdist(vq.codebook[restarted], flat).argmin(1)  # the output each code was seeded on
+    torch.testing.assert_close(vq.codebook[restarted], flat[source], rtol=0, atol=0)
+    assert len(source.unique()) == len(restarted)  # no two codes share an output
+    assert (vq.usage[restarted] == 1.0).all() and vq.dead_codes() == 6 - len(restarted)
+
+
 def test_cosine_codebook_and_low_dimensional_lookup():
     vq = quantizer(cosine=True, lookup_dim=2, code_dim=6).train()
     z_e = torch.randn(2, 6, 2, 2, requires_grad=True)
@@ -132,6 +152,28 @@ def test_perplexity_is_between_one_and_the_number_of_codes():
     assert out["perplexity"].item() == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_perplexity_and_codes_used_describe_the_global_batch(monkeypatch, training):
+    """Under DDP both describe every process's vectors. A second process is simulated by adding
+    its statistics in all_reduce_sum: here 4 vectors on code 0, there one each on codes 1-4, so the
+    global counts are [4, 1, 1, 1, 1, 0, 0, 0]: probabilities 1/2 and 4 x 1/8, entropy
+    1/2 log 2 + 4/8 log 8 = 2 log 2, perplexity 4; 5 of the 8 codes used (this process alone: 1, 1/8)."""
+    vq = quantizer(update="ema").train(training)
+    here, there = vq.codebook[[0, 0, 0, 0]].clone(), vq.codebook[[1, 2, 3, 4]].clone()
+
+    def all_reduce_sum(t):
+        indices = torch.tensor([1, 2, 3, 4])  # the other process's nearest codes
+        counts = torch.bincount(indices, minlength=8).to(t.dtype)
+        sums = torch.zeros(8, 4).index_add_(0, indices, there)
+        # Counts alone, or counts beside the EMA sums (training's one all-reduce).
+        return t.add_(counts if t.dim() == 1 else torch.cat([counts[:, None], sums], 1))
+
+    monkeypatch.setattr("vaelab.quantizer.all_reduce_sum", all_reduce_sum)
+    _, out = vq(as_map(here))
+    assert out["perplexity"].item() == pytest.approx(4.0)
+    assert out["codes_used"].item() == 5 / 8
+
+
 # ---- DDP ------------------------------------------------------------------------------------
 SETTINGS = dict(num_codes=16, code_dim=4, update="ema", decay=0.8, kmeans_init=True, kmeans_iterations=5,
                 restart_dead=True, dead_threshold=0.9, usage_decay=0.5, seed=3)
@@ -143,9 +185,16 @@ def global_batches(steps=6):
 
 
 def run_steps(vq, batches):
+    """The codebook after training on ``batches``, and [perplexity, codes_used] of each training
+    step and of an evaluation of the last batch."""
+    stats = []
     for z_e in batches:
-        vq(z_e)
-    return vq.codebook.clone()
+        _, out = vq(z_e)
+        stats.append([out["perplexity"], out["codes_used"]])
+    codebook = vq.codebook.clone()
+    _, out = vq.eval()(batches[-1])
+    stats.append([out["perplexity"], out["codes_used"]])
+    return codebook, torch.tensor(stats)
 
 
 def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -160,7 +209,9 @@ def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.mark.slow
 def test_ddp_codebooks_are_identical_across_ranks_and_equal_to_one_process(tmp_path):
     mp.start_processes(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
-    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    (rank0, stats0), (rank1, stats1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)
-    single = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
+    assert torch.equal(stats0, stats1)  # perplexity and codes used of the global batch, on every rank
+    single, stats = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
     torch.testing.assert_close(rank0, single, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stats0, stats, atol=1e-5, rtol=1e-5)

@@ -3,8 +3,11 @@
 import math
 import shutil
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from vaelab.config import compose_config
 from vaelab.errors import UserError
@@ -32,18 +35,95 @@ def test_latent_grid_and_reconstruction_shapes(image_shape):
     assert model.reconstruct(x).shape == x.shape
 
 
-def test_loss_is_reconstruction_plus_vq_terms_summed_per_example():
-    model = make_vqvae().train()
+@pytest.mark.parametrize("training", [True, False])
+def test_reconstruct_neither_syncs_nor_updates_the_codebook(monkeypatch, training):
+    """The image callback reconstructs on rank 0 alone: a collective there would hang DDP."""
+    def no_collective(t):
+        raise AssertionError("reconstruct called a collective")
+
+    monkeypatch.setattr("vaelab.quantizer.all_reduce_sum", no_collective)
+    monkeypatch.setattr("vaelab.quantizer.all_gather_rows", no_collective)
+    model = make_vqvae().train(training)
+    codebook = model.quantizer.codebook.clone()
+    x = torch.rand(2, 1, 8, 8)
+    z_e = model.encoder(x)
+    expected = model.likelihood.mean(model.decode(model.quantizer.codebook[model.quantizer.nearest(
+        z_e.permute(0, 2, 3, 1).reshape(-1, 8))].view(2, 2, 2, 8).permute(0, 3, 1, 2)))
+    torch.testing.assert_close(model.reconstruct(x), expected)
+    assert torch.equal(model.quantizer.codebook, codebook)
+
+
+@pytest.mark.parametrize("update", ["ema", "loss"])
+def test_loss_is_reconstruction_plus_vq_terms_summed_per_example(update):
+    """loss = mean over examples of -log p(x|z_q) + (c + beta) sum over the example's code map
+    (2 x 2 positions x 8 dimensions) of (z_e - e)^2, with c = 1 for update=loss's codebook term
+    and 0 for ema; recomputed here with loops over examples, positions and codes."""
+    torch.manual_seed(0)
+    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": update, "kmeans_init": False},
+                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, hidden=16, res_blocks=1).eval()
     x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
     loss, metrics = model.step_metrics(x)
-    torch.testing.assert_close(loss, metrics["recon"] + metrics["vq"])
-    model.eval()
-    terms = model.terms(x)
-    # The VQ term is a mean per element times the elements of one example's code map.
-    torch.testing.assert_close(model.step_metrics(x)[1]["vq"], terms["vq_loss"] * 2 * 2 * 8)
+    codebook, beta = model.quantizer.codebook.detach(), QUANTIZER["beta"]
+    with torch.no_grad():
+        z_e = model.encoder(x)
+        z_q = torch.zeros_like(z_e)
+        vq = []
+        for i in range(6):
+            squared = 0.0
+            for h in range(2):
+                for w in range(2):
+                    distances = [((z_e[i, :, h, w] - code) ** 2).sum().item() for code in codebook]
+                    k = distances.index(min(distances))
+                    z_q[i, :, h, w] = codebook[k]
+                    squared += distances[k]
+            vq.append(((1.0 if update == "loss" else 0.0) + beta) * squared)
+        logits = model.decode(z_q)
+        log_px = (x * F.logsigmoid(logits) + (1 - x) * F.logsigmoid(-logits)).sum((1, 2, 3))
+    recon = [-value for value in log_px.tolist()]
+    assert metrics["recon"].item() == pytest.approx(sum(recon) / 6, rel=1e-5)
+    assert metrics["vq"].item() == pytest.approx(sum(vq) / 6, rel=1e-5)
+    assert loss.item() == pytest.approx(sum(r + v for r, v in zip(recon, vq)) / 6, rel=1e-5)
     derived = model.with_derived(metrics)
     assert derived["kl"].item() == pytest.approx(4 * math.log(16))  # uniform prior over 16 codes at 2x2 positions
-    torch.testing.assert_close(derived["elbo"], -(metrics["recon"] + derived["kl"]))
+    assert derived["elbo"].item() == pytest.approx(-(sum(recon) / 6 + 4 * math.log(16)), rel=1e-5)
+
+
+def test_a_restarted_code_starts_with_fresh_adam_moments():
+    """update=loss: a code restarted in a step's forward is stepped as if Adam had never seen it,
+    so after the step its moments are exp_avg = (1 - beta1) g and exp_avg_sq = (1 - beta2) g^2
+    (g its gradient row), not beta1 m_old + (1 - beta1) g carrying the replaced vector's momentum."""
+    torch.manual_seed(0)
+    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": "loss", "dead_threshold": 0.5},
+                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2, "betas": (0.8, 0.9)},
+                  hidden=16, res_blocks=1)
+    codebook = model.quantizer.codebook
+    seen = {}
+
+    class ForceRestart(L.Callback):
+        """Before the third step, marks dead the code with the most momentum (the other codes'
+        usage stays near 1, far above the threshold); after it, reads that code's Adam state."""
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if batch_idx == 2:
+                momentum = trainer.optimizers[0].state[codebook]["exp_avg"].norm(dim=1)
+                seen["code"] = code = int(momentum.argmax())
+                assert momentum[code] > 0
+                pl_module.quantizer.usage[code] = 0.0
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx == 2:
+                state, code = trainer.optimizers[0].state[codebook], seen["code"]
+                seen.update(usage=pl_module.quantizer.usage[code].item(), grad=codebook.grad[code].clone(),
+                            exp_avg=state["exp_avg"][code].clone(), exp_avg_sq=state["exp_avg_sq"][code].clone())
+
+    x = torch.bernoulli(torch.full((24, 1, 8, 8), 0.4))
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[ForceRestart()])
+    trainer.fit(model, DataLoader(TensorDataset(x, torch.zeros(24)), batch_size=8))
+    assert seen["usage"] == 1.0  # restarted in the third step
+    torch.testing.assert_close(seen["exp_avg"], (1 - 0.8) * seen["grad"])
+    torch.testing.assert_close(seen["exp_avg_sq"], (1 - 0.9) * seen["grad"] ** 2)
+    assert model.quantizer.restarted.tolist() == [seen["code"]]
 
 
 def test_vqvae_and_its_prior_train_and_the_prior_checkpoint_stands_alone(tmp_path):

@@ -7,9 +7,9 @@ element, so no weight depends on the batch size):
                                    exponential moving averages instead, with Laplace smoothing)
   commitment beta * |z_e - sg[e]|^2
 Health: k-means initialisation from the first batch, and dead-code restart (codes whose usage
-average falls below ``dead_threshold`` are re-seeded from recent encoder outputs). Under DDP
-every statistic (EMA counts and sums, k-means data, restart candidates) is taken over all
-processes' data, and random choices use a generator with the same seed on every process, so
+average falls below ``dead_threshold`` are re-seeded from distinct recent encoder outputs).
+Under DDP every statistic (EMA counts and sums, k-means data, restart candidates) is taken over
+all processes' data, and random choices use a generator with the same seed on every process, so
 every process holds the same codebook, equal to a single process on the same global batch.
 """
 
@@ -102,6 +102,8 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("usage", torch.ones(num_codes))
         self.register_buffer("initialised", torch.tensor(not kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        # Codes restarted by the latest training forward (for the model to reset their optimizer state).
+        self.restarted = torch.zeros(0, dtype=torch.long)
 
     def generator(self) -> torch.Generator:
         """The same random stream on every process (seeded by the step), for k-means and restarts."""
@@ -117,7 +119,8 @@ class VectorQuantizer(nn.Module):
         return distances.argmin(1)
 
     def forward(self, z_e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """z_e [B, D, H, W] -> (z_q with straight-through gradient [B, D, H, W], terms)."""
+        """z_e [B, D, H, W] -> (z_q with straight-through gradient [B, D, H, W], terms). Under DDP
+        every process must call it (its statistics are summed over processes, also in eval)."""
         batch, _, height, width = z_e.shape
         flat = self.project_in(z_e.float().permute(0, 2, 3, 1).reshape(-1, z_e.shape[1]))  # [N, lookup]
         if self.cosine:
@@ -128,12 +131,15 @@ class VectorQuantizer(nn.Module):
         quantized = self.codes()[indices]  # [N, lookup]
         commitment = F.mse_loss(flat, quantized.detach())
         codebook_loss = F.mse_loss(quantized, flat.detach()) if self.update == "loss" else flat.new_zeros(())
+        # Code counts over every process's vectors, so perplexity and codes_used describe the
+        # global batch (the mean of per-process values would understate both).
         if self.training:
-            self._update(flat.detach(), indices)
+            counts = self._update(flat.detach(), indices)
+        else:
+            counts = all_reduce_sum(torch.bincount(indices, minlength=self.num_codes).float())
         # Straight-through: the forward value is the code, the gradient is the identity on z_e.
         straight = flat + (quantized - flat).detach()
         z_q = self.project_out(straight).view(batch, height, width, -1).permute(0, 3, 1, 2)
-        counts = torch.bincount(indices, minlength=self.num_codes).float()
         probs = counts / counts.sum()
         return z_q.to(z_e.dtype), {
             "indices": indices.view(batch, height, width),
@@ -170,7 +176,10 @@ class VectorQuantizer(nn.Module):
         self.initialised.fill_(True)
 
     @torch.no_grad()
-    def _update(self, flat: Tensor, indices: Tensor) -> None:
+    def _update(self, flat: Tensor, indices: Tensor) -> Tensor:
+        """Usage, EMA codebook and restarts from this step's vectors; returns the code counts
+        summed over processes [K]."""
+        self.restarted = indices.new_zeros(0)
         one_hot_counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
         sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
         stats = all_reduce_sum(torch.cat([one_hot_counts[:, None], sums], 1))
@@ -187,6 +196,7 @@ class VectorQuantizer(nn.Module):
         if self.restart_dead:
             self._restart(flat)
         self.steps += 1
+        return counts
 
     @torch.no_grad()
     def _restart(self, flat: Tensor) -> None:
@@ -194,7 +204,11 @@ class VectorQuantizer(nn.Module):
         if len(dead) == 0:
             return
         data = all_gather_rows(flat)
-        pick = torch.randint(len(data), (len(dead),), generator=self.generator()).to(data.device)
+        # Distinct outputs, so no two restarted codes start on the same vector (and then split
+        # its vectors between them); with fewer outputs than dead codes the rest wait a batch.
+        pick = torch.randperm(len(data), generator=self.generator())[: len(dead)].to(data.device)
+        dead = dead[: len(pick)]
+        self.restarted = dead
         self.codebook.data[dead] = data[pick]
         self.usage[dead] = 1.0
         if self.update == "ema":

@@ -66,6 +66,24 @@ class VQVAE(GenerativeModel):
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         self.code_elements = math.prod(self.latent_shape) * (quantizer.get("lookup_dim") or code_dim)
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)
+        self.forget_restarted_codes(optimizer)
+
+    def forget_restarted_codes(self, optimizer) -> None:
+        """Zero the optimizer's per-element state of the codes restarted in this step's forward
+        (update=loss: Adam's exp_avg and exp_avg_sq rows, or a momentum buffer's), before the step
+        reads it: a code re-seeded on an encoder output is not pushed on by the momentum of the
+        vector it replaced. (Adam's step count, and so its bias correction, is shared by the whole
+        codebook and does not restart with the row.)"""
+        restarted, codebook = self.quantizer.restarted, self.quantizer.codebook
+        state = optimizer.state.get(codebook)  # none for an EMA codebook, or before the first step
+        if not len(restarted) or not state:
+            return
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == codebook.shape:
+                value[restarted] = 0
+
     def decode(self, z_q: Tensor) -> Tensor:
         """Likelihood parameters, cropped to the image when H or W is not a multiple of 4."""
         out = self.decoder(z_q)
@@ -94,8 +112,9 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        z_q, _ = self.quantizer(self.encoder(x))
-        return self.likelihood.mean(self.decode(z_q))
+        # Not the quantizer's forward: that all-reduces its code counts under DDP, and the image
+        # callback reconstructs on rank 0 alone (it would wait for the other processes forever).
+        return self.decode_codes(self.quantizer.indices(self.encoder(x)))
 
     @torch.no_grad()
     def decode_codes(self, indices: Tensor) -> Tensor:
