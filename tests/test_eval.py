@@ -203,6 +203,16 @@ def test_report_tables_and_plots_a_sweep(tmp_path):
         report_main([str(tmp_path / "sweep"), "--metric", "test/nll", "--against", "model.beta"])
 
 
+def test_report_lists_job_folders_in_numeric_order(tmp_path):
+    for job in range(12):
+        run = tmp_path / "sweep" / str(job)
+        run.mkdir(parents=True)
+        (run / "test_metrics.json").write_text(json.dumps({"test/elbo": -float(job)}))
+    report_main([str(tmp_path / "sweep")])
+    rows = (tmp_path / "sweep" / "report.md").read_text().splitlines()[2:]
+    assert [row.split(" | ")[0].rsplit("/", 1)[-1] for row in rows] == [str(job) for job in range(12)]
+
+
 @pytest.mark.slow
 def test_eval_cli_prints_the_summary(tmp_path):
     train(compose_config(QUICK, tmp_path / "run"))
