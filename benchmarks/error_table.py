@@ -1,5 +1,6 @@
 """Prints the README's table of config mistakes with the message each one gives, by running
-every row of tests/test_config.py's BAD_VALUES through train().
+every row of tests/test_config.py's BAD_VALUES through train() and of its EVAL_BAD_VALUES through
+eval.py's evaluate_checkpoint().
 
     .venv/bin/python benchmarks/error_table.py
 """
@@ -10,19 +11,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_config import BAD_VALUES  # noqa: E402
+from test_config import BAD_VALUES, EVAL_BAD_VALUES  # noqa: E402
 
 from vaelab.config import compose_config  # noqa: E402
 from vaelab.errors import UserError  # noqa: E402
+from vaelab.eval import evaluate_checkpoint  # noqa: E402
 from vaelab.train import train  # noqa: E402
+
+
+def message(run) -> str:
+    try:
+        run()
+        return "(no error!)"
+    except UserError as e:
+        return str(e)
+
 
 print("| command-line mistake | message |")
 print("|---|---|")
 for overrides, _ in BAD_VALUES:
     with tempfile.TemporaryDirectory() as out:
-        try:
-            train(compose_config(overrides, out))
-            message = "(no error!)"
-        except UserError as e:
-            message = str(e)
-    print(f"| `{' '.join(overrides)}` | {message.replace('|', '/')} |")
+        text = message(lambda: train(compose_config(overrides, out)))
+    print(f"| `{' '.join(overrides)}` | {text.replace('|', '/')} |")
+for overrides, _ in EVAL_BAD_VALUES:  # with a checkpoint path unless the row gives one
+    ckpt = [] if any(o.startswith("ckpt_path=") for o in overrides) else ["ckpt_path=/nonexistent/model.ckpt"]
+    with tempfile.TemporaryDirectory() as out:
+        text = message(lambda: evaluate_checkpoint(compose_config([*ckpt, *overrides], f"{out}/eval", config_name="eval")))
+    shown = ["ckpt_path=<file>" for _ in ckpt] + overrides
+    print(f"| `eval.py {' '.join(shown)}` | {text.replace('|', '/')} |")

@@ -108,6 +108,40 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
     assert "failed: error: data.batch_size must be a whole number" in (sweep / "report.md").read_text()
 
 
+CRASHING_TRAIN = '''"""train.py whose training step crashes, as running out of memory does, when model.beta is 2."""
+from vaelab.models import VAE
+from vaelab.train import main
+
+step = VAE.training_step
+
+
+def training_step(self, batch, batch_idx):
+    if self.beta == 2:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\\nand more lines")
+    return step(self, batch, batch_idx)
+
+
+VAE.training_step = training_step
+main()
+'''
+
+
+def test_a_crashed_job_is_recorded_and_does_not_end_the_sweep(tmp_path):
+    script = tmp_path / "crashing_train.py"
+    script.write_text(CRASHING_TRAIN)
+    args = ["data=synthetic", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"]
+    result = run_cli(["-m", *args, "model.beta=1,2,4"], cwd=tmp_path, script=str(script))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    assert (sweep / "0" / "test_metrics.json").is_file() and (sweep / "2" / "test_metrics.json").is_file()
+    assert (sweep / "1" / "FAILED").read_text() == "crashed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    assert "failed: crashed: RuntimeError: CUDA out of memory" in (sweep / "report.md").read_text()
+    assert "Traceback" in result.stderr  # where it crashed is still shown
+    # A single run shows its traceback and exits non-zero, as before.
+    single = run_cli([*args, "model.beta=2"], cwd=tmp_path, script=str(script))
+    assert single.returncode == 1 and "RuntimeError: CUDA out of memory" in single.stderr
+
+
 def test_an_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     conf = ROOT / "tests" / "conf"
     result = run_cli([f"hydra.searchpath=[file://{conf}]", "hparams_search=optuna_with_a_failure", "data=synthetic",

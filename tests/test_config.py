@@ -171,6 +171,84 @@ BAD_VALUES = [
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be ≥ 0 or null"),
     (["trainer.gradient_clip_val=1", "trainer.precision=16-mixed"],
      "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused"),
+    (["seed=-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["test=maybe"], "test must be true or false, got 'maybe'"),
+    (["optimized_metric=elbo"], "optimized_metric must name a logged metric such as val/elbo, got 'elbo'"),
+    (["optimized_metric=test/elbo", "test=false"], "optimized_metric=test/elbo is measured on the test split"),
+    (["ckpt_path=/tmp"], "ckpt_path=/tmp is a folder; give the path of a .ckpt file"),
+    (["model=vqvae_prior", "prior.vqvae_ckpt=/tmp"], "prior.vqvae_ckpt=/tmp is a folder; give the path of a VQ-VAE run's checkpoint"),
+    (["data=mnist", "data.val_size=-5"], "data.val_size must be a whole number ≥ 1, got -5"),
+    (["data=mnist", "data.name=svhn"], "data.name must be one of mnist, fashion_mnist, cifar10, celeba, got 'svhn'"),
+    (["data=mnist", "data.download=maybe"], "data.download must be true or false, got 'maybe'"),
+    (["data=synthetic", "data.num_prototypes=0"], "data.num_prototypes must be a whole number ≥ 1, got 0"),
+    (["data=synthetic", "data.flip=2"], "data.flip must be a probability in [0, 1], got 2"),
+    (["data=image_folder", "data.path=/tmp", "data.val_fraction=0.6", "data.test_fraction=0.5"],
+     "data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on"),
+    (["data=binarized_mnist", "data.path=/etc/passwd"], "data.path=/etc/passwd is a file but not a .npz"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a whole number ≥ 1, got 0"),
+    (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch must be a whole number ≥ 1, got 0"),
+    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 1.5"),
+    (["trainer.limit_train_batches=0"], "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 0"),
+    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches must be a fraction in [0, 1] or a whole number of batches ≥ 0, got -1"),
+    (["trainer.precision=17"], "trainer.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, got 17"),
+    (["trainer.accelerator=quantum"], "trainer.accelerator must be one of auto, cpu, gpu, cuda, mps, tpu, got 'quantum'"),
+    (["trainer.devices=0"], "trainer.devices must be a number of devices ≥ 1, -1 (all), auto or a list of device indices, got 0"),
+    (["trainer.accelerator=cpu", "trainer.devices=-1"], "trainer.devices must be a number of processes ≥ 1 with trainer.accelerator=cpu, got -1"),
+    (["trainer.accelerator=gpu", "trainer.devices=1000"], "trainer.accelerator=gpu and trainer.devices=1000 ask for 1000 GPUs but"),
+    (["trainer=ddp", "trainer.strategy=ddpp"], "trainer.strategy must be auto or one of Lightning's strategies"),
+    (["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar must be true or false, got 'maybe'"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic must be true, false or warn, got 'maybe'"),
+    (["debug=profiler", "trainer.profiler=fancy"], "trainer.profiler must be null, simple, advanced or pytorch, got 'fancy'"),
+    (["debug=fast_dev_run", "trainer.fast_dev_run=-1"], "trainer.fast_dev_run must be true, false or a number of batches ≥ 1, got -1"),
+    (["debug=overfit", "trainer.overfit_batches=-1"], "trainer.overfit_batches must be a fraction in [0, 1] or a whole number of batches ≥ 0, got -1"),
+    (["+trainer.accumulate_grad_batches=2"], "trainer.accumulate_grad_batches=2 is not supported"),
+    (["+trainer.gradient_clip_algorithm=abs"], "trainer.gradient_clip_algorithm must be norm or value, got 'abs'"),
+    (["callbacks.image_grids.num_images=1"], "callbacks.image_grids.num_images must be a whole number ≥ 2, got 1"),
+    (["callbacks.image_grids.every_n_epochs=0"], "callbacks.image_grids.every_n_epochs must be a whole number ≥ 1, got 0"),
+    (["callbacks.encoder_gradient_variance.num_draws=1"],
+     "callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got 1"),
+    (["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.batch_size=0"],
+     "callbacks.encoder_gradient_variance.batch_size must be a whole number ≥ 1, got 0"),
+    (["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.every_n_epochs=0"],
+     "callbacks.encoder_gradient_variance.every_n_epochs must be a whole number ≥ 1, got 0"),
+    (["callbacks.model_checkpoint.mode=lowest"], "callbacks.model_checkpoint.mode must be min or max, got 'lowest'"),
+    (["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k must be a whole number ≥ -1, got -2"),
+    (["callbacks.progress_bar.refresh_rate=-1"], "callbacks.progress_bar.refresh_rate must be a whole number ≥ 0, got -1"),
+    (["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline must be auto, true or false, got 'maybe'"),
+    (["logger=wandb", "logger.wandb.log_model=sometimes"], "logger.wandb.log_model must be true, false or all, got 'sometimes'"),
+    (["logger=tensorboard", "logger.tensorboard.default_hp_metric=maybe"],
+     "logger.tensorboard.default_hp_metric must be true or false, got 'maybe'"),
+    (["model.scheduler=foo"], "model.scheduler must be null or a config with _target_ and _partial_: true"),
+    (["experiment=iwae_paper", "model.scheduler.lr_lambda.stages=0"], "model.scheduler.lr_lambda.stages must be a whole number ≥ 1, got 0"),
+    (["+model.optimizer.eps=-1"], "model.optimizer.eps must be ≥ 0, got -1"),
+    (["+model.optimizer.betas=[0.9,1.5]"], "model.optimizer.betas must be two numbers in [0, 1), got [0.9, 1.5]"),
+    (["model.optimizer.fused=maybe"], "model.optimizer.fused must be true or false, got 'maybe'"),
+    (["model.compile=maybe"], "model.compile must be true or false, got 'maybe'"),
+    (["model=iwae", "model.dreg=maybe"], "model.dreg must be true or false, got 'maybe'"),
+    (["model=vqvae", "likelihood=gaussian", "likelihood.sigma=0"], "likelihood.sigma must be > 0, got 0"),
+    (["model=vqvae", "size.vq_hidden=1"], "size.vq_hidden must be a whole number ≥ 2, got 1"),
+    (["model=vqvae", "size.vq_res_blocks=-1"], "size.vq_res_blocks must be a whole number ≥ 0, got -1"),
+    (["model=vqvae", "model.quantizer.epsilon=0"], "model.quantizer.epsilon must be > 0, got 0"),
+    (["model=vqvae", "model.quantizer.usage_decay=1.5"], "model.quantizer.usage_decay must be in (0, 1), got 1.5"),
+    (["model=vqvae", "model.quantizer.kmeans_iterations=-1"], "model.quantizer.kmeans_iterations must be a whole number ≥ 0, got -1"),
+    (["model=vqvae", "model.quantizer.cosine=maybe"], "model.quantizer.cosine must be true or false, got 'maybe'"),
+    (["model=vqvae_prior", "model.heads=3"], "model.width (128) must be a multiple of model.heads (3)"),
+    (["model=vqvae_prior", "model.layers=0"], "model.layers must be a whole number ≥ 1, got 0"),
+    (["model=vqvae_prior", "model.dropout=1"], "model.dropout must be in [0, 1), got 1"),
+    (["model=vqvae_prior", "model.optimizer.lr=-1"], "model.optimizer.lr must be > 0, got -1"),
+    (["model=beta_vae", "kl_schedule=capacity", "trainer.max_epochs=-1"],
+     "kl_schedule.epochs must be > 0, got -1 (it follows trainer.max_epochs); set kl_schedule.steps=<N>"),
+]
+
+
+# eval.py's values, checked before the checkpoint is read (the one here does not exist).
+EVAL_BAD_VALUES = [
+    (["ckpt_path=/tmp"], "ckpt_path=/tmp is a folder; give the path of a .ckpt file"),
+    (["seed=abc"], "seed must be an integer, got 'abc'"),
+    (["pictures=maybe"], "pictures must be true or false, got 'maybe'"),
+    (["data.download=maybe"], "data.download must be true, false or null, got 'maybe'"),
+    (["data.image_shape=[1,8]"], "data.image_shape must be null or [channels, height, width] of positive integers, got [1, 8]"),
+    (["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline must be auto, true or false, got 'maybe'"),
 ]
 
 
@@ -188,6 +266,28 @@ def test_bad_values_fail_before_training_with_one_line(overrides, message, tmp_p
         train(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("overrides,message", EVAL_BAD_VALUES, ids=[" ".join(o) for o, _ in EVAL_BAD_VALUES])
+def test_bad_eval_values_fail_before_evaluating_with_one_line(overrides, message, tmp_path):
+    from vaelab.eval import evaluate_checkpoint
+
+    if not any(o.startswith("ckpt_path=") for o in overrides):
+        overrides = ["ckpt_path=/nonexistent/model.ckpt", *overrides]
+    cfg = compose_config(overrides, tmp_path / "eval", config_name="eval")
+    with pytest.raises(UserError) as err:
+        evaluate_checkpoint(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_kl_schedule_given_in_steps_does_not_look_at_its_epochs(tmp_path):
+    """kl_schedule=capacity spreads over trainer.max_epochs unless its steps are given: with them,
+    a run without an epoch limit is fine."""
+    from vaelab.checks import check_config
+
+    cfg = compose_config(["model=beta_vae", "kl_schedule=capacity", "kl_schedule.steps=100", "trainer.max_epochs=-1"],
+                         tmp_path)
+    check_config(cfg)
 
 
 def test_a_new_run_never_writes_into_an_existing_run(tmp_path):

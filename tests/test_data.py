@@ -172,6 +172,20 @@ def test_torchvision_mnist_from_raw_files(tmp_path):
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 2, 3]
 
 
+def test_a_validation_split_as_large_as_the_training_file_is_refused(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 8), ("t10k", 3)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=False)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress=False)
+    dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=8, image_shape=[1, 28, 28],
+                               batch_size=4)
+    with pytest.raises(UserError, match=r"^data.val_size=8 leaves none of the 8 training images to train on; "
+                                        r"lower data.val_size$"):
+        dm.prepare()
+
+
 def test_torchvision_missing_data_without_network(tmp_path):
     dm = TorchvisionDataModule(name="cifar10", root=str(tmp_path), download=False, image_shape=[3, 32, 32])
     with pytest.raises(UserError, match="cifar10 not found under data.root"):

@@ -13,7 +13,7 @@ from vaelab.config import compose_config
 from vaelab.data import Split
 from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
-from vaelab.evaluate import evaluate_split
+from vaelab.evaluate import ReconstructionQuality, evaluate_split
 from vaelab.models import VAE
 from vaelab.pictures import manifold, slerp, traversals
 from vaelab.report import main as report_main
@@ -153,6 +153,19 @@ def test_eval_bad_inputs(tmp_path):
         run(f"ckpt_path={best}", "data.image_shape=[1,4,4]")
 
 
+def test_psnr_is_the_mean_over_images_of_each_images_psnr():
+    """Three 1x2x2 images with squared errors 0.01, 0.0001 and 0.04 in every pixel: PSNRs 20, 40
+    and 13.98 dB, mean 24.66 dB. The PSNR of the pooled MSE (0.0167) would be 17.78 dB."""
+    x = torch.full((3, 1, 2, 2), 0.5)
+    x_hat = x + torch.tensor([0.1, 0.01, 0.2]).view(3, 1, 1, 1)
+    quality = ReconstructionQuality((1, 2, 2), "cpu")
+    quality.update(x_hat[:2], x[:2])  # two batches: the mean is over images, not batches
+    quality.update(x_hat[2:], x[2:])
+    per_image = [10 * math.log10(1 / mse) for mse in (0.01, 0.0001, 0.04)]
+    assert quality.compute()["psnr"] == pytest.approx(sum(per_image) / 3, abs=1e-3)
+    assert quality.compute()["mse"] == pytest.approx((0.01 + 0.0001 + 0.04) / 3, rel=1e-4)
+
+
 def test_slerp_and_traversals():
     a, b = torch.randn(3, 5), torch.randn(3, 5)
     path = slerp(a, b, torch.linspace(0, 1, 4))
@@ -201,6 +214,16 @@ def test_report_tables_and_plots_a_sweep(tmp_path):
     assert (tmp_path / "sweep" / "test_elbo_vs_model.beta.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no run has both"):
         report_main([str(tmp_path / "sweep"), "--metric", "test/nll", "--against", "model.beta"])
+
+
+def test_report_lists_job_folders_in_numeric_order(tmp_path):
+    for job in range(12):
+        run = tmp_path / "sweep" / str(job)
+        run.mkdir(parents=True)
+        (run / "test_metrics.json").write_text(json.dumps({"test/elbo": -float(job)}))
+    report_main([str(tmp_path / "sweep")])
+    rows = (tmp_path / "sweep" / "report.md").read_text().splitlines()[2:]
+    assert [row.split(" | ")[0].rsplit("/", 1)[-1] for row in rows] == [str(job) for job in range(12)]
 
 
 @pytest.mark.slow

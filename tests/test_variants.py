@@ -183,6 +183,34 @@ def test_gradient_variance_summary():
     assert stats["grad_mean_sq"] == pytest.approx((4 + 4) / 2)
 
 
+@pytest.mark.parametrize("likelihood,binary", [("bernoulli", True), ("gaussian", False)])
+def test_encoder_gradient_variance_uses_the_data_as_the_model_trains_on_it(likelihood, binary, monkeypatch):
+    """Digits have grey levels: a Bernoulli model trains on binarized draws of them, so its
+    gradient variance is measured on a binarized batch (the same draw every epoch); a Gaussian
+    model trains on the grey levels themselves."""
+    from types import SimpleNamespace
+
+    import vaelab.diagnostics
+    from vaelab.callbacks import EncoderGradientVariance
+    from vaelab.data import DigitsDataModule
+
+    data = DigitsDataModule(image_shape=[1, 8, 8], likelihood=likelihood)
+    data.prepare()
+    assert data.binarize == binary
+    seen = []
+    monkeypatch.setattr(vaelab.diagnostics, "encoder_gradient_samples",
+                        lambda model, x, num_draws: seen.append(x) or torch.randn(num_draws, 3))
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *args, **kwargs: None)
+    callback = EncoderGradientVariance(num_draws=2, batch_size=50)
+    for epoch in (0, 1):
+        callback.on_train_epoch_end(SimpleNamespace(current_epoch=epoch, datamodule=data), module)
+    first, second = seen
+    assert first.shape == (50, 1, 8, 8)
+    is_binary = bool(((first == 0) | (first == 1)).all())
+    assert is_binary == binary
+    torch.testing.assert_close(first, second)  # a fixed batch: epochs are comparable
+
+
 # ---- full covariance -------------------------------------------------------------------
 def random_full_cov(batch=5, latent=4):
     torch.manual_seed(0)

@@ -83,7 +83,8 @@ class EncoderGradientVariance(L.Callback):
     """Every ``every_n_epochs`` training epochs, the variance of the encoder's gradient estimate
     over ``num_draws`` draws on a fixed training batch, logged as ``diag/encoder_grad_variance``
     (and ``diag/encoder_grad_snr``); ``num_draws: 0`` turns it off. Compares gradient estimators
-    (``model.estimator``) on the same model."""
+    (``model.estimator``) on the same model. The batch is the data as the model trains on it
+    (see ``training_batch``)."""
 
     def __init__(self, num_draws: int = 0, batch_size: int = 100, every_n_epochs: int = 1):
         self.num_draws, self.batch_size, self.every_n_epochs = num_draws, batch_size, every_n_epochs
@@ -94,8 +95,18 @@ class EncoderGradientVariance(L.Callback):
             return
         from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
 
-        train = trainer.datamodule.splits["train"]
-        x = (train.images[: self.batch_size].float() / train.levels).to(pl_module.device)
+        x = training_batch(trainer.datamodule, self.batch_size).to(pl_module.device)
         stats = gradient_variance(encoder_gradient_samples(pl_module, x, self.num_draws))
         pl_module.log_dict({"diag/encoder_grad_variance": stats["grad_variance"],
                             "diag/encoder_grad_snr": stats["snr"]}, on_epoch=True)
+
+
+def training_batch(datamodule, n: int) -> torch.Tensor:
+    """The first ``n`` training images in [0, 1] as the model trains on them: when the data module
+    binarizes for training, one Bernoulli draw of them, the same draw every time (its own
+    generator: the run's random stream is left as it was)."""
+    split = datamodule.splits["train"]
+    x = split.images[:n].cpu().float() / split.levels
+    if datamodule.binarize:
+        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
+    return x

@@ -18,7 +18,7 @@ from torchvision.utils import save_image
 
 from vaelab import pictures
 from vaelab.callbacks import log_image
-from vaelab.checks import is_int, require
+from vaelab.checks import check_file, check_loggers, flag, is_int, is_list, plain, require
 from vaelab.errors import UserError
 from vaelab.evaluate import evaluate_split, evaluate_vq_split
 from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
@@ -27,7 +27,7 @@ from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
 def load_checkpoint(path: str) -> dict:
     """A vaelab checkpoint as a dict; a one-line error for anything else."""
     file = Path(path)
-    require(file.is_file(), f"ckpt_path={path} does not exist; give the path of a .ckpt file from a run's checkpoints/")
+    check_file(path, "ckpt_path", "a .ckpt file from a run's checkpoints/")
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
@@ -72,6 +72,14 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.split in ("test", "val"), f"split must be test or val, got {cfg.split!r}")
     require(cfg.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {cfg.device!r}")
     require(cfg.device != "cuda" or torch.cuda.is_available(), "device=cuda but no GPU is visible; use device=cpu")
+    require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
+    flag(cfg.pictures, "pictures")
+    require(cfg.data.download in (None, True, False),
+            f"data.download must be true, false or null, got {cfg.data.download!r}")
+    shape = cfg.data.image_shape
+    require(shape is None or (is_list(shape) and len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape)),
+            f"data.image_shape must be null or [channels, height, width] of positive integers, got {plain(shape)}")
+    check_loggers(cfg.get("logger"))
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:

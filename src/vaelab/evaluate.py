@@ -26,12 +26,13 @@ def ssim_sigma(height: int, width: int) -> float:
 
 
 class ReconstructionQuality:
-    """MSE per example, PSNR and SSIM (torchmetrics) of reconstructions x_hat against x in [0, 1],
-    accumulated over batches."""
+    """MSE, PSNR and SSIM (torchmetrics) of reconstructions x_hat against x in [0, 1], accumulated
+    over batches; each is the mean over images of the image's value (PSNR_i = 10 log10(1 / MSE_i)),
+    as PSNR is usually reported, not the PSNR of the MSE pooled over the split."""
 
     def __init__(self, image_shape, device):
         _, height, width = image_shape
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0).to(device)
+        self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(device)  # per image, then the mean
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
         self.squared_error: list[Tensor] = []
 

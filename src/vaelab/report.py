@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -25,7 +26,12 @@ def find_runs(paths: list[Path]) -> list[Path]:
         if not path.exists():
             raise SystemExit(f"error: {path} does not exist; give a multirun or run folder")
         runs.update(p.parent for name in METRIC_FILES for p in path.rglob(name) if p.parent.name != "images")
-    return sorted(runs)
+    return sorted(runs, key=numeric_order)
+
+
+def numeric_order(path: Path) -> list:
+    """Sort key reading the numbers in a path as numbers: job 2 before job 10."""
+    return [[int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)] for name in path.parts]
 
 
 def read_run(run: Path) -> tuple[dict, dict]:

@@ -11,6 +11,7 @@ import importlib.resources
 import json
 import os
 import sys
+import traceback
 import uuid
 import warnings
 from pathlib import Path
@@ -304,17 +305,24 @@ def main(cfg: DictConfig) -> float | None:
     """Returns ``cfg.optimized_metric`` for hyperparameter sweepers (NaN for a failed job)."""
     try:
         metrics = train(cfg)
-    except (UserError, TrainingStopped) as e:
-        kind = "error" if isinstance(e, UserError) else "stopped"
-        print(f"{kind}: {e}", file=sys.stderr)
-        if not in_multirun():
-            sys.exit(2 if kind == "error" else 3)
+    except Exception as e:
+        if isinstance(e, (UserError, TrainingStopped)):
+            kind = "error" if isinstance(e, UserError) else "stopped"
+            message = f"{kind}: {e}"
+            print(message, file=sys.stderr)
+            if not in_multirun():
+                sys.exit(2 if kind == "error" else 3)
+        else:  # a crash: out of memory, a bug
+            if not in_multirun():
+                raise  # a single run shows its traceback and exits non-zero
+            traceback.print_exc()
+            message = crash_message(e)
         # In a sweep, one job's failure must not end the others. It is recorded in its folder (and
         # so in the sweep's summary). Hydra's basic sweeper ends the sweep on a raised failure, so
         # there the job just returns; an optimising sweeper (Optuna) records a raised failure as a
         # failed trial and goes on while the failures stay under its max_failure_rate.
         end_distributed()
-        record_failure(Path(cfg.paths.output_dir), f"{kind}: {e}")
+        record_failure(Path(cfg.paths.output_dir), message)
         from hydra.core.hydra_config import HydraConfig
 
         if "BasicSweeper" in HydraConfig.get().sweeper._target_:
@@ -328,6 +336,12 @@ def main(cfg: DictConfig) -> float | None:
             raise UserError(f"optimized_metric={metric} was not logged; choose one of {sorted(metrics)}")
         return metrics[metric]
     return None
+
+
+def crash_message(error: Exception) -> str:
+    """``crashed: RuntimeError: <the first line of its message>``."""
+    lines = str(error).strip().splitlines()
+    return f"crashed: {error.__class__.__name__}" + (f": {lines[0]}" if lines else "")
 
 
 @rank_zero_only

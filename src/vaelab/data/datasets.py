@@ -184,6 +184,9 @@ class TorchvisionDataModule(InMemoryDataModule):
             train, test = (self._torchvision(train=flag) for flag in (True, False))
         levels = 255
         n_val = self.val_size
+        if n_val >= len(train[0]):
+            raise UserError(f"data.val_size={n_val} leaves none of the {len(train[0])} training images to train on; "
+                            "lower data.val_size")
         return {
             "train": Split(train[0][:-n_val], train[1][:-n_val], levels),
             "val": Split(train[0][-n_val:], train[1][-n_val:], levels),
