@@ -83,3 +83,51 @@ def test_channels_last_changes_the_memory_layout_not_the_numbers(tmp_path):
     assert metrics["val/elbo"] < 0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     instantiate_model(cfg.model).load_state_dict(state)
+
+
+def test_gradient_accumulation_matches_the_larger_batch(tmp_path, monkeypatch):
+    """accumulate_grad_batches=4 at batch 16 takes the same optimizer steps as batch 64: the same
+    images per step, the mean of the four batch means. The posterior's noise is switched off
+    (z = mu) so the two runs' losses do not differ by their samples."""
+    from vaelab.distributions import DiagonalGaussian
+
+    monkeypatch.setattr(DiagonalGaussian, "rsample", lambda self, num_samples=None: self.mu)
+    weights = []
+    for run, overrides in (("big", ["data.batch_size=64"]),
+                           ("accumulated", ["data.batch_size=16", "trainer.accumulate_grad_batches=4"])):
+        folder = tmp_path / run
+        train(compose_config([*QUICK, "trainer.max_epochs=2", "trainer.limit_val_batches=1", *overrides], folder))
+        state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
+        assert state["global_step"] == 2 * STEPS_PER_EPOCH  # one optimizer step per 64 images
+        weights.append(state["state_dict"])
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_reduce_lr_on_plateau_follows_its_monitored_metric(tmp_path):
+    """A patience of 0 and a threshold no epoch can meet: after the first validation (which sets the
+    best value) the rate halves after every validation."""
+    schedule = ("model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:max,"
+                "factor:0.5,patience:0,threshold:1000,threshold_mode:abs,monitor:val/elbo}")
+    seen = []
+
+    class LearningRates(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    train_with(LearningRates(), compose_config([*QUICK, "trainer.max_epochs=3", "trainer.limit_val_batches=1",
+                                                schedule], tmp_path))
+    assert seen == pytest.approx([1e-3, 1e-3, 5e-4])
+
+
+def test_a_per_step_schedule_steps_after_every_optimizer_step(tmp_path):
+    schedule = "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.9,interval:step}"
+    seen = []
+
+    class LearningRates(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    train_with(LearningRates(), compose_config([*QUICK, "trainer.max_epochs=2", "trainer.limit_val_batches=1",
+                                                schedule], tmp_path))
+    assert seen == pytest.approx([1e-3 * 0.9**i for i in range(2 * STEPS_PER_EPOCH)])

@@ -61,6 +61,8 @@ def check_data(data: DictConfig) -> None:
     shape = data.image_shape
     require(len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape),
             f"data.image_shape must be [channels, height, width] of positive integers, got {list(shape)}")
+    overfit = data.get("overfit_batches", 0)
+    require(is_int(overfit) and overfit >= 0, f"data.overfit_batches must be a whole number ≥ 0, got {overfit!r}")
     require(data.binarize in ("auto", "dynamic", "none"),
             f"data.binarize must be auto, dynamic or none, got {data.binarize!r}")
     if "path" in data and data.path is None:
@@ -144,6 +146,8 @@ def check_scheduler(scheduler) -> None:
     require(OmegaConf.is_dict(scheduler) and "_target_" in scheduler and scheduler.get("_partial_") is True,
             f"model.scheduler must be null or a config with _target_ and _partial_: true (the optimizer is passed "
             f"in), got {plain(scheduler)!r}")
+    interval = scheduler.get("interval", "epoch")
+    require(interval in ("epoch", "step"), f"model.scheduler.interval must be epoch or step, got {interval!r}")
     lr_lambda = scheduler.get("lr_lambda")
     if OmegaConf.is_dict(lr_lambda) and str(lr_lambda.get("_target_")).endswith("IWAEPaperLR"):
         positive_int(lr_lambda.stages, "model.scheduler.lr_lambda.stages")
@@ -319,7 +323,6 @@ def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
     check_batch_limit(trainer, "limit_train_batches", 1)  # 0 would train nothing
     check_batch_limit(trainer, "limit_val_batches", 0)
     check_batch_limit(trainer, "limit_test_batches", 0)
-    check_batch_limit(trainer, "overfit_batches", 0)
     for key in ("enable_progress_bar", "enable_model_summary", "enable_checkpointing"):
         if trainer.get(key) is not None:
             flag(trainer[key], f"trainer.{key}")
@@ -332,9 +335,9 @@ def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
     profiler = trainer.get("profiler")
     require(is_target(profiler) or profiler in (None, "simple", "advanced", "pytorch"),
             f"trainer.profiler must be null, simple, advanced or pytorch, got {profiler!r}")
-    accumulate = trainer.get("accumulate_grad_batches", 1)
-    require(accumulate == 1, f"trainer.accumulate_grad_batches={accumulate} is not supported: the models step their "
-            "optimizer themselves; raise data.batch_size instead (it is the global batch)")
+    positive_int(trainer.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches")
+    require(not trainer.get("overfit_batches"), "trainer.overfit_batches does not fit these in-memory data sets; "
+            "use debug=overfit (or data.overfit_batches=<N>)")
     algorithm = trainer.get("gradient_clip_algorithm")
     require(algorithm in (None, "norm", "value"),
             f"trainer.gradient_clip_algorithm must be norm or value, got {algorithm!r}")

@@ -265,12 +265,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # The models optimise manually, so clipping is theirs to do (Lightning refuses the setting then).
     model.gradient_clip_val = cfg.trainer.get("gradient_clip_val")
     model.gradient_clip_algorithm = cfg.trainer.get("gradient_clip_algorithm") or "norm"
+    model.accumulate_grad_batches = cfg.trainer.get("accumulate_grad_batches") or 1
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, model.run_config)
     callbacks = [*build_callbacks(cfg), PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"))]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=None, gradient_clip_algorithm=None, _convert_="all",
+        gradient_clip_val=None, gradient_clip_algorithm=None, accumulate_grad_batches=1, _convert_="all",
     )
     save_config(cfg)
 
