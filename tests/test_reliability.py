@@ -1,5 +1,6 @@
 """Runs that survive crashes and bad numbers: atomic checkpoints, non-finite guards, exact resume."""
 
+import csv
 import json
 import os
 import random
@@ -190,3 +191,53 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert json.loads((run / "test_metrics.json").read_text())["test/elbo"] < 0
     too_few = run_cli([*QUICK, "trainer.max_epochs=2", f"hydra.run.dir={run}", "ckpt_path=last"], cwd=tmp_path)
     assert too_few.returncode == 2 and "nothing is left to train; raise trainer.max_epochs" in too_few.stderr
+
+
+POISON_RANK_1 = '''
+import sys
+from vaelab.models import VAE
+
+original = VAE.objective
+poisoned = []
+
+
+def objective(self, x):
+    """The loss is NaN once, at step 10 (the second epoch), on the process of rank 1 only."""
+    out = original(self, x)
+    if self.training and self.global_rank == 1 and self.global_step == 10 and not poisoned:
+        poisoned.append(10)
+        out["kl"] = out["kl"] * float("nan")
+        out["loss"] = out["loss"] * float("nan")
+    return out
+
+
+VAE.objective = objective
+from vaelab.train import main
+
+main()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_under_ddp_every_process_takes_the_same_non_finite_decision(policy, tmp_path):
+    """A NaN on one process only: a process that stopped or skipped alone would leave the other
+    waiting in the gradient all-reduce (a hang, caught here by the time limit) or out of step."""
+    from conftest import run_cli
+
+    script = tmp_path / "poisoned_train.py"
+    script.write_text(POISON_RANK_1)
+    run = tmp_path / "run"
+    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "data=synthetic", "trainer.max_epochs=2", "test=false",
+                      "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"nonfinite={policy}",
+                      f"hydra.run.dir={run}"], cwd=tmp_path, script=str(script), timeout=150)
+    if policy == "stop":
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert "step 10: the loss is nan" in result.stderr
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8  # the last good state
+    else:
+        assert result.returncode == 0, result.stderr[-2000:]
+        last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+        assert last["global_step"] == 2 * 8 - 1  # 8 batches an epoch; the poisoned one skipped on both
+        rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+        assert [float(r["train/skipped_steps"]) for r in rows if r.get("train/skipped_steps")][-1] == 1.0

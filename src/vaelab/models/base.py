@@ -106,7 +106,7 @@ class GenerativeModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x = self.images(batch)
         loss, metrics = self.step_metrics(x)
-        if not torch.isfinite(loss):
+        if not self.loss_is_finite_everywhere(loss):
             return self.nonfinite_loss(metrics)
         optimizer = self.optimizers()
         # Gradient accumulation: the gradients of a group of batches add up, each batch weighted by
@@ -157,8 +157,19 @@ class GenerativeModel(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
                                 gradient_clip_algorithm=self.gradient_clip_algorithm)
 
+    def loss_is_finite_everywhere(self, loss: Tensor) -> bool:
+        """Whether the loss is finite on every process. Under DDP the processes must take the same
+        decision: one that skipped or stopped alone would leave the others waiting in the gradient
+        all-reduce. (Gradients need no such vote: DDP has already averaged them.)"""
+        if self.trainer.world_size == 1:
+            return bool(torch.isfinite(loss))
+        bad = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum")
+        return not bool(bad)
+
     def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
         """Skip the step (no backward pass, no optimizer step), or stop naming the bad terms."""
+        if torch.isfinite(metrics["loss"]):
+            return self.stop_or_skip("the loss is not finite on another process")
         bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
         self.stop_or_skip(f"the loss is {metrics['loss'].item()} "
                           f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'})")
