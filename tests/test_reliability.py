@@ -241,3 +241,70 @@ def test_under_ddp_every_process_takes_the_same_non_finite_decision(policy, tmp_
         assert last["global_step"] == 2 * 8 - 1  # 8 batches an epoch; the poisoned one skipped on both
         rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
         assert [float(r["train/skipped_steps"]) for r in rows if r.get("train/skipped_steps")][-1] == 1.0
+
+
+RECORD_NOISE = '''
+import torch
+import torch.distributed as dist
+from vaelab.distributions import DiagonalGaussian
+
+original = DiagonalGaussian.rsample
+draws = []
+
+
+def rsample(self, num_samples=None):
+    """Saves the reparameterization noise of the third training batch of each process."""
+    z = original(self, num_samples)
+    if torch.is_grad_enabled():
+        draws.append(((z - self.mu) / self.std).detach())
+        if len(draws) == 3:
+            torch.save(draws[-1], f"eps_rank{dist.get_rank()}.pt")
+    return z
+
+
+DiagonalGaussian.rsample = rsample
+from vaelab.train import main
+
+main()
+'''
+
+
+@pytest.mark.slow
+def test_ddp_processes_draw_different_noise(tmp_path):
+    """With the same seed on every process, row i of each process's share drew the same epsilon:
+    a global batch of 64 on 2 processes had 32 independent draws."""
+    from conftest import run_cli
+
+    script = tmp_path / "recording_train.py"
+    script.write_text(RECORD_NOISE)
+    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "data=synthetic", "trainer.max_epochs=1", "test=false",
+                      "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
+                     script=str(script), timeout=150)
+    assert result.returncode == 0, result.stderr[-2000:]
+    eps = [torch.load(tmp_path / f"eps_rank{rank}.pt") for rank in (0, 1)]
+    assert eps[0].shape == eps[1].shape and eps[0].shape[0] == 32  # each process: half of the global batch of 64
+    assert not torch.allclose(eps[0], eps[1])
+
+
+def test_every_training_step_seeds_all_generators_from_seed_epoch_batch_and_rank(monkeypatch):
+    """The noise of a step is a function of (seed, epoch, batch, rank) alone: a resumed run draws
+    what the uninterrupted run drew without saved generator states, and the CUDA generators are
+    seeded too (a GPU run resumes exactly as well; simulated: the suite has no GPU)."""
+    from types import SimpleNamespace
+
+    from vaelab.reliability import RandomStreams
+
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: cuda_seeds.append(seed))
+    streams = RandomStreams(seed=7)
+
+    def draw(epoch, batch, rank):
+        trainer = SimpleNamespace(current_epoch=epoch, global_rank=rank, sanity_checking=False)
+        streams.on_train_batch_start(trainer, None, None, batch)
+        return torch.randn(4)
+
+    assert torch.equal(draw(1, 2, 0), draw(1, 2, 0))
+    assert not torch.equal(draw(1, 2, 0), draw(1, 2, 1))
+    assert not torch.equal(draw(1, 2, 0), draw(1, 3, 0)) and not torch.equal(draw(1, 2, 0), draw(2, 2, 0))
+    assert len(cuda_seeds) == 8 and len(set(cuda_seeds)) == 4

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 import vaelab
 from vaelab.checks import check_config
 from vaelab.errors import UserError
-from vaelab.reliability import AtomicCheckpointIO, PreemptionCheckpoint, TrainingStopped
+from vaelab.reliability import AtomicCheckpointIO, PreemptionCheckpoint, RandomStreams, TrainingStopped
 
 
 def find_config_dir() -> str:
@@ -268,7 +268,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model.accumulate_grad_batches = cfg.trainer.get("accumulate_grad_batches") or 1
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, model.run_config)
-    callbacks = [*build_callbacks(cfg), PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"))]
+    callbacks = [RandomStreams(cfg.seed), *build_callbacks(cfg),
+                 PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"))]
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
         gradient_clip_val=None, gradient_clip_algorithm=None, accumulate_grad_batches=1, _convert_="all",

@@ -142,11 +142,6 @@ class GenerativeModel(L.LightningModule):
         return first, min(every, int(self.trainer.num_training_batches) - first)
 
     def on_train_start(self) -> None:
-        # Restored here, after Lightning's sanity check has drawn its own samples.
-        state = getattr(self, "_rng_state_to_restore", None)
-        if state is not None:
-            torch.set_rng_state(state)
-            self._rng_state_to_restore = None
         # Listed once: walking the module tree every step costs more than the check itself.
         self.trained_parameters = [p for p in self.parameters() if p.requires_grad]
 
@@ -249,13 +244,9 @@ class GenerativeModel(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The run's resolved config travels with the weights, so eval.py can rebuild the data set
-        and check that a file is one of ours; the random state makes a resumed run continue
-        exactly as the uninterrupted one would."""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None),
-                                "torch_rng_state": torch.get_rng_state()}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_state_to_restore = checkpoint.get("vaelab", {}).get("torch_rng_state")
+        and check that a file is one of ours. (No generator state: a step's random numbers are a
+        function of its place in the run, see ``reliability.RandomStreams``.)"""
+        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None)}
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
