@@ -280,3 +280,30 @@ def test_a_gaussian_likelihood_sees_uniformly_dequantized_data_and_its_bound_add
     assert likelihood.bpd_offset_nats_per_dim == pytest.approx(math.log(L))
     # Evaluation data is dequantized once: the same values every epoch.
     assert torch.equal(next(iter(data.val_dataloader()))[0], next(iter(data.val_dataloader()))[0])
+
+
+def test_random_streams_that_should_be_independent_are():
+    """Validation and test binarizations use different thresholds; seed 1's data order is not seed
+    0's shifted by an epoch; a global batch that does not split evenly over the processes is refused
+    (the per-process means would weigh examples unequally)."""
+    from types import SimpleNamespace
+
+    from vaelab.data.in_memory import InMemoryDataModule, Split
+
+    grey = torch.full((200, 1, 4, 4), 8, dtype=torch.uint8)
+
+    class Grey(InMemoryDataModule):
+        def load(self):
+            return {name: Split(grey, torch.zeros(200, dtype=torch.long), 16) for name in ("train", "val", "test")}
+
+    data = Grey(image_shape=[1, 4, 4], batch_size=10)
+    data.prepare()
+    assert not torch.equal(data.fixed_eval_split("val").images, data.fixed_eval_split("test").images)
+    seed0 = ShardedBatchSampler(200, 10, shuffle=True, drop_last=True, seed=0)
+    seed1 = ShardedBatchSampler(200, 10, shuffle=True, drop_last=True, seed=1)
+    seed0.set_epoch(1)
+    assert not torch.equal(next(iter(seed0)).indices, next(iter(seed1)).indices)
+    data.trainer = SimpleNamespace(world_size=3, global_rank=0)
+    with pytest.raises(UserError, match=r"data.batch_size=10 does not split evenly over the 3 processes; "
+                                        r"choose a multiple of 3"):
+        data.setup("fit")

@@ -200,6 +200,11 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            # Each process averages its own share: unequal shares would weigh examples unequally.
+            raise UserError(f"data.batch_size={self.batch_size} does not split evenly over the {world} processes; "
+                            f"choose a multiple of {world}")
         self._freeze_eval_splits()  # with a CPU generator, so before the move below
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
