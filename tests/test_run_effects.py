@@ -117,3 +117,40 @@ def test_debug_overfit_trains_and_validates_on_the_same_batches_at_the_configure
     rows = [row for row in logged_rows(tmp_path) if row.get("val/elbo")]
     assert float(rows[-1]["val/elbo"]) > float(rows[0]["val/elbo"]) + 5  # 64 images are learned far past epoch 0
     assert metrics["val/elbo"] == pytest.approx(float(rows[-1]["val/elbo"]))
+
+
+# ---- what the loggers receive -------------------------------------------------------------
+def wandb_offline_config(run_file: Path) -> dict:
+    """The config a W&B offline run recorded: its .wandb file is a LevelDB-style log (7-byte file
+    header, 32 KiB blocks, chunks of crc32, length, type) of protobuf Records."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, config, pos, parts = run_file.read_bytes(), {}, 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            parts = b""
+            updates = {"config": lambda: record.config.update, "run": lambda: record.run.config.update}
+            for item in updates.get(record.WhichOneof("record_type"), lambda: [])():
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return config
+
+
+def test_every_logger_receives_the_whole_resolved_run_config(tmp_path):
+    cfg = compose_config([*QUICK, "logger=wandb", "trainer.max_epochs=1", "data.batch_size=16", "seed=5",
+                          "test=false"], tmp_path)
+    train(cfg)
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    logged = wandb_offline_config(run_file)
+    assert logged["data"]["batch_size"] == 16, sorted(logged)
+    assert logged["seed"] == 5 and logged["trainer"]["max_epochs"] == 1
+    assert logged["model"]["latent_dim"] == cfg.size.latent_dim and logged["model"]["net"]["kind"] == "mlp"

@@ -275,6 +275,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         gradient_clip_val=None, gradient_clip_algorithm=None, accumulate_grad_batches=1, _convert_="all",
     )
     save_config(cfg)
+    for logger in trainer.loggers:  # the whole resolved run, not only the model's arguments
+        logger.log_hyperparams(logged_config(model.run_config))
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
@@ -284,8 +286,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
         test_metrics = {k: float(v) for k, v in test_results[0].items()}
         metrics.update(test_metrics)
         write_json(Path(cfg.paths.output_dir) / "test_metrics.json", {**test_metrics, "ckpt_path": best})
+    finish_wandb(trainer)
     end_distributed()
     return metrics
+
+
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Ends the run's W&B run, so that everything is written (an offline run's file too) before
+    train() returns, and the next job of a sweep in this process starts a run of its own."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()
+
+
+def logged_config(run_config: dict) -> dict:
+    """What the loggers record of a run: its resolved config, plus the command-line overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return {**run_config, "overrides": overrides}
 
 
 @rank_zero_only

@@ -71,7 +71,7 @@ class CodePrior(GenerativeModel):
             checkpoint = load_vqvae(vqvae_ckpt)
             vqvae_hparams, vqvae_state = checkpoint["hyper_parameters"], checkpoint["state_dict"]
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
         self.vqvae = VQVAE(**vqvae_hparams)
         if vqvae_state is not None:
             self.vqvae.load_state_dict(vqvae_state)

@@ -43,7 +43,7 @@ class VAE(GenerativeModel):
         test_k: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
         self.image_shape = tuple(image_shape)
         self.num_dims = math.prod(image_shape)
         self.beta = beta

@@ -54,7 +54,7 @@ class VQVAE(GenerativeModel):
     def __init__(self, image_shape: list[int], likelihood: dict, quantizer: dict, optimizer: dict,
                  scheduler: dict | None = None, hidden: int = 256, res_blocks: int = 2):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
         channels, height, width = image_shape
         self.image_shape = tuple(image_shape)
         self.num_dims = math.prod(image_shape)
