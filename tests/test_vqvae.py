@@ -167,3 +167,27 @@ def test_prior_needs_a_vqvae_checkpoint(tmp_path):
     with pytest.raises(UserError, match="is a VAE checkpoint, not a VQ-VAE; train one with model=vqvae first"):
         train(compose_config(["model=vqvae_prior", f"prior.vqvae_ckpt={tmp_path}/vae/checkpoints/last.ckpt"],
                              tmp_path / "b"))
+
+
+@pytest.mark.slow
+def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(tmp_path):
+    """The prior trains on its VQ-VAE's data set; how the batches are made is the user's."""
+    import yaml
+
+    from conftest import run_cli
+
+    train(compose_config([*QUICK, "model=vqvae", "trainer.max_epochs=1", "size=small", "test=false"], tmp_path / "vq"))
+    vq_ckpt = tmp_path / "vq" / "checkpoints" / "last.ckpt"
+    run = tmp_path / "prior"
+    args = ["model=vqvae_prior", f"prior.vqvae_ckpt={vq_ckpt}", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
+            "test=false", "trainer.enable_progress_bar=false"]
+    result = run_cli([*args, "data.batch_size=7", "seed=3", f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    used = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert used["batch_size"] == 7 and used["seed"] == 3 and used["_target_"].endswith("SyntheticDataModule")
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 512 // 7
+    refused = run_cli([*args, "data=digits", f"hydra.run.dir={tmp_path / 'other'}"], cwd=tmp_path)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == ("error: model=vqvae_prior trains on the data set of its VQ-VAE (synthetic); "
+                                      "drop data=digits (data.batch_size, data.eval_batch_size, data.num_workers, "
+                                      "data.pin_memory, data.on_device and data.overfit_batches can be set)")

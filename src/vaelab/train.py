@@ -10,6 +10,7 @@ import csv
 import importlib.resources
 import json
 import os
+import re
 import sys
 import traceback
 import uuid
@@ -174,14 +175,42 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
                         "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)")
 
 
+# How batches are made: the user's to choose in the prior stage. The rest of `data` is the data set.
+LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "on_device", "overfit_batches")
+
+
 def use_vqvae_data(cfg: DictConfig) -> None:
-    """The prior stage trains on the data set its VQ-VAE was trained on. (A missing path is
-    left to check_config, which says what to give.)"""
+    """The prior stage trains on the data set its VQ-VAE was trained on, with the user's loader
+    settings (``LOADER_KEYS`` given on the command line) and seed; any other change to ``data`` is
+    refused. (A missing path is left to check_config, which says what to give.)"""
     from vaelab.models.prior import load_vqvae
 
     path = cfg.model.vqvae_ckpt
-    if path and Path(path).is_file():
-        cfg.data = OmegaConf.create(load_vqvae(path)["vaelab"]["config"]["data"])
+    if not (path and Path(path).is_file()):
+        return
+    data = OmegaConf.create(load_vqvae(path)["vaelab"]["config"]["data"])
+    name = data.get("name") or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", data._target_.rsplit(".", 1)[-1].removesuffix("DataModule")).lower()
+    allowed = ", ".join(f"data.{key}" for key in LOADER_KEYS[:-1]) + f" and data.{LOADER_KEYS[-1]}"
+    for key, given in command_line_data_keys():
+        if key not in LOADER_KEYS:
+            raise UserError(f"model=vqvae_prior trains on the data set of its VQ-VAE ({name}); drop {given} "
+                            f"({allowed} can be set)")
+        data[key] = cfg.data[key]
+    data.seed = cfg.seed
+    cfg.data = data
+
+
+def command_line_data_keys() -> list[tuple[str, str]]:
+    """(key, override as typed) of each ``data`` key set on the command line ("" for a choice of
+    the data group itself)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return [(o.key_or_group.removeprefix("data").removeprefix("."), o.input_line) for o in overrides
+            if o.key_or_group == "data" or o.key_or_group.startswith("data.")]
 
 
 def in_multirun() -> bool:
