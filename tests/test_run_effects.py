@@ -154,3 +154,21 @@ def test_every_logger_receives_the_whole_resolved_run_config(tmp_path):
     assert logged["data"]["batch_size"] == 16, sorted(logged)
     assert logged["seed"] == 5 and logged["trainer"]["max_epochs"] == 1
     assert logged["model"]["latent_dim"] == cfg.size.latent_dim and logged["model"]["net"]["kind"] == "mlp"
+
+
+# ---- extending a run ----------------------------------------------------------------------
+def test_a_run_with_a_schedule_in_epochs_can_be_extended_as_the_message_says(tmp_path):
+    from vaelab.errors import UserError
+
+    base = [*QUICK, "model=beta_vae", "kl_schedule=capacity", "test=false", "trainer.log_every_n_steps=5"]
+    train(compose_config([*base, "trainer.max_epochs=2"], tmp_path))
+    with pytest.raises(UserError) as refused:
+        train(compose_config([*base, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
+    message = str(refused.value)
+    assert "kl_schedule.epochs follows trainer.max_epochs (2 in the run, 3 now)" in message
+    assert "add kl_schedule.epochs=2" in message
+    train(compose_config([*base, "trainer.max_epochs=3", "ckpt_path=last", "kl_schedule.epochs=2"], tmp_path))
+    capacity = logged_series(tmp_path, "train/capacity")
+    assert max(capacity) >= 2 * DIGITS_STEPS_PER_EPOCH  # the third epoch was trained and logged
+    for step, value in capacity.items():  # the schedule of the first run, holding at its end value
+        assert value == pytest.approx(25.0 * min(1.0, step / (2 * DIGITS_STEPS_PER_EPOCH)), abs=1e-4)

@@ -167,6 +167,8 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         raise UserError(f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
                         "resume it with that version")
     ours, theirs = config["model"], (saved.get("config") or {}).get("model", {})
+    check_schedule_length(ours.get("kl_schedule") or {}, theirs.get("kl_schedule") or {}, max_epochs,
+                          ((saved.get("config") or {}).get("trainer") or {}).get("max_epochs"))
     differing = sorted(k for k in ours.keys() | theirs.keys()
                        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k))
     if differing:
@@ -177,6 +179,17 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
 
 # How batches are made: the user's to choose in the prior stage. The rest of `data` is the data set.
 LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "on_device", "overfit_batches")
+
+
+def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs) -> None:
+    """A KL schedule whose length follows trainer.max_epochs changes when a run is extended: say
+    how to keep the run's own schedule (or to start anew for a stretched one)."""
+    for key in ("epochs", "total_epochs", "warmup_epochs"):
+        if key in ours and ours[key] != theirs.get(key) and (ours[key], theirs.get(key)) == (max_epochs, their_max_epochs):
+            raise UserError(f"kl_schedule.{key} follows trainer.max_epochs ({their_max_epochs} in the run, {max_epochs} "
+                            f"now); to extend the run with the schedule it had, add kl_schedule.{key}={their_max_epochs} "
+                            f"(it then holds at its end value); to stretch the schedule over {max_epochs} epochs, "
+                            "start a new run")
 
 
 def use_vqvae_data(cfg: DictConfig) -> None:
