@@ -2,7 +2,6 @@
 
 import csv
 import json
-import math
 
 import pytest
 
@@ -19,7 +18,10 @@ def test_default_run_leaves_a_complete_run_folder(tmp_path):
                  "csv/metrics.csv", "images/reconstructions_epoch001.png", "images/samples_epoch001.png"):
         assert (run / path).is_file(), path
     metrics = json.loads((run / "test_metrics.json").read_text())
-    assert -80 < metrics["test/elbo"] < 0  # 8x8 binarized digits: 64 pixels, so -ELBO < 64 ln 2 ≈ 44 when trained
+    # 8x8 binarized digits: a model that learned nothing is near -64 ln 2 = -44.4 nats.
+    assert metrics["test/elbo"] > -40, metrics
+    val = [float(r["val/elbo"]) for r in csv.DictReader(open(run / "csv" / "metrics.csv")) if r.get("val/elbo")]
+    assert len(val) == 2 and val[1] > val[0]  # and it still improves
     assert f"run folder: {run}" in result.stdout + result.stderr
 
 
@@ -39,14 +41,16 @@ def test_unknown_option_names_the_choices_without_a_traceback(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
-    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=2", "data=synthetic",
+    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=4", "data=synthetic",
                       "trainer.enable_progress_bar=false"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1  # the second process wrote into the same run, not a new one
     metrics = json.loads((runs[0] / "test_metrics.json").read_text())
-    assert metrics["test/elbo"] < 0
-    assert len(list((runs[0] / "images").glob("samples_*.png"))) == 2
+    assert metrics["test/elbo"] > -40, metrics  # untrained: near -44.4 (64 binary pixels); see test_reliability
+    val = [float(r["val/elbo"]) for r in csv.DictReader(open(runs[0] / "csv" / "metrics.csv")) if r.get("val/elbo")]
+    assert val[-1] > val[0] + 1, val  # trained across the epochs
+    assert len(list((runs[0] / "images").glob("samples_*.png"))) == 4
 
 
 def test_wandb_offline_without_a_key(tmp_path):
@@ -155,19 +159,34 @@ def test_an_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     assert "best_value" in (sweep / "optimization_results.yaml").read_text()
 
 
+NOISELESS_TRAIN = """
+from vaelab.distributions import DiagonalGaussian
+
+DiagonalGaussian.rsample = lambda self, num_samples=None: self.mu  # z = mu: no sampling noise
+from vaelab.train import main
+
+main()
+"""
+
+
 def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
-    """Same seed, same global batch (64): after three epochs the validation ELBO agrees. Not
-    exactly: each process draws its own reparameterization noise."""
+    """Same seed, same global batch (64). The data's noise is drawn per global batch, so with the
+    posterior's sampling switched off (z = mu) the two runs are the same computation: the mean of
+    the two processes' half-batch means is the global mean. They agree to rounding after three
+    epochs; examples weighted unequally, or gradients summed instead of averaged, would not."""
+    script = tmp_path / "noiseless_train.py"
+    script.write_text(NOISELESS_TRAIN)
     args = ["data=synthetic", "data.batch_size=64", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
             "seed=3", "test=false"]
     elbo = {}
     for devices in (1, 2):
         run = tmp_path / f"d{devices}"
-        result = run_cli([*args, "trainer=ddp_cpu", f"trainer.devices={devices}", f"hydra.run.dir={run}"], cwd=tmp_path)
+        result = run_cli([*args, "trainer=ddp_cpu", f"trainer.devices={devices}", f"hydra.run.dir={run}"], cwd=tmp_path,
+                         script=str(script))
         assert result.returncode == 0, result.stderr[-2000:]
         rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
-        elbo[devices] = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")][-1]
+        elbo[devices] = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]
         steps = [int(r["step"]) for r in rows if r.get("val/elbo")][-1]
         assert steps == 3 * 512 // 64 - 1  # the same number of optimizer steps: the batch is global
-    start = -64 * math.log(2)  # 44.4 nats: the ELBO of an untrained model, roughly
-    assert abs(elbo[2] - elbo[1]) < 0.1 * abs(elbo[1] - start)  # agreement well inside the training signal
+    assert elbo[1][-1] > elbo[1][0] + 1  # it trained
+    assert elbo[2] == pytest.approx(elbo[1], abs=1e-3), elbo
