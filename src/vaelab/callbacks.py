@@ -102,11 +102,11 @@ class EncoderGradientVariance(L.Callback):
 
 
 def training_batch(datamodule, n: int) -> torch.Tensor:
-    """The first ``n`` training images in [0, 1] as the model trains on them: when the data module
-    binarizes for training, one Bernoulli draw of them, the same draw every time (its own
-    generator: the run's random stream is left as it was)."""
-    split = datamodule.splits["train"]
-    x = split.images[:n].cpu().float() / split.levels
-    if datamodule.binarize:
-        x = torch.bernoulli(x, generator=torch.Generator().manual_seed(0))
-    return x
+    """The first ``n`` training images as the model trains on them (binarized, or dequantized for a
+    continuous likelihood: ``vaelab.data.in_memory``), with the same fixed noise every time (its
+    own seed: the run's random stream is left as it was)."""
+    from vaelab.data.in_memory import BatchRef
+
+    dataset = datamodule.dataset("train", train=True)
+    n = min(n, len(dataset))
+    return dataset[BatchRef(torch.arange(n), 0, 0, n)][0].cpu()

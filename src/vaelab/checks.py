@@ -148,6 +148,15 @@ def check_scheduler(scheduler) -> None:
             f"in), got {plain(scheduler)!r}")
     interval = scheduler.get("interval", "epoch")
     require(interval in ("epoch", "step"), f"model.scheduler.interval must be epoch or step, got {interval!r}")
+    if str(scheduler._target_).endswith("ReduceLROnPlateau"):
+        require(interval == "epoch", "model.scheduler ReduceLROnPlateau follows a validation metric; "
+                "use model.scheduler.interval=epoch")
+        monitor = scheduler.get("monitor", "val/elbo")
+        higher_is_better = any(word in monitor for word in ("elbo", "iwae_bound", "psnr", "ssim"))
+        mode = scheduler.get("mode", "min")
+        require(mode == ("max" if higher_is_better else "min"),
+                f"model.scheduler.monitor={monitor} is {'higher' if higher_is_better else 'lower'} when better; "
+                f"set model.scheduler.mode={'max' if higher_is_better else 'min'}")
     lr_lambda = scheduler.get("lr_lambda")
     if OmegaConf.is_dict(lr_lambda) and str(lr_lambda.get("_target_")).endswith("IWAEPaperLR"):
         positive_int(lr_lambda.stages, "model.scheduler.lr_lambda.stages")
@@ -158,9 +167,12 @@ def plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def check_likelihood(lik: DictConfig) -> None:
+def check_likelihood(lik: DictConfig, data_levels: int | None = None) -> None:
     require(lik.name in ("bernoulli", "gaussian"),
             f"likelihood.name must be bernoulli or gaussian, got {lik.name!r}; choose likelihood=bernoulli|gaussian|gaussian_learned")
+    if lik.name == "gaussian" and "num_levels" in lik and data_levels is not None:
+        require(lik.num_levels == data_levels, f"likelihood.num_levels={lik.num_levels} but data.num_levels={data_levels}: "
+                "the bits/dim offset must be the data's; drop likelihood.num_levels (it follows data.num_levels)")
     if lik.name == "gaussian":
         require(is_number(lik.sigma) and lik.sigma > 0, f"likelihood.sigma must be > 0, got {lik.sigma!r}")
         require(lik.learn_sigma in ("none", "global", "pixel"),
@@ -179,7 +191,7 @@ def check_prior(model: DictConfig) -> None:
     check_file(model.vqvae_ckpt, "prior.vqvae_ckpt", "a VQ-VAE run's checkpoint")
 
 
-def check_model(model: DictConfig) -> None:
+def check_model(model: DictConfig, data_levels: int | None = None) -> None:
     check_optimizer(model.optimizer)
     check_scheduler(model.get("scheduler"))
     for key in ("compile", "channels_last"):
@@ -190,7 +202,7 @@ def check_model(model: DictConfig) -> None:
         return
     if model._target_.endswith("VQVAE"):
         check_vqvae(model, model.image_shape)
-        check_likelihood(model.likelihood)
+        check_likelihood(model.likelihood, data_levels)
         return
     positive_int(model.latent_dim, "size.latent_dim")
     require(is_number(model.beta) and model.beta >= 0, f"model.beta must be a number ≥ 0, got {model.beta!r}")
@@ -204,7 +216,7 @@ def check_model(model: DictConfig) -> None:
     widths = net[widths_key]
     require(len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
             f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, got {list(widths)}")
-    check_likelihood(model.likelihood)
+    check_likelihood(model.likelihood, data_levels)
 
 
 def check_variant(model: DictConfig) -> None:
@@ -407,7 +419,7 @@ def check_config(cfg: DictConfig) -> None:
             f"optimized_metric={metric} is measured on the test split, which test=false skips; "
             "set test=true or optimize a val/ metric")
     check_data(cfg.data)
-    check_model(cfg.model)
+    check_model(cfg.model, cfg.data.get("num_levels"))
     check_variant(cfg.model)
     check_trainer(cfg.trainer, cfg.model)
     check_callbacks(cfg.get("callbacks"))

@@ -20,7 +20,10 @@ from vaelab import pictures
 from vaelab.callbacks import log_image
 from vaelab.checks import check_file, check_loggers, flag, is_int, is_list, plain, require
 from vaelab.errors import UserError
+from vaelab.data.in_memory import TEST_NOISE, VAL_NOISE
 from vaelab.evaluate import evaluate_split, evaluate_vq_split
+
+NOISE_STREAMS = {"val": VAL_NOISE, "test": TEST_NOISE}
 from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
 
 
@@ -42,6 +45,10 @@ def load_checkpoint(path: str) -> dict:
 
 def build_model(checkpoint: dict):
     config = checkpoint["vaelab"]["config"]
+    likelihood = checkpoint["hyper_parameters"].get("likelihood") or {}
+    require(likelihood.get("name") != "gaussian" or "num_levels" in likelihood,
+            "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
+            "data.num_levels); its bits/dim would not be a bound: retrain it with this version")
     cls = hydra.utils.get_class(config["model"]["_target_"])
     model = cls(**checkpoint["hyper_parameters"])
     try:
@@ -57,6 +64,7 @@ def build_data(checkpoint: dict, cfg: DictConfig, model):
     for key, value in cfg.data.items():
         if value is not None:
             data_cfg[key] = value
+    data_cfg.overfit_batches = 0  # evaluation is on the real split, whatever the training run debugged
     datamodule = instantiate_plain(data_cfg)
     datamodule.prepare()
     require(tuple(datamodule.image_shape) == tuple(model.image_shape),
@@ -96,10 +104,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     split = datamodule.fixed_eval_split(cfg.split)
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
     if is_vq:
-        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize)
+        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize,
+                                    noise=NOISE_STREAMS[cfg.split])
     else:
         results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 dequantize=datamodule.dequantize)
+                                 dequantize=datamodule.dequantize, noise=NOISE_STREAMS[cfg.split])
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}

@@ -49,18 +49,18 @@ class ReconstructionQuality:
                 "ssim": self.ssim.compute().item()}
 
 
-def model_inputs(split: Split, batch_size: int, dequantize: bool, device):
+def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise: int = TEST_NOISE):
     """The split's images in batches as the model sees them: in [0, 1], or uniformly dequantized
     with fixed noise for a continuous likelihood (``vaelab.data.in_memory``)."""
     dataset = BatchDataset(split, binarize=False, dequantize=dequantize)
     for number, start in enumerate(range(0, len(split), batch_size)):
         indices = torch.arange(start, min(start + batch_size, len(split)))
-        yield dataset[BatchRef(indices, derive_seed(TEST_NOISE, number), 0, len(indices))][0].to(device)
+        yield dataset[BatchRef(indices, derive_seed(noise, number), 0, len(indices))][0].to(device)
 
 
 @torch.no_grad()
 def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_size: int = 100,
-                   seed: int = 0, dequantize: bool = False) -> dict:
+                   seed: int = 0, dequantize: bool = False, noise: int = TEST_NOISE) -> dict:
     """Metrics of ``model`` on every example of ``split`` (already binarized if it should be).
 
     Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
@@ -72,7 +72,7 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
     nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
-    for x in model_inputs(split, batch_size, dequantize, device):
+    for x in model_inputs(split, batch_size, dequantize, device, noise):
         q = model.posterior(x)
         bound, log_px_given_z = model.importance_sampling(x, k, chunk)
         kl_x = q.kl_to_standard_normal()
@@ -112,7 +112,8 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
 
 
 @torch.no_grad()
-def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bool = False) -> dict:
+def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bool = False,
+                      noise: int = TEST_NOISE) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
     code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
@@ -124,7 +125,7 @@ def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bo
     quality = ReconstructionQuality(split.images.shape[1:], device)
     counts = torch.zeros(vq.quantizer.num_codes, device=device)
     recon, prior_nll = [], []
-    for x in model_inputs(split, batch_size, dequantize, device):
+    for x in model_inputs(split, batch_size, dequantize, device, noise):
         indices = vq.quantizer.indices(vq.encoder(x))
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))

@@ -209,6 +209,7 @@ def use_vqvae_data(cfg: DictConfig) -> None:
             raise UserError(f"model=vqvae_prior trains on the data set of its VQ-VAE ({name}); drop {given} "
                             f"({allowed} can be set)")
         data[key] = cfg.data[key]
+    data.overfit_batches = cfg.data.get("overfit_batches", 0)  # this run's debug setting, not the VQ-VAE's
     data.seed = cfg.seed
     cfg.data = data
 

@@ -106,9 +106,10 @@ class GenerativeModel(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x = self.images(batch)
         loss, metrics = self.step_metrics(x)
-        if not self.loss_is_finite_everywhere(loss):
-            return self.nonfinite_loss(metrics)
         optimizer = self.optimizers()
+        if not self.loss_is_finite_everywhere(loss):
+            optimizer.zero_grad(set_to_none=True)  # a skipped batch drops its group's gradients so far
+            return self.nonfinite_loss(metrics)
         # Gradient accumulation: the gradients of a group of batches add up, each batch weighted by
         # 1 / (batches in its group), so a step follows the mean over the group's examples.
         first, size = self.accumulation_group(batch_idx)
@@ -120,6 +121,7 @@ class GenerativeModel(L.LightningModule):
             return loss  # more batches to add before the step
         step = self.global_step  # the step this loss belongs to (optimizer.step() advances it)
         if not self.gradients_are_finite():
+            optimizer.zero_grad(set_to_none=True)
             return None  # skipped: a skipped step is not counted as a step
         optimizer.step()  # clips the gradients first (on_before_optimizer_step)
         if self.scheduler_interval == "step":
@@ -204,7 +206,9 @@ class GenerativeModel(L.LightningModule):
         scheduler = self.lr_schedulers()
         if scheduler is not None and self.scheduler_interval == "epoch":
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                self.step_on_plateau(scheduler)
+                if self._validated_this_epoch:
+                    self.step_on_plateau(scheduler)
+                self._validated_this_epoch = False
             else:
                 scheduler.step()
         means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
@@ -216,8 +220,15 @@ class GenerativeModel(L.LightningModule):
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 
+    _validated_this_epoch = False
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._validated_this_epoch = True
+
     def step_on_plateau(self, scheduler) -> None:
-        """ReduceLROnPlateau steps with its monitored metric, in epochs that validated."""
+        """ReduceLROnPlateau steps with its monitored metric, in epochs that validated (the metric of
+        an epoch that did not is the last validation's, not a new measurement)."""
         value = self.trainer.callback_metrics.get(self.scheduler_monitor)
         if value is not None:
             scheduler.step(value)
