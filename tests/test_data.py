@@ -160,25 +160,25 @@ def test_idx_bad_magic_and_truncation(tmp_path):
         read_idx(tmp_path / "short", 3)
 
 
-def test_torchvision_mnist_from_raw_files(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
+def write_raw_mnist(root, n_train: int = 8, n_test: int = 3) -> None:
+    """torchvision's MNIST raw IDX files under ``root``, random images and labels."""
+    raw = root / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    for prefix, n in (("train", 8), ("t10k", 3)):
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=False)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress=False)
+
+
+def test_torchvision_mnist_from_raw_files(tmp_path):
+    write_raw_mnist(tmp_path)
     dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=2, image_shape=[1, 28, 28], batch_size=4)
     dm.prepare()
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 2, 3]
 
 
 def test_a_validation_split_as_large_as_the_training_file_is_refused(tmp_path):
-    raw = tmp_path / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 8), ("t10k", 3)):
-        write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)), compress=False)
-        write_idx(raw / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)), compress=False)
+    write_raw_mnist(tmp_path)
     dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=8, image_shape=[1, 28, 28],
                                batch_size=4)
     with pytest.raises(UserError, match=r"^data.val_size=8 leaves none of the 8 training images to train on; "

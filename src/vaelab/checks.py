@@ -61,8 +61,7 @@ def check_data(data: DictConfig) -> None:
     shape = data.image_shape
     require(len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape),
             f"data.image_shape must be [channels, height, width] of positive integers, got {list(shape)}")
-    overfit = data.get("overfit_batches", 0)
-    require(is_int(overfit) and overfit >= 0, f"data.overfit_batches must be a whole number ≥ 0, got {overfit!r}")
+    whole_number(data.get("overfit_batches", 0), "data.overfit_batches", 0)
     require(data.binarize in ("auto", "dynamic", "none"),
             f"data.binarize must be auto, dynamic or none, got {data.binarize!r}")
     if "path" in data and data.path is None:
@@ -143,7 +142,7 @@ def check_optimizer(optimizer: DictConfig) -> None:
 def check_scheduler(scheduler) -> None:
     if scheduler is None:
         return
-    require(OmegaConf.is_dict(scheduler) and "_target_" in scheduler and scheduler.get("_partial_") is True,
+    require(is_target(scheduler) and scheduler.get("_partial_") is True,
             f"model.scheduler must be null or a config with _target_ and _partial_: true (the optimizer is passed "
             f"in), got {plain(scheduler)!r}")
     interval = scheduler.get("interval", "epoch")

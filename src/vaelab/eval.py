@@ -19,11 +19,9 @@ from torchvision.utils import save_image
 from vaelab import pictures
 from vaelab.callbacks import log_image
 from vaelab.checks import check_file, check_loggers, flag, is_int, is_list, plain, require
+from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.errors import UserError
-from vaelab.data.in_memory import TEST_NOISE, VAL_NOISE
 from vaelab.evaluate import evaluate_split, evaluate_vq_split
-
-NOISE_STREAMS = {"val": VAL_NOISE, "test": TEST_NOISE}
 from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
 
 
@@ -105,10 +103,10 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
     if is_vq:
         results = evaluate_vq_split(model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize,
-                                    noise=NOISE_STREAMS[cfg.split])
+                                    noise=SPLIT_NOISE[cfg.split])
     else:
         results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 dequantize=datamodule.dequantize, noise=NOISE_STREAMS[cfg.split])
+                                 dequantize=datamodule.dequantize, noise=SPLIT_NOISE[cfg.split])
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}

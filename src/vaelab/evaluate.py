@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from vaelab.data.in_memory import TEST_NOISE, BatchDataset, BatchRef, Split, derive_seed
+from vaelab.data.in_memory import TEST_NOISE, BatchDataset, ShardedBatchSampler, Split
 from vaelab.objectives import bits_per_dim
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
@@ -51,11 +51,11 @@ class ReconstructionQuality:
 
 def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise: int = TEST_NOISE):
     """The split's images in batches as the model sees them: in [0, 1], or uniformly dequantized
-    with fixed noise for a continuous likelihood (``vaelab.data.in_memory``)."""
+    with the fixed noise of the ``noise`` stream for a continuous likelihood, as the evaluation
+    loaders of training cut them (``vaelab.data.in_memory``)."""
     dataset = BatchDataset(split, binarize=False, dequantize=dequantize)
-    for number, start in enumerate(range(0, len(split), batch_size)):
-        indices = torch.arange(start, min(start + batch_size, len(split)))
-        yield dataset[BatchRef(indices, derive_seed(noise, number), 0, len(indices))][0].to(device)
+    for ref in ShardedBatchSampler(len(split), batch_size, shuffle=False, drop_last=False, noise=noise):
+        yield dataset[ref][0].to(device)
 
 
 @torch.no_grad()

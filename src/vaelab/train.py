@@ -166,19 +166,16 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
     if major(saved.get("version")) != major(vaelab.__version__):
         raise UserError(f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
                         "resume it with that version")
-    ours, theirs = config["model"], (saved.get("config") or {}).get("model", {})
+    saved_config = saved.get("config") or {}
+    ours, theirs = config["model"], saved_config.get("model", {})
     check_schedule_length(ours.get("kl_schedule") or {}, theirs.get("kl_schedule") or {}, max_epochs,
-                          ((saved.get("config") or {}).get("trainer") or {}).get("max_epochs"))
+                          (saved_config.get("trainer") or {}).get("max_epochs"))
     differing = sorted(k for k in ours.keys() | theirs.keys()
                        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k))
     if differing:
         key = differing[0]
         raise UserError(f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
                         "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)")
-
-
-# How batches are made: the user's to choose in the prior stage. The rest of `data` is the data set.
-LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "on_device", "overfit_batches")
 
 
 def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs) -> None:
@@ -190,6 +187,10 @@ def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs
                             f"now); to extend the run with the schedule it had, add kl_schedule.{key}={their_max_epochs} "
                             f"(it then holds at its end value); to stretch the schedule over {max_epochs} epochs, "
                             "start a new run")
+
+
+# How batches are made: the user's to choose in the prior stage. The rest of `data` is the data set.
+LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "on_device", "overfit_batches")
 
 
 def use_vqvae_data(cfg: DictConfig) -> None:

@@ -50,6 +50,7 @@ def derive_seed(*keys: int) -> int:
 
 # Stream names for derive_seed: the data order, the training noise, and each evaluation split's noise.
 ORDER, TRAIN_NOISE, VAL_NOISE, TEST_NOISE = 0, 1, 2, 3
+SPLIT_NOISE = {"train": TRAIN_NOISE, "val": VAL_NOISE, "test": TEST_NOISE}
 
 
 class BatchRef(NamedTuple):
@@ -227,9 +228,8 @@ class InMemoryDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        noise = TRAIN_NOISE if train else {"val": VAL_NOISE, "test": TEST_NOISE}[split]
         sampler = ShardedBatchSampler(len(self.splits[split]), batch_size, shuffle=train, drop_last=train,
-                                      seed=self.seed, rank=rank, world_size=world, noise=noise)
+                                      seed=self.seed, rank=rank, world_size=world, noise=SPLIT_NOISE[split])
         # Evaluation splits are binarized once with a fixed seed so every epoch sees the same data.
         dataset = self.dataset(split, train)
         # Its own generator: a DataLoader draws a seed for its workers from the global generator
@@ -249,7 +249,7 @@ class InMemoryDataModule(L.LightningDataModule):
         s = self.splits[split]
         if not self.binarize:
             return s
-        g = torch.Generator().manual_seed(derive_seed({"val": VAL_NOISE, "test": TEST_NOISE, "train": TRAIN_NOISE}[split]))
+        g = torch.Generator().manual_seed(derive_seed(SPLIT_NOISE[split]))
         images = torch.bernoulli(s.images.float() / s.levels, generator=g).to(torch.uint8)
         return Split(images, s.labels, levels=1)
 
