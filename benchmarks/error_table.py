@@ -11,12 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from test_config import BAD_VALUES, EVAL_BAD_VALUES  # noqa: E402
-
-from vaelab.config import compose_config  # noqa: E402
-from vaelab.errors import UserError  # noqa: E402
-from vaelab.eval import evaluate_checkpoint  # noqa: E402
-from vaelab.train import train  # noqa: E402
+from test_config import BAD_VALUES, EVAL_BAD_VALUES
+from vaelab.config import compose_config
+from vaelab.errors import UserError
+from vaelab.eval import evaluate_checkpoint
+from vaelab.train import train
 
 
 def message(run) -> str:
@@ -36,6 +35,8 @@ for overrides, _ in BAD_VALUES:
 for overrides, _ in EVAL_BAD_VALUES:  # with a checkpoint path unless the row gives one
     ckpt = [] if any(o.startswith("ckpt_path=") for o in overrides) else ["ckpt_path=/nonexistent/model.ckpt"]
     with tempfile.TemporaryDirectory() as out:
-        text = message(lambda: evaluate_checkpoint(compose_config([*ckpt, *overrides], f"{out}/eval", config_name="eval")))
+        text = message(
+            lambda: evaluate_checkpoint(compose_config([*ckpt, *overrides], f"{out}/eval", config_name="eval"))
+        )
     shown = ["ckpt_path=<file>" for _ in ckpt] + overrides
     print(f"| `eval.py {' '.join(shown)}` | {text.replace('|', '/')} |")

@@ -25,8 +25,9 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config([f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false",
-                              "logger=none", "test=false"], out)
+        cfg = compose_config(
+            [f"trainer.max_epochs={args.epochs}", "trainer.enable_progress_bar=false", "logger=none", "test=false"], out
+        )
         train(cfg)
         model = instantiate_model(cfg.model)
         model.load_state_dict(torch.load(f"{out}/checkpoints/last.ckpt", weights_only=False)["state_dict"])
@@ -38,9 +39,11 @@ def main() -> None:
         model.train()
         mean_log_px = model.terms(x)["log_px_given_z"].mean()
     rows = []
-    for name, estimator, baseline in (("reparameterization", "reparam", 0.0),
-                                      ("score function, no baseline", "score_function", 0.0),
-                                      ("score function, baseline = mean log p(x|z)", "score_function", mean_log_px)):
+    for name, estimator, baseline in (
+        ("reparameterization", "reparam", 0.0),
+        ("score function, no baseline", "score_function", 0.0),
+        ("score function, baseline = mean log p(x|z)", "score_function", mean_log_px),
+    ):
         model.estimator = estimator
         model.baseline.fill_(float(baseline))
         rows.append((name, gradient_variance(encoder_gradient_samples(model, x, args.draws))))
@@ -49,7 +52,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, s in rows:
         print(f"| {name} | {s['grad_variance']:.3e} | {s['grad_mean_sq']:.3e} | {s['snr']:.3g} |")
-    print(f"variance ratio score function (baseline) / reparameterization: {rows[2][1]['grad_variance'] / rows[0][1]['grad_variance']:.0f}")
+    print(
+        "variance ratio score function (baseline) / reparameterization: "
+        f"{rows[2][1]['grad_variance'] / rows[0][1]['grad_variance']:.0f}"
+    )
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import argparse
 import time
 
 import torch
+from omegaconf import OmegaConf
 
 from vaelab.eval import build_model, load_checkpoint
 from vaelab.train import instantiate_plain
-from omegaconf import OmegaConf
 
 
 def main() -> None:
@@ -49,10 +49,13 @@ def main() -> None:
             nll[name] = -bound.mean().item()
     for name, seconds in per_example.items():
         n = len(ways[name][0])
-        print(f"{name:<34} {seconds * 1e3:9.1f} ms/example over {n:>4} examples  "
-              f"(10,000 test images: {seconds * 1e4 / 60:7.1f} min)  mean NLL {nll[name]:.2f}")
+        print(
+            f"{name:<34} {seconds * 1e3:9.1f} ms/example over {n:>4} examples  "
+            f"(10,000 test images: {seconds * 1e4 / 60:7.1f} min)  mean NLL {nll[name]:.2f}"
+        )
     for name in list(per_example)[1:]:
         print(f"batched is {per_example[name] / per_example['batched']:.1f}x faster than {name}")
+
 
 if __name__ == "__main__":
     main()

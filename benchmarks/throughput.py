@@ -69,7 +69,7 @@ class PlainLoop:
         for _ in range(n):
             indices = next(self.batches, None)
             if indices is None:
-                self.batches = iter(torch.randperm(len(x_train)).split(batch_size)[:len(x_train) // batch_size])
+                self.batches = iter(torch.randperm(len(x_train)).split(batch_size)[: len(x_train) // batch_size])
                 indices = next(self.batches)
             loss = self.neg_elbo(x_train[indices])
             self.opt.zero_grad(set_to_none=True)
@@ -132,28 +132,42 @@ def main() -> None:
     from vaelab.config import compose_config
 
     data = load(args.data)
-    timer = PairedTimer({"plain": PlainLoop(data, batch_size=100, seed=args.seed),
-                         "plain+fused": PlainLoop(data, batch_size=100, seed=args.seed, fused=True)})
+    timer = PairedTimer(
+        {
+            "plain": PlainLoop(data, batch_size=100, seed=args.seed),
+            "plain+fused": PlainLoop(data, batch_size=100, seed=args.seed, fused=True),
+        }
+    )
     original = vt.build_callbacks
     vt.build_callbacks = lambda cfg: [*original(cfg), timer]
     with tempfile.TemporaryDirectory() as out:
-        cfg = compose_config([
-            "data=binarized_mnist", f"data.path={args.data}", f"trainer.max_epochs={args.epochs}", f"seed={args.seed}",
-            *args.overrides,
-        ], out)
+        cfg = compose_config(
+            [
+                "data=binarized_mnist",
+                f"data.path={args.data}",
+                f"trainer.max_epochs={args.epochs}",
+                f"seed={args.seed}",
+                *args.overrides,
+            ],
+            out,
+        )
         metrics = vt.train(cfg)
     vt.build_callbacks = original
 
     rates = {name: r[1:] for name, r in timer.rates.items()}
     elbos = {name: loop.test_elbo() for name, loop in timer.plain_loops.items()} | {"vaelab": metrics["test/elbo"]}
-    print(f"torch threads: {torch.get_num_threads()}, epochs: {args.epochs} (first left out), batch 100; "
-          f"vaelab optimizer: {cfg.model.optimizer._target_} fused={cfg.model.optimizer.get('fused', False)}")
+    print(
+        f"torch threads: {torch.get_num_threads()}, epochs: {args.epochs} (first left out), batch 100; "
+        f"vaelab optimizer: {cfg.model.optimizer._target_} fused={cfg.model.optimizer.get('fused', False)}"
+    )
     print(f"{'loop':<13}{'samples/s (median epoch)':>26}{'(min, max)':>18}{'test ELBO (nats)':>20}")
     for name, r in rates.items():
         print(f"{name:<13}{statistics.median(r):>26.0f}{f'({min(r):.0f}, {max(r):.0f})':>18}{elbos[name]:>20.2f}")
     for name in timer.plain_loops:
         ratios = [o / p for o, p in zip(rates["vaelab"], rates[name])]
-        print(f"vaelab/{name} per epoch: {', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+        print(
+            f"vaelab/{name} per epoch: {', '.join(f'{x:.3f}' for x in ratios)}; median {statistics.median(ratios):.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -21,8 +21,9 @@ from test_data import write_binarized_npz, write_idx  # noqa: E402
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, script: str = "train.py") -> subprocess.CompletedProcess:
     """`python train.py *args` as a user types it, from ``cwd``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +45,9 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
     images.mkdir()
     for i in range(30):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
-    return {"binarized_mnist": root / "binarized_mnist.npz", "torchvision": root / "torchvision",
-            "fashion": fashion, "images": images}
+    return {
+        "binarized_mnist": root / "binarized_mnist.npz",
+        "torchvision": root / "torchvision",
+        "fashion": fashion,
+        "images": images,
+    }

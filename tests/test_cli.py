@@ -14,8 +14,15 @@ def test_default_run_leaves_a_complete_run_folder(tmp_path):
     result = run_cli(["trainer.max_epochs=2", "trainer.enable_progress_bar=false"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
-    for path in ("config.yaml", ".hydra/config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                 "csv/metrics.csv", "images/reconstructions_epoch001.png", "images/samples_epoch001.png"):
+    for path in (
+        "config.yaml",
+        ".hydra/config.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "csv/metrics.csv",
+        "images/reconstructions_epoch001.png",
+        "images/samples_epoch001.png",
+    ):
         assert (run / path).is_file(), path
     metrics = json.loads((run / "test_metrics.json").read_text())
     # 8x8 binarized digits: a model that learned nothing is near -64 ln 2 = -44.4 nats.
@@ -29,7 +36,8 @@ def test_user_mistake_prints_one_line_and_exits_2(tmp_path):
     result = run_cli(["data.batch_size=0"], cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: data.batch_size must be a whole number ≥ 1, got 0; set data.batch_size=<N>")
+        "error: data.batch_size must be a whole number ≥ 1, got 0; set data.batch_size=<N>"
+    )
     assert "Traceback" not in result.stdout + result.stderr
 
 
@@ -41,8 +49,16 @@ def test_unknown_option_names_the_choices_without_a_traceback(tmp_path):
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
-    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=4", "data=synthetic",
-                      "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "trainer.max_epochs=4",
+            "data=synthetic",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
     assert len(runs) == 1  # the second process wrote into the same run, not a new one
@@ -63,26 +79,47 @@ def test_wandb_offline_without_a_key(tmp_path):
 
 
 def test_multirun_runs_every_job_in_its_own_folder(tmp_path):
-    result = run_cli(["-m", "model=beta_vae", "model.beta=1,4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
-                     cwd=tmp_path)
+    result = run_cli(
+        ["-m", "model=beta_vae", "model.beta=1,4", "trainer.max_epochs=1", "trainer.enable_progress_bar=false"],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     betas = []
     for job in ("0", "1"):
         metrics = json.loads((sweep / job / "test_metrics.json").read_text())
         config = (sweep / job / "config.yaml").read_text()
-        betas.append([line for line in config.splitlines() if line.strip().startswith("beta:")][0].split()[-1])
-        assert metrics["test/loss"] == pytest.approx(metrics["test/recon"] + float(betas[-1]) * metrics["test/kl"], rel=1e-4)
+        betas.append(next(line for line in config.splitlines() if line.strip().startswith("beta:")).split()[-1])
+        assert metrics["test/loss"] == pytest.approx(
+            metrics["test/recon"] + float(betas[-1]) * metrics["test/kl"], rel=1e-4
+        )
     assert [float(b) for b in betas] == [1.0, 4.0]
 
 
 def test_wandb_resume_continues_the_same_run(tmp_path):
     run = tmp_path / "run"
-    first = run_cli(["logger=wandb", "data=synthetic", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-                     f"hydra.run.dir={run}"], cwd=tmp_path)
+    first = run_cli(
+        [
+            "logger=wandb",
+            "data=synthetic",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    second = run_cli(["logger=wandb", "data=synthetic", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-                      f"hydra.run.dir={run}", "ckpt_path=last"], cwd=tmp_path)
+    second = run_cli(
+        [
+            "logger=wandb",
+            "data=synthetic",
+            "trainer.max_epochs=2",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={run}",
+            "ckpt_path=last",
+        ],
+        cwd=tmp_path,
+    )
     assert second.returncode == 0, second.stderr[-2000:]
     run_id = (run / "wandb_run_id").read_text().strip()
     offline_runs = sorted((run / "wandb").glob("offline-run-*"))
@@ -90,8 +127,19 @@ def test_wandb_resume_continues_the_same_run(tmp_path):
 
 
 def test_ddp_inside_a_multirun_runs_every_job_in_its_own_folder(tmp_path):
-    result = run_cli(["-m", "trainer=ddp_cpu", "trainer.devices=2", "model.beta=1,2", "data=synthetic",
-                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd=tmp_path, timeout=240)
+    result = run_cli(
+        [
+            "-m",
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "model.beta=1,2",
+            "data=synthetic",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     for job in ("0", "1"):
@@ -103,8 +151,16 @@ def test_ddp_inside_a_multirun_runs_every_job_in_its_own_folder(tmp_path):
 
 
 def test_a_failed_job_does_not_end_the_sweep(tmp_path):
-    result = run_cli(["-m", "data=synthetic", "data.batch_size=32,0,64", "trainer.max_epochs=1",
-                      "trainer.enable_progress_bar=false"], cwd=tmp_path)
+    result = run_cli(
+        [
+            "-m",
+            "data=synthetic",
+            "data.batch_size=32,0,64",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert (sweep / "0" / "test_metrics.json").is_file() and (sweep / "2" / "test_metrics.json").is_file()
@@ -138,7 +194,9 @@ def test_a_crashed_job_is_recorded_and_does_not_end_the_sweep(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     assert (sweep / "0" / "test_metrics.json").is_file() and (sweep / "2" / "test_metrics.json").is_file()
-    assert (sweep / "1" / "FAILED").read_text() == "crashed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
+    assert (
+        sweep / "1" / "FAILED"
+    ).read_text() == "crashed: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB\n"
     assert "failed: crashed: RuntimeError: CUDA out of memory" in (sweep / "report.md").read_text()
     assert "Traceback" in result.stderr  # where it crashed is still shown
     # A single run shows its traceback and exits non-zero, as before.
@@ -148,8 +206,17 @@ def test_a_crashed_job_is_recorded_and_does_not_end_the_sweep(tmp_path):
 
 def test_an_optuna_sweep_goes_on_past_a_failed_trial(tmp_path):
     conf = ROOT / "tests" / "conf"
-    result = run_cli([f"hydra.searchpath=[file://{conf}]", "hparams_search=optuna_with_a_failure", "data=synthetic",
-                      "trainer.max_epochs=1", "trainer.enable_progress_bar=false"], cwd=tmp_path, timeout=240)
+    result = run_cli(
+        [
+            f"hydra.searchpath=[file://{conf}]",
+            "hparams_search=optuna_with_a_failure",
+            "data=synthetic",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+        ],
+        cwd=tmp_path,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
     failed = sorted(p.parent.name for p in sweep.glob("*/FAILED"))
@@ -176,13 +243,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     epochs; examples weighted unequally, or gradients summed instead of averaged, would not."""
     script = tmp_path / "noiseless_train.py"
     script.write_text(NOISELESS_TRAIN)
-    args = ["data=synthetic", "data.batch_size=64", "trainer.max_epochs=3", "trainer.enable_progress_bar=false",
-            "seed=3", "test=false"]
+    args = [
+        "data=synthetic",
+        "data.batch_size=64",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+        "seed=3",
+        "test=false",
+    ]
     elbo = {}
     for devices in (1, 2):
         run = tmp_path / f"d{devices}"
-        result = run_cli([*args, "trainer=ddp_cpu", f"trainer.devices={devices}", f"hydra.run.dir={run}"], cwd=tmp_path,
-                         script=str(script))
+        result = run_cli(
+            [*args, "trainer=ddp_cpu", f"trainer.devices={devices}", f"hydra.run.dir={run}"],
+            cwd=tmp_path,
+            script=str(script),
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
         elbo[devices] = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]

@@ -8,18 +8,38 @@ import pytest
 import torch
 
 import vaelab.train as vt
-
 from vaelab.config import compose_config
 from vaelab.errors import UserError
 from vaelab.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ["data", "model", "net", "size", "likelihood", "kl_schedule", "trainer", "logger", "callbacks", "debug",
-          "experiment"]
-OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))
-           if not path.stem.startswith("_")]  # _name.yaml: a part other options include
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+GROUPS = [
+    "data",
+    "model",
+    "net",
+    "size",
+    "likelihood",
+    "kl_schedule",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "experiment",
+]
+OPTIONS = [
+    (group, path.stem)
+    for group in GROUPS
+    for path in sorted((CONF / group).glob("*.yaml"))
+    if not path.stem.startswith("_")
+]  # _name.yaml: a part other options include
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
 NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks their files' md5 sums
 MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI subprocess in test_cli
 
@@ -30,8 +50,11 @@ def data_overrides(group: str, option: str, files: dict) -> list[str]:
     if group == "experiment":
         # The IWAE-paper experiments evaluate with k = 5000 on the test split: cut for the test.
         extra = ["model.test_k=5"] if option.startswith("iwae_paper") else []
-        return [f"data.path={files['binarized_mnist']}", *extra] if "path" in compose_config(
-            [f"experiment={option}"], "/tmp/unused").data else extra
+        return (
+            [f"data.path={files['binarized_mnist']}", *extra]
+            if "path" in compose_config([f"experiment={option}"], "/tmp/unused").data
+            else extra
+        )
     if (group, option) == ("data", "binarized_mnist"):
         return [f"data.path={files['binarized_mnist']}"]
     if (group, option) == ("data", "mnist"):
@@ -78,8 +101,12 @@ class BoundOnOneBatch(L.Callback):
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_runs(group, option, tmp_path, data_files, monkeypatch):
-    overrides = [f"{group}={option}", *data_overrides(group, option, data_files), *QUICK,
-                 "trainer.limit_train_batches=5"]
+    overrides = [
+        f"{group}={option}",
+        *data_overrides(group, option, data_files),
+        *QUICK,
+        "trainer.limit_train_batches=5",
+    ]
     if group == "debug":
         overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]
     if (group, option) in (("data", "fashion_mnist"), ("data", "image_folder")):
@@ -93,7 +120,7 @@ def test_every_option_composes_and_runs(group, option, tmp_path, data_files, mon
         with pytest.raises(UserError, match="model=vqvae_prior needs prior.vqvae_ckpt"):
             train(cfg)
         return
-    if (group, option) in MULTI_PROCESS or (group, option) == ("trainer", "gpu") and not torch.cuda.is_available():
+    if (group, option) in MULTI_PROCESS or ((group, option) == ("trainer", "gpu") and not torch.cuda.is_available()):
         return  # composes; running needs several processes or a GPU
     bound = BoundOnOneBatch()
     original = vt.build_callbacks
@@ -118,7 +145,10 @@ def test_run_folder_holds_config_checkpoints_metrics_and_grids(tmp_path):
     assert (out / "config.yaml").is_file()
     assert {p.name for p in (out / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
     for name in ("reconstructions", "samples"):
-        assert {p.name for p in (out / "images").glob(f"{name}_*.png")} == {f"{name}_epoch000.png", f"{name}_epoch001.png"}
+        assert {p.name for p in (out / "images").glob(f"{name}_*.png")} == {
+            f"{name}_epoch000.png",
+            f"{name}_epoch001.png",
+        }
     header = (out / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for stage in ("train", "val", "test"):
         suffix = "_epoch" if stage == "train" else ""
@@ -170,7 +200,10 @@ BAD_VALUES = [
     (["net=conv", "size.channels=[16,-2]"], "net.channels (from size.channels) must be a non-empty list"),
     (["net.activation=swish"], "net.activation must be one of"),
     (["likelihood=gaussian", "likelihood.sigma=0"], "likelihood.sigma must be > 0"),
-    (["likelihood=gaussian_learned", "likelihood.learn_sigma=channel"], "likelihood.learn_sigma must be none, global or pixel"),
+    (
+        ["likelihood=gaussian_learned", "likelihood.learn_sigma=channel"],
+        "likelihood.learn_sigma must be none, global or pixel",
+    ),
     (["data.binarize=static"], "data.binarize must be auto, dynamic or none"),
     (["data.image_shape=[1,28,28]"], "have shape [1, 8, 8] but the config says data.image_shape=[1, 28, 28]"),
     (["data=image_folder"], "data.path is not set; point it at your data"),
@@ -191,7 +224,10 @@ BAD_VALUES = [
     (["model=beta_vae", "kl_schedule=cyclical", "kl_schedule.ratio=0"], "kl_schedule.ratio must be in (0, 1]"),
     (["model=beta_vae", "kl_schedule=linear", "kl_schedule.warmup_epochs=0"], "kl_schedule.warmup_epochs must be > 0"),
     (["model=beta_vae", "model.free_bits=-0.5"], "model.free_bits must be ≥ 0 nats"),
-    (["model=beta_vae", "model.free_bits=0.5", "model.posterior=full"], "model.free_bits needs model.posterior=diagonal"),
+    (
+        ["model=beta_vae", "model.free_bits=0.5", "model.posterior=full"],
+        "model.free_bits needs model.posterior=diagonal",
+    ),
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
     (["nonfinite=maybe"], "nonfinite must be stop or skip"),
@@ -199,71 +235,146 @@ BAD_VALUES = [
     (["model=vqvae", "model.quantizer.code_dim=0"], "model.quantizer.code_dim must be a whole number ≥ 1"),
     (["model=vqvae", "model.quantizer.beta=-0.1"], "model.quantizer.beta must be ≥ 0"),
     (["model=vqvae", "model.quantizer.update=kmeans"], "model.quantizer.update must be ema or loss"),
-    (["model=vqvae", "data=synthetic", "data.image_shape=[1,6,6]"], "model=vqvae needs images whose height and width are multiples of 4"),
+    (
+        ["model=vqvae", "data=synthetic", "data.image_shape=[1,6,6]"],
+        "model=vqvae needs images whose height and width are multiples of 4",
+    ),
     (["data.num_workers=-1"], "data.num_workers must be a whole number ≥ 0"),
     (["data.on_device=yes"], "data.on_device and data.pin_memory must be true or false"),
     (["data.on_device=true", "data.num_workers=2"], "data.on_device=true cuts batches on the GPU itself"),
-    (["model.channels_last=true"], "model.channels_last=true is a memory layout for convolutions; use it with net=conv"),
+    (
+        ["model.channels_last=true"],
+        "model.channels_last=true is a memory layout for convolutions; use it with net=conv",
+    ),
     (["trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val must be ≥ 0 or null"),
-    (["trainer.gradient_clip_val=1", "trainer.precision=16-mixed"],
-     "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused"),
+    (
+        ["trainer.gradient_clip_val=1", "trainer.precision=16-mixed"],
+        "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused",
+    ),
     (["seed=-1"], "seed must be an integer from 0 to 4294967295, got -1"),
     (["test=maybe"], "test must be true or false, got 'maybe'"),
     (["optimized_metric=elbo"], "optimized_metric must name a logged metric such as val/elbo, got 'elbo'"),
     (["optimized_metric=test/elbo", "test=false"], "optimized_metric=test/elbo is measured on the test split"),
     (["ckpt_path=/tmp"], "ckpt_path=/tmp is a folder; give the path of a .ckpt file"),
-    (["model=vqvae_prior", "prior.vqvae_ckpt=/tmp"], "prior.vqvae_ckpt=/tmp is a folder; give the path of a VQ-VAE run's checkpoint"),
+    (
+        ["model=vqvae_prior", "prior.vqvae_ckpt=/tmp"],
+        "prior.vqvae_ckpt=/tmp is a folder; give the path of a VQ-VAE run's checkpoint",
+    ),
     (["data=mnist", "data.val_size=-5"], "data.val_size must be a whole number ≥ 1, got -5"),
     (["data=mnist", "data.name=svhn"], "data.name must be one of mnist, fashion_mnist, cifar10, celeba, got 'svhn'"),
     (["data=mnist", "data.download=maybe"], "data.download must be true or false, got 'maybe'"),
     (["data=synthetic", "data.num_prototypes=0"], "data.num_prototypes must be a whole number ≥ 1, got 0"),
     (["data=synthetic", "data.flip=2"], "data.flip must be a probability in [0, 1], got 2"),
-    (["data=image_folder", "data.path=/tmp", "data.val_fraction=0.6", "data.test_fraction=0.5"],
-     "data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on"),
+    (
+        ["data=image_folder", "data.path=/tmp", "data.val_fraction=0.6", "data.test_fraction=0.5"],
+        "data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on",
+    ),
     (["data=binarized_mnist", "data.path=/etc/passwd"], "data.path=/etc/passwd is a file but not a .npz"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a whole number ≥ 1, got 0"),
     (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch must be a whole number ≥ 1, got 0"),
-    (["trainer.limit_train_batches=1.5"], "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 1.5"),
-    (["trainer.limit_train_batches=0"], "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 0"),
-    (["trainer.limit_val_batches=-1"], "trainer.limit_val_batches must be a fraction in [0, 1] or a whole number of batches ≥ 0, got -1"),
-    (["trainer.precision=17"], "trainer.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, got 17"),
-    (["trainer.accelerator=quantum"], "trainer.accelerator must be one of auto, cpu, gpu, cuda, mps, tpu, got 'quantum'"),
-    (["trainer.devices=0"], "trainer.devices must be a number of devices ≥ 1, -1 (all), auto or a list of device indices, got 0"),
-    (["trainer.accelerator=cpu", "trainer.devices=-1"], "trainer.devices must be a number of processes ≥ 1 with trainer.accelerator=cpu, got -1"),
-    (["trainer.accelerator=gpu", "trainer.devices=1000"], "trainer.accelerator=gpu and trainer.devices=1000 ask for 1000 GPUs but"),
+    (
+        ["trainer.limit_train_batches=1.5"],
+        "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 1.5",
+    ),
+    (
+        ["trainer.limit_train_batches=0"],
+        "trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches ≥ 1, got 0",
+    ),
+    (
+        ["trainer.limit_val_batches=-1"],
+        "trainer.limit_val_batches must be a fraction in [0, 1] or a whole number of batches ≥ 0, got -1",
+    ),
+    (
+        ["trainer.precision=17"],
+        "trainer.precision must be one of 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true, 64-true, got 17",
+    ),
+    (
+        ["trainer.accelerator=quantum"],
+        "trainer.accelerator must be one of auto, cpu, gpu, cuda, mps, tpu, got 'quantum'",
+    ),
+    (
+        ["trainer.devices=0"],
+        "trainer.devices must be a number of devices ≥ 1, -1 (all), auto or a list of device indices, got 0",
+    ),
+    (
+        ["trainer.accelerator=cpu", "trainer.devices=-1"],
+        "trainer.devices must be a number of processes ≥ 1 with trainer.accelerator=cpu, got -1",
+    ),
+    (
+        ["trainer.accelerator=gpu", "trainer.devices=1000"],
+        "trainer.accelerator=gpu and trainer.devices=1000 ask for 1000 GPUs but",
+    ),
     (["trainer=ddp", "trainer.strategy=ddpp"], "trainer.strategy must be auto or one of Lightning's strategies"),
     (["trainer.enable_progress_bar=maybe"], "trainer.enable_progress_bar must be true or false, got 'maybe'"),
     (["trainer.deterministic=maybe"], "trainer.deterministic must be true, false or warn, got 'maybe'"),
-    (["debug=profiler", "trainer.profiler=fancy"], "trainer.profiler must be null, simple, advanced or pytorch, got 'fancy'"),
-    (["debug=fast_dev_run", "trainer.fast_dev_run=-1"], "trainer.fast_dev_run must be true, false or a number of batches ≥ 1, got -1"),
+    (
+        ["debug=profiler", "trainer.profiler=fancy"],
+        "trainer.profiler must be null, simple, advanced or pytorch, got 'fancy'",
+    ),
+    (
+        ["debug=fast_dev_run", "trainer.fast_dev_run=-1"],
+        "trainer.fast_dev_run must be true, false or a number of batches ≥ 1, got -1",
+    ),
     (["debug=overfit", "data.overfit_batches=-1"], "data.overfit_batches must be a whole number ≥ 0, got -1"),
-    (["+trainer.overfit_batches=2"], "trainer.overfit_batches does not fit these in-memory data sets; use debug=overfit"),
+    (
+        ["+trainer.overfit_batches=2"],
+        "trainer.overfit_batches does not fit these in-memory data sets; use debug=overfit",
+    ),
     (["likelihood=gaussian", "likelihood.num_levels=256"], "likelihood.num_levels=256 but data.num_levels=17"),
-    (["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}"],
-     "model.scheduler.monitor=val/elbo is higher when better; set model.scheduler.mode=max"),
-    (["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:max,interval:step}"],
-     "model.scheduler ReduceLROnPlateau follows a validation metric; use model.scheduler.interval=epoch"),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true}"],
+        "model.scheduler.monitor=val/elbo is higher when better; set model.scheduler.mode=max",
+    ),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:max,interval:step}"],
+        "model.scheduler ReduceLROnPlateau follows a validation metric; use model.scheduler.interval=epoch",
+    ),
     (["trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches must be a whole number ≥ 1, got 0"),
-    (["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,interval:batch}"],
-     "model.scheduler.interval must be epoch or step, got 'batch'"),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,interval:batch}"],
+        "model.scheduler.interval must be epoch or step, got 'batch'",
+    ),
     (["+trainer.gradient_clip_algorithm=abs"], "trainer.gradient_clip_algorithm must be norm or value, got 'abs'"),
     (["callbacks.image_grids.num_images=1"], "callbacks.image_grids.num_images must be a whole number ≥ 2, got 1"),
-    (["callbacks.image_grids.every_n_epochs=0"], "callbacks.image_grids.every_n_epochs must be a whole number ≥ 1, got 0"),
-    (["callbacks.encoder_gradient_variance.num_draws=1"],
-     "callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got 1"),
-    (["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.batch_size=0"],
-     "callbacks.encoder_gradient_variance.batch_size must be a whole number ≥ 1, got 0"),
-    (["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.every_n_epochs=0"],
-     "callbacks.encoder_gradient_variance.every_n_epochs must be a whole number ≥ 1, got 0"),
+    (
+        ["callbacks.image_grids.every_n_epochs=0"],
+        "callbacks.image_grids.every_n_epochs must be a whole number ≥ 1, got 0",
+    ),
+    (
+        ["callbacks.encoder_gradient_variance.num_draws=1"],
+        "callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got 1",
+    ),
+    (
+        ["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.batch_size=0"],
+        "callbacks.encoder_gradient_variance.batch_size must be a whole number ≥ 1, got 0",
+    ),
+    (
+        ["callbacks.encoder_gradient_variance.num_draws=5", "callbacks.encoder_gradient_variance.every_n_epochs=0"],
+        "callbacks.encoder_gradient_variance.every_n_epochs must be a whole number ≥ 1, got 0",
+    ),
     (["callbacks.model_checkpoint.mode=lowest"], "callbacks.model_checkpoint.mode must be min or max, got 'lowest'"),
-    (["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k must be a whole number ≥ -1, got -2"),
-    (["callbacks.progress_bar.refresh_rate=-1"], "callbacks.progress_bar.refresh_rate must be a whole number ≥ 0, got -1"),
+    (
+        ["callbacks.model_checkpoint.save_top_k=-2"],
+        "callbacks.model_checkpoint.save_top_k must be a whole number ≥ -1, got -2",
+    ),
+    (
+        ["callbacks.progress_bar.refresh_rate=-1"],
+        "callbacks.progress_bar.refresh_rate must be a whole number ≥ 0, got -1",
+    ),
     (["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline must be auto, true or false, got 'maybe'"),
-    (["logger=wandb", "logger.wandb.log_model=sometimes"], "logger.wandb.log_model must be true, false or all, got 'sometimes'"),
-    (["logger=tensorboard", "logger.tensorboard.default_hp_metric=maybe"],
-     "logger.tensorboard.default_hp_metric must be true or false, got 'maybe'"),
+    (
+        ["logger=wandb", "logger.wandb.log_model=sometimes"],
+        "logger.wandb.log_model must be true, false or all, got 'sometimes'",
+    ),
+    (
+        ["logger=tensorboard", "logger.tensorboard.default_hp_metric=maybe"],
+        "logger.tensorboard.default_hp_metric must be true or false, got 'maybe'",
+    ),
     (["model.scheduler=foo"], "model.scheduler must be null or a config with _target_ and _partial_: true"),
-    (["experiment=iwae_paper", "model.scheduler.lr_lambda.stages=0"], "model.scheduler.lr_lambda.stages must be a whole number ≥ 1, got 0"),
+    (
+        ["experiment=iwae_paper", "model.scheduler.lr_lambda.stages=0"],
+        "model.scheduler.lr_lambda.stages must be a whole number ≥ 1, got 0",
+    ),
     (["+model.optimizer.eps=-1"], "model.optimizer.eps must be ≥ 0, got -1"),
     (["+model.optimizer.betas=[0.9,1.5]"], "model.optimizer.betas must be two numbers in [0, 1), got [0.9, 1.5]"),
     (["model.optimizer.fused=maybe"], "model.optimizer.fused must be true or false, got 'maybe'"),
@@ -274,14 +385,19 @@ BAD_VALUES = [
     (["model=vqvae", "size.vq_res_blocks=-1"], "size.vq_res_blocks must be a whole number ≥ 0, got -1"),
     (["model=vqvae", "model.quantizer.epsilon=0"], "model.quantizer.epsilon must be > 0, got 0"),
     (["model=vqvae", "model.quantizer.usage_decay=1.5"], "model.quantizer.usage_decay must be in (0, 1), got 1.5"),
-    (["model=vqvae", "model.quantizer.kmeans_iterations=-1"], "model.quantizer.kmeans_iterations must be a whole number ≥ 0, got -1"),
+    (
+        ["model=vqvae", "model.quantizer.kmeans_iterations=-1"],
+        "model.quantizer.kmeans_iterations must be a whole number ≥ 0, got -1",
+    ),
     (["model=vqvae", "model.quantizer.cosine=maybe"], "model.quantizer.cosine must be true or false, got 'maybe'"),
     (["model=vqvae_prior", "model.heads=3"], "model.width (128) must be a multiple of model.heads (3)"),
     (["model=vqvae_prior", "model.layers=0"], "model.layers must be a whole number ≥ 1, got 0"),
     (["model=vqvae_prior", "model.dropout=1"], "model.dropout must be in [0, 1), got 1"),
     (["model=vqvae_prior", "model.optimizer.lr=-1"], "model.optimizer.lr must be > 0, got -1"),
-    (["model=beta_vae", "kl_schedule=capacity", "trainer.max_epochs=-1"],
-     "kl_schedule.epochs must be > 0, got -1 (it follows trainer.max_epochs); set kl_schedule.steps=<N>"),
+    (
+        ["model=beta_vae", "kl_schedule=capacity", "trainer.max_epochs=-1"],
+        "kl_schedule.epochs must be > 0, got -1 (it follows trainer.max_epochs); set kl_schedule.steps=<N>",
+    ),
 ]
 
 
@@ -291,7 +407,10 @@ EVAL_BAD_VALUES = [
     (["seed=abc"], "seed must be an integer, got 'abc'"),
     (["pictures=maybe"], "pictures must be true or false, got 'maybe'"),
     (["data.download=maybe"], "data.download must be true, false or null, got 'maybe'"),
-    (["data.image_shape=[1,8]"], "data.image_shape must be null or [channels, height, width] of positive integers, got [1, 8]"),
+    (
+        ["data.image_shape=[1,8]"],
+        "data.image_shape must be null or [channels, height, width] of positive integers, got [1, 8]",
+    ),
     (["logger=wandb", "logger.wandb.offline=maybe"], "logger.wandb.offline must be auto, true or false, got 'maybe'"),
 ]
 
@@ -329,8 +448,9 @@ def test_a_kl_schedule_given_in_steps_does_not_look_at_its_epochs(tmp_path):
     a run without an epoch limit is fine."""
     from vaelab.checks import check_config
 
-    cfg = compose_config(["model=beta_vae", "kl_schedule=capacity", "kl_schedule.steps=100", "trainer.max_epochs=-1"],
-                         tmp_path)
+    cfg = compose_config(
+        ["model=beta_vae", "kl_schedule=capacity", "kl_schedule.steps=100", "trainer.max_epochs=-1"], tmp_path
+    )
     check_config(cfg)
 
 

@@ -70,8 +70,10 @@ def test_dynamic_binarization_follows_the_likelihood():
 @pytest.mark.parametrize("n,batch", [(1000, 100), (1001, 100), (37, 8)])
 def test_sharded_batches_reassemble_the_single_process_batches(n, batch):
     single = [b.indices for b in ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3)]
-    ranks = [[b.indices for b in ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2)]
-             for r in range(2)]
+    ranks = [
+        [b.indices for b in ShardedBatchSampler(n, batch, shuffle=True, drop_last=True, seed=3, rank=r, world_size=2)]
+        for r in range(2)
+    ]
     assert len(ranks[0]) == len(ranks[1]) == len(single) == n // batch
     for whole, a, b in zip(single, *ranks):
         assert torch.equal(torch.cat([a, b]), whole)
@@ -84,7 +86,10 @@ def test_sampler_reshuffles_per_epoch_and_evaluation_covers_everything():
     s.set_epoch(1)
     second = torch.cat([b.indices for b in s])
     assert not torch.equal(first, second) and torch.equal(first.sort().values, second.sort().values)
-    ev = [torch.cat([b.indices for b in ShardedBatchSampler(53, 10, False, False, rank=r, world_size=2)]) for r in range(2)]
+    ev = [
+        torch.cat([b.indices for b in ShardedBatchSampler(53, 10, False, False, rank=r, world_size=2)])
+        for r in range(2)
+    ]
     assert torch.equal(torch.cat(ev).sort().values, torch.arange(53))
 
 
@@ -142,8 +147,15 @@ def test_fashion_mnist_idx_folder(tmp_path, compress):
     for prefix, n in (("train", 12), ("t10k", 4)):
         write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)), compress)
         write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (n,)), compress)
-    dm = TorchvisionDataModule(name="fashion_mnist", root=str(tmp_path), download=False, val_size=2,
-                               image_shape=[1, 28, 28], likelihood="gaussian", batch_size=5)
+    dm = TorchvisionDataModule(
+        name="fashion_mnist",
+        root=str(tmp_path),
+        download=False,
+        val_size=2,
+        image_shape=[1, 28, 28],
+        likelihood="gaussian",
+        batch_size=5,
+    )
     dm.prepare()
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [10, 2, 4]
     expected = read_idx(tmp_path / f"t10k-images-idx3-ubyte{suffix}", 3)
@@ -172,17 +184,23 @@ def write_raw_mnist(root, n_train: int = 8, n_test: int = 3) -> None:
 
 def test_torchvision_mnist_from_raw_files(tmp_path):
     write_raw_mnist(tmp_path)
-    dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=2, image_shape=[1, 28, 28], batch_size=4)
+    dm = TorchvisionDataModule(
+        name="mnist", root=str(tmp_path), download=False, val_size=2, image_shape=[1, 28, 28], batch_size=4
+    )
     dm.prepare()
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 2, 3]
 
 
 def test_a_validation_split_as_large_as_the_training_file_is_refused(tmp_path):
     write_raw_mnist(tmp_path)
-    dm = TorchvisionDataModule(name="mnist", root=str(tmp_path), download=False, val_size=8, image_shape=[1, 28, 28],
-                               batch_size=4)
-    with pytest.raises(UserError, match=r"^data.val_size=8 leaves none of the 8 training images to train on; "
-                                        r"lower data.val_size$"):
+    dm = TorchvisionDataModule(
+        name="mnist", root=str(tmp_path), download=False, val_size=8, image_shape=[1, 28, 28], batch_size=4
+    )
+    with pytest.raises(
+        UserError,
+        match=r"^data.val_size=8 leaves none of the 8 training images to train on; "
+        r"lower data.val_size$",
+    ):
         dm.prepare()
 
 
@@ -274,8 +292,10 @@ def test_a_gaussian_likelihood_sees_uniformly_dequantized_data_and_its_bound_add
     m, s = 0.5, 0.3
     likelihood = GaussianLikelihood(sigma=s, num_levels=L)
     mean_log_density = likelihood.log_prob(y, torch.full_like(y, m)).mean().item()
-    expected = sum(-math.log(s * math.sqrt(2 * math.pi)) - (((v + 0.5) / L - m) ** 2 + 1 / (12 * L**2)) / (2 * s**2)
-                   for v in (0, levels // 3, levels))
+    expected = sum(
+        -math.log(s * math.sqrt(2 * math.pi)) - (((v + 0.5) / L - m) ** 2 + 1 / (12 * L**2)) / (2 * s**2)
+        for v in (0, levels // 3, levels)
+    )
     assert mean_log_density == pytest.approx(expected, abs=0.01)
     assert likelihood.bpd_offset_nats_per_dim == pytest.approx(math.log(L))
     # Evaluation data is dequantized once: the same values every epoch.
@@ -304,6 +324,9 @@ def test_random_streams_that_should_be_independent_are():
     seed0.set_epoch(1)
     assert not torch.equal(next(iter(seed0)).indices, next(iter(seed1)).indices)
     data.trainer = SimpleNamespace(world_size=3, global_rank=0)
-    with pytest.raises(UserError, match=r"data.batch_size=10 does not split evenly over the 3 processes; "
-                                        r"choose a multiple of 3"):
+    with pytest.raises(
+        UserError,
+        match=r"data.batch_size=10 does not split evenly over the 3 processes; "
+        r"choose a multiple of 3",
+    ):
         data.setup("fit")

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from conftest import run_cli
-from test_variants import S, exact_log_px, linear_gaussian
+from test_variants import exact_log_px, linear_gaussian
 from vaelab.config import compose_config
 from vaelab.data import Split
 from vaelab.errors import UserError
@@ -72,8 +72,13 @@ def binary_split(n=200, seed=0):
 
 
 def test_active_units_count_the_latents_the_encoder_uses():
-    model = VAE([1, 4, 4], 4, {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"}, {"name": "bernoulli"},
-                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    model = VAE(
+        [1, 4, 4],
+        4,
+        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
     model.encoder = HalfIgnoringEncoder()
     results = evaluate_split(model, binary_split(), k=10, chunk=5, batch_size=64)
     assert results["active_units"] == 2
@@ -82,8 +87,13 @@ def test_active_units_count_the_latents_the_encoder_uses():
 
 def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
     torch.manual_seed(0)
-    model = VAE([1, 4, 4], 3, {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"}, {"name": "bernoulli"},
-                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    model = VAE(
+        [1, 4, 4],
+        3,
+        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
     split = binary_split()
     a = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
     b = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
@@ -95,8 +105,9 @@ def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
 
 def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
     metrics = train(compose_config(QUICK, tmp_path / "run"))
-    cfg = compose_config([f"ckpt_path={tmp_path}/run/checkpoints/best.ckpt", "k=500", "chunk=250"], tmp_path / "eval",
-                         config_name="eval")
+    cfg = compose_config(
+        [f"ckpt_path={tmp_path}/run/checkpoints/best.ckpt", "k=500", "chunk=250"], tmp_path / "eval", config_name="eval"
+    )
     results = evaluate_checkpoint(cfg)
     # The logged test ELBO is a one-sample estimate per example; measure its spread and compare.
     from vaelab.eval import build_data, build_model, load_checkpoint
@@ -111,8 +122,14 @@ def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
     assert results["nll"] <= -results["elbo"]
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["nll"] == pytest.approx(results["nll"]) and saved["k"] == 500
-    for name in ("samples", "reconstructions", "interpolation_linear", "interpolation_spherical", "traversals",
-                 "latent_map"):
+    for name in (
+        "samples",
+        "reconstructions",
+        "interpolation_linear",
+        "interpolation_spherical",
+        "traversals",
+        "latent_map",
+    ):
         assert (tmp_path / "eval" / "images" / f"{name}.png").is_file()
 
 
@@ -149,7 +166,9 @@ def test_eval_bad_inputs(tmp_path):
     with pytest.raises(UserError, match="already holds an evaluation"):
         evaluate_checkpoint(compose_config([f"ckpt_path={best}", "k=3"], done, config_name="eval"))
     assert (done / "metrics.json").read_text() == before
-    with pytest.raises(UserError, match=r"the data has images of shape \[1, 4, 4\] but the checkpoint's model takes \[1, 8, 8\]"):
+    with pytest.raises(
+        UserError, match=r"the data has images of shape \[1, 4, 4\] but the checkpoint's model takes \[1, 8, 8\]"
+    ):
         run(f"ckpt_path={best}", "data.image_shape=[1,4,4]")
 
 
@@ -189,13 +208,14 @@ def test_manifold_decodes_the_prior_quantiles_in_reading_order():
             y, x = pad + row * (1 + pad), pad + col * (2 + pad)
             # z1 grows to the right, z2 grows upwards (the AEVB paper's figure 4).
             expected = torch.sigmoid(torch.stack([quantiles[col], quantiles[steps - 1 - row]]))
-            torch.testing.assert_close(image[0, y, x:x + 2], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(image[0, y, x : x + 2], expected, atol=1e-6, rtol=0)
 
 
 def test_a_two_dimensional_latent_gets_its_manifold_picture(tmp_path):
     train(compose_config([*QUICK, "size.latent_dim=2", "test=false"], tmp_path / "run"))
-    cfg = compose_config([f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=10"], tmp_path / "eval",
-                         config_name="eval")
+    cfg = compose_config(
+        [f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=10"], tmp_path / "eval", config_name="eval"
+    )
     evaluate_checkpoint(cfg)
     assert (tmp_path / "eval" / "images" / "manifold.png").is_file()
     assert not (tmp_path / "run").joinpath("images", "manifold.png").exists()  # eval writes its own folder
@@ -229,8 +249,9 @@ def test_report_lists_job_folders_in_numeric_order(tmp_path):
 @pytest.mark.slow
 def test_eval_cli_prints_the_summary(tmp_path):
     train(compose_config(QUICK, tmp_path / "run"))
-    result = run_cli([f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=20", "pictures=false"], cwd=tmp_path,
-                     script="eval.py")
+    result = run_cli(
+        [f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt", "k=20", "pictures=false"], cwd=tmp_path, script="eval.py"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NLL (k=20)" in result.stdout and "active units" in result.stdout
     (folder,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()

@@ -45,7 +45,9 @@ def test_gradients_are_clipped_to_trainer_gradient_clip_val(tmp_path):
             grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
             norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
 
-    train_with(GradientNorm(), compose_config([*QUICK, "trainer.max_epochs=1", "trainer.gradient_clip_val=0.5"], tmp_path))
+    train_with(
+        GradientNorm(), compose_config([*QUICK, "trainer.max_epochs=1", "trainer.gradient_clip_val=0.5"], tmp_path)
+    )
     assert len(norms) == STEPS_PER_EPOCH and max(norms) <= 0.5 + 1e-5
     # Without the limit the same model's gradients are far larger: the clip did something.
     norms.clear()
@@ -78,8 +80,9 @@ def test_channels_last_changes_the_memory_layout_not_the_numbers(tmp_path):
     loss_b, _ = nhwc.step_metrics(x.contiguous(memory_format=torch.channels_last))
     assert loss_b.item() == pytest.approx(loss_a.item(), rel=1e-5)
     # And a run with the switch trains, and its checkpoint loads into a model built the usual way.
-    metrics = train(compose_config([*QUICK, "net=conv", "model.channels_last=true", "trainer.max_epochs=1"],
-                                   tmp_path / "run"))
+    metrics = train(
+        compose_config([*QUICK, "net=conv", "model.channels_last=true", "trainer.max_epochs=1"], tmp_path / "run")
+    )
     usual = train(compose_config([*QUICK, "net=conv", "trainer.max_epochs=1"], tmp_path / "usual"))
     assert metrics["val/elbo"] == pytest.approx(usual["val/elbo"], rel=1e-4)  # the same training, another layout
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
@@ -94,8 +97,10 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(DiagonalGaussian, "rsample", lambda self, num_samples=None: self.mu)
     weights = []
-    for run, overrides in (("big", ["data.batch_size=64"]),
-                           ("accumulated", ["data.batch_size=16", "trainer.accumulate_grad_batches=4"])):
+    for run, overrides in (
+        ("big", ["data.batch_size=64"]),
+        ("accumulated", ["data.batch_size=16", "trainer.accumulate_grad_batches=4"]),
+    ):
         folder = tmp_path / run
         train(compose_config([*QUICK, "trainer.max_epochs=2", "trainer.limit_val_batches=1", *overrides], folder))
         state = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)
@@ -108,27 +113,35 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path, monkeypatch):
 def test_reduce_lr_on_plateau_follows_its_monitored_metric(tmp_path):
     """A patience of 0 and a threshold no epoch can meet: after the first validation (which sets the
     best value) the rate halves after every validation."""
-    schedule = ("model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:max,"
-                "factor:0.5,patience:0,threshold:1000,threshold_mode:abs,monitor:val/elbo}")
+    schedule = (
+        "model.scheduler={_target_:torch.optim.lr_scheduler.ReduceLROnPlateau,_partial_:true,mode:max,"
+        "factor:0.5,patience:0,threshold:1000,threshold_mode:abs,monitor:val/elbo}"
+    )
     seen = []
 
     class LearningRates(L.Callback):
         def on_train_epoch_start(self, trainer, pl_module):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    train_with(LearningRates(), compose_config([*QUICK, "trainer.max_epochs=3", "trainer.limit_val_batches=1",
-                                                schedule], tmp_path))
+    train_with(
+        LearningRates(),
+        compose_config([*QUICK, "trainer.max_epochs=3", "trainer.limit_val_batches=1", schedule], tmp_path),
+    )
     assert seen == pytest.approx([1e-3, 1e-3, 5e-4])
 
 
 def test_a_per_step_schedule_steps_after_every_optimizer_step(tmp_path):
-    schedule = "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.9,interval:step}"
+    schedule = (
+        "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.9,interval:step}"
+    )
     seen = []
 
     class LearningRates(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             seen.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    train_with(LearningRates(), compose_config([*QUICK, "trainer.max_epochs=2", "trainer.limit_val_batches=1",
-                                                schedule], tmp_path))
+    train_with(
+        LearningRates(),
+        compose_config([*QUICK, "trainer.max_epochs=2", "trainer.limit_val_batches=1", schedule], tmp_path),
+    )
     assert seen == pytest.approx([1e-3 * 0.9**i for i in range(2 * STEPS_PER_EPOCH)])

@@ -62,8 +62,12 @@ def test_elbo_is_below_log_likelihood_on_a_model_with_known_marginal():
     """Decoder p(x|z) = N(x; z, s^2 I), prior N(0, I): then p(x) = N(x; 0, (1 + s^2) I) exactly,
     and the ELBO, for any posterior, is at most log p(x); equal at the true posterior."""
     s = 0.5
-    vae = make_vae({"kind": "mlp", "hidden_dims": [4], "activation": "tanh"}, image_shape=(1, 1, 2), latent_dim=2,
-                   likelihood={"name": "gaussian", "sigma": s, "learn_sigma": "none"})
+    vae = make_vae(
+        {"kind": "mlp", "hidden_dims": [4], "activation": "tanh"},
+        image_shape=(1, 1, 2),
+        latent_dim=2,
+        likelihood={"name": "gaussian", "sigma": s, "learn_sigma": "none"},
+    )
     vae.decoder = Fixed(lambda z: z.unflatten(-1, (1, 1, 2)))
     x = torch.randn(4000, 1, 1, 2)
     exact = torch.distributions.Normal(0, math.sqrt(1 + s**2)).log_prob(x).flatten(1).sum(-1)

@@ -15,13 +15,19 @@ from conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-ONE_BATCH = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-             "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false"]
+ONE_BATCH = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+]
 
 
 def pip(*args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout + result.stderr
 
@@ -64,16 +70,27 @@ def test_the_wheel_carries_every_config_and_module(wheel):
 def run_installed(command: str, args: list[str], site: Path, cwd: Path) -> subprocess.CompletedProcess:
     """The console script ``command`` of the installed wheel, run from ``cwd``."""
     env = {**os.environ, "PYTHONPATH": str(site), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, str(site / "bin" / command), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(site / "bin" / command), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def assert_imports_from(site: Path) -> None:
     """The interpreter of run_installed finds vaelab in ``site``, not in the source
     tree that the development install puts on the path."""
     env = {**os.environ, "PYTHONPATH": str(site)}
-    result = subprocess.run([sys.executable, "-c", "import vaelab; print(vaelab.__file__)"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", "import vaelab; print(vaelab.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert Path(result.stdout.strip()).resolve().is_relative_to(site.resolve()), result.stdout
 
@@ -85,8 +102,12 @@ def test_the_wheel_trains_and_evaluates_from_an_empty_folder(site, tmp_path):
     (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
     assert json.loads((run / "test_metrics.json").read_text())["test/elbo"] < 0
 
-    result = run_installed("vaelab-eval", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "k=2", "chunk=2",
-                                           "pictures=false"], site, cwd=tmp_path)
+    result = run_installed(
+        "vaelab-eval",
+        [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "k=2", "chunk=2", "pictures=false"],
+        site,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert list((tmp_path / "outputs" / "eval" / "runs").iterdir())
 
@@ -99,11 +120,16 @@ def test_a_users_config_folder_adds_experiments_and_data_sets(site, tmp_path):
     (mine / "data" / "tiny.yaml").write_text("defaults:\n  - synthetic\n  - _self_\nnum_train: 64\nnum_eval: 32\n")
     (mine / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /data: tiny\ntask_name: mine\n"
-        "trainer:\n  max_epochs: 1\n  limit_train_batches: 1\n")
+        "trainer:\n  max_epochs: 1\n  limit_train_batches: 1\n"
+    )
     work = tmp_path / "work"
     work.mkdir()
-    result = run_installed("vaelab-train", [f"hydra.searchpath=[file://{mine}]", "experiment=mine",
-                                            "trainer.enable_progress_bar=false"], site, cwd=work)
+    result = run_installed(
+        "vaelab-train",
+        [f"hydra.searchpath=[file://{mine}]", "experiment=mine", "trainer.enable_progress_bar=false"],
+        site,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = (work / "outputs" / "mine" / "runs").iterdir()
     config = (run / "config.yaml").read_text()

@@ -12,8 +12,13 @@ QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "trainer.max_epo
 
 
 def test_log_densities_and_kl_stay_float32_under_bf16_autocast():
-    model = VAE([1, 8, 8], 4, {"kind": "conv", "channels": [8, 16], "activation": "relu"}, {"name": "bernoulli"},
-                {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3})
+    model = VAE(
+        [1, 8, 8],
+        4,
+        {"kind": "conv", "channels": [8, 16], "activation": "relu"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
     x = torch.bernoulli(torch.full((4, 1, 8, 8), 0.4))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model.encoder(x).dtype == torch.bfloat16  # the networks do run in bf16

@@ -18,7 +18,8 @@ def tensors(shape, low, high):
     for s in shape:
         n *= s
     return st.lists(st.floats(low, high, allow_nan=False, width=32), min_size=n, max_size=n).map(
-        lambda xs: torch.tensor(xs, dtype=torch.float32).view(shape))
+        lambda xs: torch.tensor(xs, dtype=torch.float32).view(shape)
+    )
 
 
 @given(tensors((3, 4), -1e3, 1e3), tensors((3, 4), -1e4, 1e4))
@@ -55,8 +56,13 @@ def test_gaussian_log_likelihood_is_finite(mean, sigma):
     assert torch.isfinite(logp).all()
 
 
-MODEL = VAE([1, 3, 3], 2, {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"}, {"name": "bernoulli"},
-            {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}).eval()
+MODEL = VAE(
+    [1, 3, 3],
+    2,
+    {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+    {"name": "bernoulli"},
+    {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+).eval()
 
 
 @given(st.integers(1, 12), st.integers(0, 2**16))
@@ -67,6 +73,11 @@ def test_per_example_terms_do_not_depend_on_the_batch(batch_size, seed):
     with torch.no_grad():
         q = MODEL.posterior(x)
         together = MODEL.likelihood.log_prob(x, MODEL.decoder(q.mu)) - q.kl_to_standard_normal()
-        alone = torch.cat([MODEL.likelihood.log_prob(xi[None], MODEL.decoder(MODEL.posterior(xi[None]).mu))
-                           - MODEL.posterior(xi[None]).kl_to_standard_normal() for xi in x])
+        alone = torch.cat(
+            [
+                MODEL.likelihood.log_prob(xi[None], MODEL.decoder(MODEL.posterior(xi[None]).mu))
+                - MODEL.posterior(xi[None]).kl_to_standard_normal()
+                for xi in x
+            ]
+        )
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)

@@ -131,7 +131,7 @@ def test_restarts_draw_distinct_encoder_outputs(rows, seed):
 def test_cosine_codebook_and_low_dimensional_lookup():
     vq = quantizer(cosine=True, lookup_dim=2, code_dim=6).train()
     z_e = torch.randn(2, 6, 2, 2, requires_grad=True)
-    z_q, out = vq(z_e)
+    z_q, _out = vq(z_e)
     assert z_q.shape == z_e.shape
     torch.testing.assert_close(vq.codes().norm(dim=1), torch.ones(8))
     z_q.sum().backward()
@@ -175,8 +175,18 @@ def test_perplexity_and_codes_used_describe_the_global_batch(monkeypatch, traini
 
 
 # ---- DDP ------------------------------------------------------------------------------------
-SETTINGS = dict(num_codes=16, code_dim=4, update="ema", decay=0.8, kmeans_init=True, kmeans_iterations=5,
-                restart_dead=True, dead_threshold=0.9, usage_decay=0.5, seed=3)
+SETTINGS = dict(
+    num_codes=16,
+    code_dim=4,
+    update="ema",
+    decay=0.8,
+    kmeans_init=True,
+    kmeans_iterations=5,
+    restart_dead=True,
+    dead_threshold=0.9,
+    usage_decay=0.5,
+    seed=3,
+)
 
 
 def global_batches(steps=6):

@@ -142,8 +142,13 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, 
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"
     assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={interrupted}"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args, f"hydra.run.dir={interrupted}"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     last = interrupted / "checkpoints" / "last.ckpt"
     # Kill at a random point inside a random early epoch. Waiting for that epoch's checkpoint (not
     # for wall-clock time) keeps the kill early on any machine, however fast.
@@ -159,13 +164,17 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, 
     resumed = run_cli([*args, f"hydra.run.dir={interrupted}", "ckpt_path=last"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_metrics(whole), final_metrics(interrupted)
-    keys = ("test/loss", "test/elbo", "test/recon") + (("test/perplexity", "test/codes_used") if model == "vqvae" else ("test/kl",))
+    keys = ("test/loss", "test/elbo", "test/recon") + (
+        ("test/perplexity", "test/codes_used") if model == "vqvae" else ("test/kl",)
+    )
     for key in keys:
         assert b[key] == pytest.approx(a[key], rel=1e-6), key
     # The resumed run's log continues the first one's: every epoch's validation row is there.
     rows = (interrupted / "csv" / "metrics.csv").read_text().splitlines()
     header = rows[0].split(",")
-    logged_epochs = {int(r.split(",")[header.index("epoch")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]}
+    logged_epochs = {
+        int(r.split(",")[header.index("epoch")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]
+    }
     assert logged_epochs == set(range(epochs))
 
 
@@ -173,9 +182,14 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, 
 def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *QUICK, "trainer.max_epochs=40",
-                             f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *QUICK, "trainer.max_epochs=40", f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     last = run / "checkpoints" / "last.ckpt"
     while not last.exists() and proc.poll() is None:
         time.sleep(0.02)
@@ -230,13 +244,28 @@ def test_under_ddp_every_process_takes_the_same_non_finite_decision(policy, tmp_
     script = tmp_path / "poisoned_train.py"
     script.write_text(POISON_RANK_1)
     run = tmp_path / "run"
-    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "data=synthetic", "trainer.max_epochs=2", "test=false",
-                      "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1", f"nonfinite={policy}",
-                      f"hydra.run.dir={run}"], cwd=tmp_path, script=str(script), timeout=150)
+    result = run_cli(
+        [
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "data=synthetic",
+            "trainer.max_epochs=2",
+            "test=false",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=1",
+            f"nonfinite={policy}",
+            f"hydra.run.dir={run}",
+        ],
+        cwd=tmp_path,
+        script=str(script),
+        timeout=150,
+    )
     if policy == "stop":
         assert result.returncode == 3, result.stderr[-2000:]
         assert "step 10: the loss is nan" in result.stderr
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8  # the last good state
+        assert (
+            torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 8
+        )  # the last good state
     else:
         assert result.returncode == 0, result.stderr[-2000:]
         last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
@@ -279,9 +308,20 @@ def test_ddp_processes_draw_different_noise(tmp_path):
 
     script = tmp_path / "recording_train.py"
     script.write_text(RECORD_NOISE)
-    result = run_cli(["trainer=ddp_cpu", "trainer.devices=2", "data=synthetic", "trainer.max_epochs=1", "test=false",
-                      "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path,
-                     script=str(script), timeout=150)
+    result = run_cli(
+        [
+            "trainer=ddp_cpu",
+            "trainer.devices=2",
+            "data=synthetic",
+            "trainer.max_epochs=1",
+            "test=false",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        script=str(script),
+        timeout=150,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     eps = [torch.load(tmp_path / f"eps_rank{rank}.pt") for rank in (0, 1)]
     assert eps[0].shape == eps[1].shape and eps[0].shape[0] == 32  # each process: half of the global batch of 64

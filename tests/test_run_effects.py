@@ -41,14 +41,27 @@ def capacity(step: int) -> tuple[float, float | None]:
     return 1000.0, 25.0 * min(1.0, step / (3 * DIGITS_STEPS_PER_EPOCH))  # C rises to 25 nats over 3 epochs
 
 
-@pytest.mark.parametrize("schedule, overrides, closed_form", [
-    ("linear", ["kl_schedule.warmup_epochs=2"], linear),
-    ("cyclical", [], cyclical),
-    ("capacity", [], capacity),
-])
+@pytest.mark.parametrize(
+    "schedule, overrides, closed_form",
+    [
+        ("linear", ["kl_schedule.warmup_epochs=2"], linear),
+        ("cyclical", [], cyclical),
+        ("capacity", [], capacity),
+    ],
+)
 def test_kl_schedules_given_in_epochs_run_over_those_epochs(schedule, overrides, closed_form, tmp_path):
-    cfg = compose_config([*QUICK, "model=beta_vae", f"kl_schedule={schedule}", *overrides, "trainer.max_epochs=3",
-                          "trainer.log_every_n_steps=5", "test=false"], tmp_path)
+    cfg = compose_config(
+        [
+            *QUICK,
+            "model=beta_vae",
+            f"kl_schedule={schedule}",
+            *overrides,
+            "trainer.max_epochs=3",
+            "trainer.log_every_n_steps=5",
+            "test=false",
+        ],
+        tmp_path,
+    )
     train(cfg)
     betas = logged_series(tmp_path, "train/beta")
     assert max(betas) >= 2 * DIGITS_STEPS_PER_EPOCH  # logged across all three epochs
@@ -64,8 +77,17 @@ def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_elbo(tmp_path
     """Under capacity control val/loss measures |KL - C(t)| for a moving C(t), not how good the model
     is: in this run it is lowest after epoch 1 while the bound is best after epoch 0. The bound
     (val/elbo) is what is selected, for every model."""
-    cfg = compose_config([*QUICK, "model=beta_vae", "kl_schedule=capacity", "kl_schedule.c_max=4",
-                          "trainer.max_epochs=4", "trainer.limit_val_batches=1.0"], tmp_path)
+    cfg = compose_config(
+        [
+            *QUICK,
+            "model=beta_vae",
+            "kl_schedule=capacity",
+            "kl_schedule.c_max=4",
+            "trainer.max_epochs=4",
+            "trainer.limit_val_batches=1.0",
+        ],
+        tmp_path,
+    )
     train(cfg)
     val_elbo = {int(row["epoch"]): float(row["val/elbo"]) for row in logged_rows(tmp_path) if row.get("val/elbo")}
     best_epoch = max(val_elbo, key=val_elbo.get)
@@ -80,8 +102,16 @@ def test_gaussian_bits_per_dim_on_digits_is_a_bound_that_beats_a_uniform_guess(t
     model's bits/dim is a bound on a discrete distribution: at least 0, and below the guess."""
     import math
 
-    cfg = compose_config([*QUICK, "likelihood=gaussian_learned", "likelihood.learn_sigma=pixel",
-                          "trainer.max_epochs=10", "trainer.limit_val_batches=1.0"], tmp_path)
+    cfg = compose_config(
+        [
+            *QUICK,
+            "likelihood=gaussian_learned",
+            "likelihood.learn_sigma=pixel",
+            "trainer.max_epochs=10",
+            "trainer.limit_val_batches=1.0",
+        ],
+        tmp_path,
+    )
     train(cfg)
     bpd = json.loads((tmp_path / "test_metrics.json").read_text())["test/bpd"]
     assert 0 <= bpd < math.log2(17), bpd
@@ -132,8 +162,8 @@ def wandb_offline_config(run_file: Path) -> dict:
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
             pos += 32768 - pos % 32768
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        parts += data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        parts += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a whole record, or the last chunk of one
             record = wandb_internal_pb2.Record()
@@ -146,8 +176,9 @@ def wandb_offline_config(run_file: Path) -> dict:
 
 
 def test_every_logger_receives_the_whole_resolved_run_config(tmp_path):
-    cfg = compose_config([*QUICK, "logger=wandb", "trainer.max_epochs=1", "data.batch_size=16", "seed=5",
-                          "test=false"], tmp_path)
+    cfg = compose_config(
+        [*QUICK, "logger=wandb", "trainer.max_epochs=1", "data.batch_size=16", "seed=5", "test=false"], tmp_path
+    )
     train(cfg)
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     logged = wandb_offline_config(run_file)

@@ -1,5 +1,6 @@
 """IWAE, DReG, the score-function estimator, full-covariance posteriors, KL and LR schedules."""
 
+import itertools
 import math
 
 import pytest
@@ -11,7 +12,14 @@ from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 from vaelab.models import IWAE, VAE, BetaVAE
 from vaelab.models.base import WeightedSums
 from vaelab.objectives import iwae_bound
-from vaelab.schedules import CapacityControl, ConstantBeta, CyclicalAnnealing, IWAEPaperLR, LinearWarmup, build_kl_schedule
+from vaelab.schedules import (
+    CapacityControl,
+    ConstantBeta,
+    CyclicalAnnealing,
+    IWAEPaperLR,
+    LinearWarmup,
+    build_kl_schedule,
+)
 
 ADAM = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
 MLP = {"kind": "mlp", "hidden_dims": [16], "activation": "tanh"}
@@ -48,8 +56,9 @@ def analytic_elbo(model, x):
     """E_q[log p(x|z)] - KL in closed form for the linear-Gaussian model."""
     q = model.posterior(x)
     dims = x[0].numel()
-    expected_rec = (-0.5 * dims * math.log(2 * math.pi * S**2)
-                    - ((x.flatten(1) - q.mu) ** 2 + q.logvar.exp()).sum(-1) / (2 * S**2))
+    expected_rec = -0.5 * dims * math.log(2 * math.pi * S**2) - ((x.flatten(1) - q.mu) ** 2 + q.logvar.exp()).sum(
+        -1
+    ) / (2 * S**2)
     return expected_rec - q.kl_to_standard_normal()
 
 
@@ -70,7 +79,7 @@ def test_bound_increases_with_k_and_approaches_log_px():
     x = torch.randn(500, 1, 1, 2)
     exact = exact_log_px(x).mean()
     gaps = [exact - model.iwae_bound(x, k, chunk=64).mean() for k in (1, 10, 100, 1000)]
-    assert all(a > b for a, b in zip(gaps, gaps[1:])), gaps
+    assert all(a > b for a, b in itertools.pairwise(gaps)), gaps
     assert gaps[0] > 1.0 and gaps[-1] < 0.25 * gaps[0] and gaps[-1] > -0.02
 
 
@@ -198,8 +207,11 @@ def test_encoder_gradient_variance_uses_the_data_as_the_model_trains_on_it(likel
     data.prepare()
     assert data.binarize == binary
     seen = []
-    monkeypatch.setattr(vaelab.diagnostics, "encoder_gradient_samples",
-                        lambda model, x, num_draws: seen.append(x) or torch.randn(num_draws, 3))
+    monkeypatch.setattr(
+        vaelab.diagnostics,
+        "encoder_gradient_samples",
+        lambda model, x, num_draws: seen.append(x) or torch.randn(num_draws, 3),
+    )
     module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda *args, **kwargs: None)
     callback = EncoderGradientVariance(num_draws=2, batch_size=50)
     for epoch in (0, 1):
@@ -214,8 +226,9 @@ def test_encoder_gradient_variance_uses_the_data_as_the_model_trains_on_it(likel
 # ---- full covariance -------------------------------------------------------------------
 def random_full_cov(batch=5, latent=4):
     torch.manual_seed(0)
-    return FullCovGaussian(torch.randn(batch, latent), torch.randn(batch, latent),
-                           torch.randn(batch, latent * (latent - 1) // 2))
+    return FullCovGaussian(
+        torch.randn(batch, latent), torch.randn(batch, latent), torch.randn(batch, latent * (latent - 1) // 2)
+    )
 
 
 def test_full_cov_kl_and_log_prob_match_torch_distributions():
@@ -267,10 +280,13 @@ def test_schedules_match_their_formulas():
 
 
 def test_epoch_lengths_become_steps():
-    schedule = build_kl_schedule({"name": "linear", "warmup_steps": None, "warmup_epochs": 2}, beta=1.0, steps_per_epoch=30)
+    schedule = build_kl_schedule(
+        {"name": "linear", "warmup_steps": None, "warmup_epochs": 2}, beta=1.0, steps_per_epoch=30
+    )
     assert schedule.warmup_steps == 60
-    schedule = build_kl_schedule({"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": None, "epochs": 3},
-                                 beta=1.0, steps_per_epoch=10)
+    schedule = build_kl_schedule(
+        {"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": None, "epochs": 3}, beta=1.0, steps_per_epoch=10
+    )
     assert schedule.steps == 30 and schedule.gamma == 10.0
 
 
@@ -304,12 +320,15 @@ def test_beta_vae_loss_with_schedule_capacity_and_free_bits():
 
 
 # ---- where step metrics live ----------------------------------------------------------------
-@pytest.mark.parametrize("cls, kwargs", [
-    (VAE, {}),
-    (BetaVAE, {"kl_schedule": {"name": "linear", "warmup_steps": 10}}),
-    (BetaVAE, {"kl_schedule": {"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": 10}}),
-    (IWAE, {"k": 3}),
-])
+@pytest.mark.parametrize(
+    "cls, kwargs",
+    [
+        (VAE, {}),
+        (BetaVAE, {"kl_schedule": {"name": "linear", "warmup_steps": 10}}),
+        (BetaVAE, {"kl_schedule": {"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": 10}}),
+        (IWAE, {"k": 3}),
+    ],
+)
 def test_every_step_metric_lives_on_the_loss_device(cls, kwargs):
     """A metric made on the CPU beside a GPU loss fails when the metrics are stacked. The suite has
     no GPU, so the model runs on PyTorch's meta device, which is not the CPU either: anything created

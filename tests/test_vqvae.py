@@ -16,14 +16,33 @@ from vaelab.models import VQVAE
 from vaelab.train import train
 
 QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "size=small"]
-QUANTIZER = dict(num_codes=16, code_dim=8, beta=0.25, update="ema", decay=0.99, epsilon=1e-5, kmeans_init=True,
-                 kmeans_iterations=5, restart_dead=True, dead_threshold=0.03, usage_decay=0.99, cosine=False,
-                 lookup_dim=None, seed=0)
+QUANTIZER = dict(
+    num_codes=16,
+    code_dim=8,
+    beta=0.25,
+    update="ema",
+    decay=0.99,
+    epsilon=1e-5,
+    kmeans_init=True,
+    kmeans_iterations=5,
+    restart_dead=True,
+    dead_threshold=0.03,
+    usage_decay=0.99,
+    cosine=False,
+    lookup_dim=None,
+    seed=0,
+)
 
 
 def make_vqvae(image_shape=(1, 8, 8)):
-    return VQVAE(list(image_shape), {"name": "bernoulli"}, QUANTIZER,
-                 {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, hidden=16, res_blocks=1)
+    return VQVAE(
+        list(image_shape),
+        {"name": "bernoulli"},
+        QUANTIZER,
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        hidden=16,
+        res_blocks=1,
+    )
 
 
 @pytest.mark.parametrize("image_shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
@@ -38,6 +57,7 @@ def test_latent_grid_and_reconstruction_shapes(image_shape):
 @pytest.mark.parametrize("training", [True, False])
 def test_reconstruct_neither_syncs_nor_updates_the_codebook(monkeypatch, training):
     """The image callback reconstructs on rank 0 alone: a collective there would hang DDP."""
+
     def no_collective(t):
         raise AssertionError("reconstruct called a collective")
 
@@ -47,8 +67,13 @@ def test_reconstruct_neither_syncs_nor_updates_the_codebook(monkeypatch, trainin
     codebook = model.quantizer.codebook.clone()
     x = torch.rand(2, 1, 8, 8)
     z_e = model.encoder(x)
-    expected = model.likelihood.mean(model.decode(model.quantizer.codebook[model.quantizer.nearest(
-        z_e.permute(0, 2, 3, 1).reshape(-1, 8))].view(2, 2, 2, 8).permute(0, 3, 1, 2)))
+    expected = model.likelihood.mean(
+        model.decode(
+            model.quantizer.codebook[model.quantizer.nearest(z_e.permute(0, 2, 3, 1).reshape(-1, 8))]
+            .view(2, 2, 2, 8)
+            .permute(0, 3, 1, 2)
+        )
+    )
     torch.testing.assert_close(model.reconstruct(x), expected)
     assert torch.equal(model.quantizer.codebook, codebook)
 
@@ -59,8 +84,14 @@ def test_loss_is_reconstruction_plus_vq_terms_summed_per_example(update):
     (2 x 2 positions x 8 dimensions) of (z_e - e)^2, with c = 1 for update=loss's codebook term
     and 0 for ema; recomputed here with loops over examples, positions and codes."""
     torch.manual_seed(0)
-    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": update, "kmeans_init": False},
-                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}, hidden=16, res_blocks=1).eval()
+    model = VQVAE(
+        [1, 8, 8],
+        {"name": "bernoulli"},
+        {**QUANTIZER, "update": update, "kmeans_init": False},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        hidden=16,
+        res_blocks=1,
+    ).eval()
     x = torch.bernoulli(torch.full((6, 1, 8, 8), 0.4))
     loss, metrics = model.step_metrics(x)
     codebook, beta = model.quantizer.codebook.detach(), QUANTIZER["beta"]
@@ -93,9 +124,14 @@ def test_a_restarted_code_starts_with_fresh_adam_moments():
     so after the step its moments are exp_avg = (1 - beta1) g and exp_avg_sq = (1 - beta2) g^2
     (g its gradient row), not beta1 m_old + (1 - beta1) g carrying the replaced vector's momentum."""
     torch.manual_seed(0)
-    model = VQVAE([1, 8, 8], {"name": "bernoulli"}, {**QUANTIZER, "update": "loss", "dead_threshold": 0.5},
-                  {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2, "betas": (0.8, 0.9)},
-                  hidden=16, res_blocks=1)
+    model = VQVAE(
+        [1, 8, 8],
+        {"name": "bernoulli"},
+        {**QUANTIZER, "update": "loss", "dead_threshold": 0.5},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2, "betas": (0.8, 0.9)},
+        hidden=16,
+        res_blocks=1,
+    )
     codebook = model.quantizer.codebook
     seen = {}
 
@@ -113,12 +149,23 @@ def test_a_restarted_code_starts_with_fresh_adam_moments():
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             if batch_idx == 2:
                 state, code = trainer.optimizers[0].state[codebook], seen["code"]
-                seen.update(usage=pl_module.quantizer.usage[code].item(), grad=codebook.grad[code].clone(),
-                            exp_avg=state["exp_avg"][code].clone(), exp_avg_sq=state["exp_avg_sq"][code].clone())
+                seen.update(
+                    usage=pl_module.quantizer.usage[code].item(),
+                    grad=codebook.grad[code].clone(),
+                    exp_avg=state["exp_avg"][code].clone(),
+                    exp_avg_sq=state["exp_avg_sq"][code].clone(),
+                )
 
     x = torch.bernoulli(torch.full((24, 1, 8, 8), 0.4))
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[ForceRestart()])
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ForceRestart()],
+    )
     trainer.fit(model, DataLoader(TensorDataset(x, torch.zeros(24)), batch_size=8))
     assert seen["usage"] == 1.0  # restarted in the third step
     torch.testing.assert_close(seen["exp_avg"], (1 - 0.8) * seen["grad"])
@@ -131,19 +178,32 @@ def test_vqvae_and_its_prior_train_and_the_prior_checkpoint_stands_alone(tmp_pat
     assert 0 < vq_metrics["test/codes_used"] <= 1 and vq_metrics["test/perplexity"] >= 1
     assert (tmp_path / "vq" / "images" / "codebook_usage_epoch001.png").is_file()
     vq_ckpt = tmp_path / "vq" / "checkpoints" / "best.ckpt"
-    prior_metrics = train(compose_config(["model=vqvae_prior", f"prior.vqvae_ckpt={vq_ckpt}", "trainer.max_epochs=2",
-                                          "trainer.enable_progress_bar=false"], tmp_path / "prior"))
+    prior_metrics = train(
+        compose_config(
+            [
+                "model=vqvae_prior",
+                f"prior.vqvae_ckpt={vq_ckpt}",
+                "trainer.max_epochs=2",
+                "trainer.enable_progress_bar=false",
+            ],
+            tmp_path / "prior",
+        )
+    )
     # The whole model's bound: reconstruction plus the prior's NLL of the codes.
-    assert prior_metrics["test/elbo"] == pytest.approx(-(prior_metrics["test/recon"] + prior_metrics["test/prior_nll"]),
-                                                       rel=1e-5)
+    assert prior_metrics["test/elbo"] == pytest.approx(
+        -(prior_metrics["test/recon"] + prior_metrics["test/prior_nll"]), rel=1e-5
+    )
     assert prior_metrics["test/prior_nll"] < 4 * math.log(512)  # better than uniform codes (2x2 of K = 512)
     assert (tmp_path / "prior" / "images" / "samples_epoch001.png").is_file()
     # Without the VQ-VAE's file, the prior's checkpoint still rebuilds the whole model.
     from vaelab.eval import evaluate_checkpoint
 
     vq_eval = evaluate_checkpoint(compose_config([f"ckpt_path={vq_ckpt}"], tmp_path / "vq_eval", config_name="eval"))
-    prior_eval = evaluate_checkpoint(compose_config([f"ckpt_path={tmp_path}/prior/checkpoints/best.ckpt"],
-                                                    tmp_path / "prior_eval", config_name="eval"))
+    prior_eval = evaluate_checkpoint(
+        compose_config(
+            [f"ckpt_path={tmp_path}/prior/checkpoints/best.ckpt"], tmp_path / "prior_eval", config_name="eval"
+        )
+    )
     assert vq_eval["prior"] == "uniform" and prior_eval["prior"] == "learned"
     assert prior_eval["recon"] == pytest.approx(vq_eval["recon"], rel=1e-5)  # the VQ-VAE stayed frozen
     trained = load_checkpoint(str(tmp_path / "prior" / "checkpoints" / "best.ckpt"))["state_dict"]
@@ -165,8 +225,11 @@ def test_prior_needs_a_vqvae_checkpoint(tmp_path):
         train(compose_config(["model=vqvae_prior"], tmp_path / "a"))
     train(compose_config([*QUICK, "trainer.max_epochs=1"], tmp_path / "vae"))
     with pytest.raises(UserError, match="is a VAE checkpoint, not a VQ-VAE; train one with model=vqvae first"):
-        train(compose_config(["model=vqvae_prior", f"prior.vqvae_ckpt={tmp_path}/vae/checkpoints/last.ckpt"],
-                             tmp_path / "b"))
+        train(
+            compose_config(
+                ["model=vqvae_prior", f"prior.vqvae_ckpt={tmp_path}/vae/checkpoints/last.ckpt"], tmp_path / "b"
+            )
+        )
 
 
 @pytest.mark.slow
@@ -179,8 +242,14 @@ def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(
     train(compose_config([*QUICK, "model=vqvae", "trainer.max_epochs=1", "size=small", "test=false"], tmp_path / "vq"))
     vq_ckpt = tmp_path / "vq" / "checkpoints" / "last.ckpt"
     run = tmp_path / "prior"
-    args = ["model=vqvae_prior", f"prior.vqvae_ckpt={vq_ckpt}", "trainer.max_epochs=1", "trainer.limit_val_batches=1",
-            "test=false", "trainer.enable_progress_bar=false"]
+    args = [
+        "model=vqvae_prior",
+        f"prior.vqvae_ckpt={vq_ckpt}",
+        "trainer.max_epochs=1",
+        "trainer.limit_val_batches=1",
+        "test=false",
+        "trainer.enable_progress_bar=false",
+    ]
     result = run_cli([*args, "data.batch_size=7", "seed=3", f"hydra.run.dir={run}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     used = yaml.safe_load((run / "config.yaml").read_text())["data"]
@@ -188,6 +257,8 @@ def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 512 // 7
     refused = run_cli([*args, "data=digits", f"hydra.run.dir={tmp_path / 'other'}"], cwd=tmp_path)
     assert refused.returncode == 2
-    assert refused.stderr.strip() == ("error: model=vqvae_prior trains on the data set of its VQ-VAE (synthetic); "
-                                      "drop data=digits (data.batch_size, data.eval_batch_size, data.num_workers, "
-                                      "data.pin_memory, data.on_device and data.overfit_batches can be set)")
+    assert refused.stderr.strip() == (
+        "error: model=vqvae_prior trains on the data set of its VQ-VAE (synthetic); "
+        "drop data=digits (data.batch_size, data.eval_batch_size, data.num_workers, "
+        "data.pin_memory, data.on_device and data.overfit_batches can be set)"
+    )

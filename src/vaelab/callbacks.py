@@ -54,8 +54,12 @@ def usage_histogram(usage: torch.Tensor, dead_threshold: float, path: Path) -> N
     ax.bar(range(len(usage)), usage.sort(descending=True).values.numpy(), width=1.0)
     ax.axhline(dead_threshold, color="red", linewidth=0.8, label=f"dead below {dead_threshold}")
     dead = int((usage < dead_threshold).sum())
-    ax.set(xlabel="code (sorted by usage)", ylabel="usage", yscale="log",
-           title=f"codebook usage: {len(usage) - dead} of {len(usage)} codes alive")
+    ax.set(
+        xlabel="code (sorted by usage)",
+        ylabel="usage",
+        yscale="log",
+        title=f"codebook usage: {len(usage) - dead} of {len(usage)} codes alive",
+    )
     # A dead code's average decays towards 0 without bound; a floor keeps the live codes readable.
     ax.set_ylim(bottom=dead_threshold / 100)
     ax.legend(loc="upper right")
@@ -97,8 +101,9 @@ class EncoderGradientVariance(L.Callback):
 
         x = training_batch(trainer.datamodule, self.batch_size).to(pl_module.device)
         stats = gradient_variance(encoder_gradient_samples(pl_module, x, self.num_draws))
-        pl_module.log_dict({"diag/encoder_grad_variance": stats["grad_variance"],
-                            "diag/encoder_grad_snr": stats["snr"]}, on_epoch=True)
+        pl_module.log_dict(
+            {"diag/encoder_grad_variance": stats["grad_variance"], "diag/encoder_grad_snr": stats["snr"]}, on_epoch=True
+        )
 
 
 def training_batch(datamodule, n: int) -> torch.Tensor:

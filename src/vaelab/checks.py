@@ -26,8 +26,9 @@ def is_number(value) -> bool:
 
 
 def whole_number(value, key: str, minimum: int = 1) -> None:
-    require(is_int(value) and value >= minimum,
-            f"{key} must be a whole number ≥ {minimum}, got {value!r}; set {key}=<N>")
+    require(
+        is_int(value) and value >= minimum, f"{key} must be a whole number ≥ {minimum}, got {value!r}; set {key}=<N>"
+    )
 
 
 def positive_int(value, key: str) -> None:
@@ -49,8 +50,10 @@ def is_target(value) -> bool:
 
 def check_file(path, key: str, what: str) -> None:
     """``key`` names a file: a folder and a missing path each get their own message."""
-    require(not Path(path).is_dir(), f"{key}={path} is a folder; give the path of {what}, "
-            f"such as {Path(path) / 'checkpoints' / 'last.ckpt'}")
+    require(
+        not Path(path).is_dir(),
+        f"{key}={path} is a folder; give the path of {what}, such as {Path(path) / 'checkpoints' / 'last.ckpt'}",
+    )
     require(Path(path).is_file(), f"{key}={path} does not exist; give the path of {what}")
 
 
@@ -59,45 +62,62 @@ def check_data(data: DictConfig) -> None:
     if data.get("eval_batch_size") is not None:
         positive_int(data.eval_batch_size, "data.eval_batch_size")
     shape = data.image_shape
-    require(len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape),
-            f"data.image_shape must be [channels, height, width] of positive integers, got {list(shape)}")
+    require(
+        len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape),
+        f"data.image_shape must be [channels, height, width] of positive integers, got {list(shape)}",
+    )
     whole_number(data.get("overfit_batches", 0), "data.overfit_batches", 0)
-    require(data.binarize in ("auto", "dynamic", "none"),
-            f"data.binarize must be auto, dynamic or none, got {data.binarize!r}")
+    require(
+        data.binarize in ("auto", "dynamic", "none"),
+        f"data.binarize must be auto, dynamic or none, got {data.binarize!r}",
+    )
     if "path" in data and data.path is None:
         raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
-    require(isinstance(data.get("on_device", False), bool) and isinstance(data.get("pin_memory", False), bool),
-            "data.on_device and data.pin_memory must be true or false")
+    require(
+        isinstance(data.get("on_device", False), bool) and isinstance(data.get("pin_memory", False), bool),
+        "data.on_device and data.pin_memory must be true or false",
+    )
     workers = data.get("num_workers", 0)
     require(is_int(workers) and workers >= 0, f"data.num_workers must be a whole number ≥ 0, got {workers!r}")
-    require(not (data.get("on_device") and (workers or data.get("pin_memory"))),
-            "data.on_device=true cuts batches on the GPU itself; drop data.num_workers and data.pin_memory "
-            "(they are for data kept on the host)")
+    require(
+        not (data.get("on_device") and (workers or data.get("pin_memory"))),
+        "data.on_device=true cuts batches on the GPU itself; drop data.num_workers and data.pin_memory "
+        "(they are for data kept on the host)",
+    )
     if "download" in data:
         flag(data.download, "data.download")
     kind = data._target_.rsplit(".", 1)[-1]
     if kind == "ImageFolderDataModule":
         require(shape[0] in (1, 3), f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {shape[0]}")
         val, test = data.val_fraction, data.test_fraction
-        require(is_number(val) and is_number(test) and val >= 0 and test >= 0 and val + test < 1,
-                f"data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on (sum < 1), "
-                f"got {val!r} and {test!r}")
+        require(
+            is_number(val) and is_number(test) and val >= 0 and test >= 0 and val + test < 1,
+            f"data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on (sum < 1), "
+            f"got {val!r} and {test!r}",
+        )
     if kind == "TorchvisionDataModule":
         names = ("mnist", "fashion_mnist", "cifar10", "celeba")
-        require(data.name in names, f"data.name must be one of {', '.join(names)}, got {data.name!r}; "
-                "choose data=<name> (or data=image_folder for other images)")
+        require(
+            data.name in names,
+            f"data.name must be one of {', '.join(names)}, got {data.name!r}; "
+            "choose data=<name> (or data=image_folder for other images)",
+        )
         if data.name != "celeba":  # CelebA has its own validation split
             positive_int(data.val_size, "data.val_size")
     if kind == "SyntheticDataModule":
         for key in ("num_train", "num_eval", "num_prototypes"):
             positive_int(data[key], f"data.{key}")
-        require(is_number(data.flip) and 0 <= data.flip <= 1,
-                f"data.flip must be a probability in [0, 1], got {data.flip!r}")
+        require(
+            is_number(data.flip) and 0 <= data.flip <= 1,
+            f"data.flip must be a probability in [0, 1], got {data.flip!r}",
+        )
     if kind == "BinarizedMNISTDataModule":
         path = Path(data.path)
-        require(path.suffix == ".npz" or path.is_dir() or not path.exists(),
-                f"data.path={path} is a file but not a .npz; point data.path at binarized_mnist.npz "
-                "or at a folder for the .amat files")
+        require(
+            path.suffix == ".npz" or path.is_dir() or not path.exists(),
+            f"data.path={path} is a file but not a .npz; point data.path at binarized_mnist.npz "
+            "or at a folder for the .amat files",
+        )
 
 
 def check_vqvae(model: DictConfig, image_shape) -> None:
@@ -107,22 +127,30 @@ def check_vqvae(model: DictConfig, image_shape) -> None:
     require(is_number(q.beta) and q.beta >= 0, f"model.quantizer.beta must be ≥ 0, got {q.beta!r}")
     require(q["update"] in ("ema", "loss"), f"model.quantizer.update must be ema or loss, got {q['update']!r}")
     require(is_number(q.decay) and 0 < q.decay < 1, f"model.quantizer.decay must be in (0, 1), got {q.decay!r}")
-    require(is_number(q.dead_threshold) and q.dead_threshold >= 0,
-            f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}")
-    require(q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
-            f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}")
+    require(
+        is_number(q.dead_threshold) and q.dead_threshold >= 0,
+        f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}",
+    )
+    require(
+        q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
+        f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}",
+    )
     require(is_number(q.epsilon) and q.epsilon > 0, f"model.quantizer.epsilon must be > 0, got {q.epsilon!r}")
-    require(is_number(q.usage_decay) and 0 < q.usage_decay < 1,
-            f"model.quantizer.usage_decay must be in (0, 1), got {q.usage_decay!r}")
+    require(
+        is_number(q.usage_decay) and 0 < q.usage_decay < 1,
+        f"model.quantizer.usage_decay must be in (0, 1), got {q.usage_decay!r}",
+    )
     whole_number(q.kmeans_iterations, "model.quantizer.kmeans_iterations", 0)
     for key in ("kmeans_init", "restart_dead", "cosine"):
         flag(q[key], f"model.quantizer.{key}")
     whole_number(model.hidden, "size.vq_hidden", 2)  # the first convolution has hidden / 2 channels
     whole_number(model.res_blocks, "size.vq_res_blocks", 0)
     _, height, width = image_shape
-    require(height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
-            f"model=vqvae needs images whose height and width are multiples of 4 (it downsamples by 4), "
-            f"got {height}x{width}; choose another data set or data.image_shape")
+    require(
+        height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
+        f"model=vqvae needs images whose height and width are multiples of 4 (it downsamples by 4), "
+        f"got {height}x{width}; choose another data set or data.image_shape",
+    )
 
 
 def check_optimizer(optimizer: DictConfig) -> None:
@@ -130,11 +158,12 @@ def check_optimizer(optimizer: DictConfig) -> None:
     require(lr is None or (is_number(lr) and lr > 0), f"model.optimizer.lr must be > 0, got {lr!r}")
     for key in ("eps", "weight_decay"):
         value = optimizer.get(key)
-        require(value is None or (is_number(value) and value >= 0),
-                f"model.optimizer.{key} must be ≥ 0, got {value!r}")
+        require(value is None or (is_number(value) and value >= 0), f"model.optimizer.{key} must be ≥ 0, got {value!r}")
     betas = optimizer.get("betas")
-    require(betas is None or (is_list(betas) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)),
-            f"model.optimizer.betas must be two numbers in [0, 1), got {plain(betas)}")
+    require(
+        betas is None or (is_list(betas) and len(betas) == 2 and all(is_number(b) and 0 <= b < 1 for b in betas)),
+        f"model.optimizer.betas must be two numbers in [0, 1), got {plain(betas)}",
+    )
     if optimizer.get("fused") is not None:
         flag(optimizer.fused, "model.optimizer.fused")
 
@@ -142,20 +171,26 @@ def check_optimizer(optimizer: DictConfig) -> None:
 def check_scheduler(scheduler) -> None:
     if scheduler is None:
         return
-    require(is_target(scheduler) and scheduler.get("_partial_") is True,
-            f"model.scheduler must be null or a config with _target_ and _partial_: true (the optimizer is passed "
-            f"in), got {plain(scheduler)!r}")
+    require(
+        is_target(scheduler) and scheduler.get("_partial_") is True,
+        f"model.scheduler must be null or a config with _target_ and _partial_: true (the optimizer is passed "
+        f"in), got {plain(scheduler)!r}",
+    )
     interval = scheduler.get("interval", "epoch")
     require(interval in ("epoch", "step"), f"model.scheduler.interval must be epoch or step, got {interval!r}")
     if str(scheduler._target_).endswith("ReduceLROnPlateau"):
-        require(interval == "epoch", "model.scheduler ReduceLROnPlateau follows a validation metric; "
-                "use model.scheduler.interval=epoch")
+        require(
+            interval == "epoch",
+            "model.scheduler ReduceLROnPlateau follows a validation metric; use model.scheduler.interval=epoch",
+        )
         monitor = scheduler.get("monitor", "val/elbo")
         higher_is_better = any(word in monitor for word in ("elbo", "iwae_bound", "psnr", "ssim"))
         mode = scheduler.get("mode", "min")
-        require(mode == ("max" if higher_is_better else "min"),
-                f"model.scheduler.monitor={monitor} is {'higher' if higher_is_better else 'lower'} when better; "
-                f"set model.scheduler.mode={'max' if higher_is_better else 'min'}")
+        require(
+            mode == ("max" if higher_is_better else "min"),
+            f"model.scheduler.monitor={monitor} is {'higher' if higher_is_better else 'lower'} when better; "
+            f"set model.scheduler.mode={'max' if higher_is_better else 'min'}",
+        )
     lr_lambda = scheduler.get("lr_lambda")
     if OmegaConf.is_dict(lr_lambda) and str(lr_lambda.get("_target_")).endswith("IWAEPaperLR"):
         positive_int(lr_lambda.stages, "model.scheduler.lr_lambda.stages")
@@ -167,25 +202,37 @@ def plain(value):
 
 
 def check_likelihood(lik: DictConfig, data_levels: int | None = None) -> None:
-    require(lik.name in ("bernoulli", "gaussian"),
-            f"likelihood.name must be bernoulli or gaussian, got {lik.name!r}; choose likelihood=bernoulli|gaussian|gaussian_learned")
+    require(
+        lik.name in ("bernoulli", "gaussian"),
+        f"likelihood.name must be bernoulli or gaussian, got {lik.name!r}; "
+        "choose likelihood=bernoulli|gaussian|gaussian_learned",
+    )
     if lik.name == "gaussian" and "num_levels" in lik and data_levels is not None:
-        require(lik.num_levels == data_levels, f"likelihood.num_levels={lik.num_levels} but data.num_levels={data_levels}: "
-                "the bits/dim offset must be the data's; drop likelihood.num_levels (it follows data.num_levels)")
+        require(
+            lik.num_levels == data_levels,
+            f"likelihood.num_levels={lik.num_levels} but data.num_levels={data_levels}: "
+            "the bits/dim offset must be the data's; drop likelihood.num_levels (it follows data.num_levels)",
+        )
     if lik.name == "gaussian":
         require(is_number(lik.sigma) and lik.sigma > 0, f"likelihood.sigma must be > 0, got {lik.sigma!r}")
-        require(lik.learn_sigma in ("none", "global", "pixel"),
-                f"likelihood.learn_sigma must be none, global or pixel, got {lik.learn_sigma!r}")
+        require(
+            lik.learn_sigma in ("none", "global", "pixel"),
+            f"likelihood.learn_sigma must be none, global or pixel, got {lik.learn_sigma!r}",
+        )
 
 
 def check_prior(model: DictConfig) -> None:
     """The second stage of VQ-VAE: its transformer's values, then its VQ-VAE's checkpoint."""
     for key in ("width", "layers", "heads"):
         positive_int(model[key], f"model.{key}")
-    require(model.width % model.heads == 0, f"model.width ({model.width}) must be a multiple of model.heads "
-            f"({model.heads}); set model.heads to a divisor of it")
-    require(is_number(model.dropout) and 0 <= model.dropout < 1,
-            f"model.dropout must be in [0, 1), got {model.dropout!r}")
+    require(
+        model.width % model.heads == 0,
+        f"model.width ({model.width}) must be a multiple of model.heads "
+        f"({model.heads}); set model.heads to a divisor of it",
+    )
+    require(
+        is_number(model.dropout) and 0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout!r}"
+    )
     require(model.vqvae_ckpt is not None, "model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
     check_file(model.vqvae_ckpt, "prior.vqvae_ckpt", "a VQ-VAE run's checkpoint")
 
@@ -207,14 +254,19 @@ def check_model(model: DictConfig, data_levels: int | None = None) -> None:
     require(is_number(model.beta) and model.beta >= 0, f"model.beta must be a number ≥ 0, got {model.beta!r}")
     net = model.net
     require(net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv")
-    require(net.activation in ACTIVATIONS,
-            f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}")
-    require(not model.get("channels_last") or net.kind == "conv",
-            "model.channels_last=true is a memory layout for convolutions; use it with net=conv")
+    require(
+        net.activation in ACTIVATIONS, f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}"
+    )
+    require(
+        not model.get("channels_last") or net.kind == "conv",
+        "model.channels_last=true is a memory layout for convolutions; use it with net=conv",
+    )
     widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
     widths = net[widths_key]
-    require(len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
-            f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, got {list(widths)}")
+    require(
+        len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
+        f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, got {list(widths)}",
+    )
     check_likelihood(model.likelihood, data_levels)
 
 
@@ -223,49 +275,66 @@ def check_variant(model: DictConfig) -> None:
     target = model._target_.rsplit(".", 1)[-1]
     if target in ("VQVAE", "CodePrior"):
         return
-    require(model.get("posterior", "diagonal") in ("diagonal", "full"),
-            f"model.posterior must be diagonal or full, got {model.get('posterior')!r}")
+    require(
+        model.get("posterior", "diagonal") in ("diagonal", "full"),
+        f"model.posterior must be diagonal or full, got {model.get('posterior')!r}",
+    )
     estimator = model.get("estimator", "reparam")
-    require(estimator in ("reparam", "score_function"),
-            f"model.estimator must be reparam or score_function, got {estimator!r}")
+    require(
+        estimator in ("reparam", "score_function"),
+        f"model.estimator must be reparam or score_function, got {estimator!r}",
+    )
     decay = model.get("baseline_decay", 0.99)
     require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
     test_k = model.get("test_k", 0)
     require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
     for key in ("k", "k_eval", "dreg"):
-        require(key not in model or target == "IWAE",
-                f"model.{key} belongs to the IWAE bound; use model=iwae (this is model={target})")
+        require(
+            key not in model or target == "IWAE",
+            f"model.{key} belongs to the IWAE bound; use model=iwae (this is model={target})",
+        )
     if target == "IWAE":
         positive_int(model.k, "model.k")
         positive_int(model.k_eval, "model.k_eval")
         flag(model.dreg, "model.dreg")
-        require(estimator == "reparam", "model=iwae trains with reparameterized gradients; "
-                "set model.estimator=reparam (the score-function estimator is for the ELBO)")
+        require(
+            estimator == "reparam",
+            "model=iwae trains with reparameterized gradients; "
+            "set model.estimator=reparam (the score-function estimator is for the ELBO)",
+        )
     for key in ("kl_schedule", "free_bits"):
         require(key not in model or target == "BetaVAE", f"model.{key} needs model=beta_vae (this is model={target})")
     if target == "BetaVAE":
         check_kl_schedule(model.kl_schedule)
         free_bits = model.free_bits
         require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
-        require(free_bits == 0 or model.posterior == "diagonal",
-                "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)")
+        require(
+            free_bits == 0 or model.posterior == "diagonal",
+            "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",
+        )
 
 
 def check_kl_schedule(spec: DictConfig) -> None:
     names = ("constant", "linear", "cyclical", "capacity")
-    require(spec.name in names, f"kl_schedule.name must be one of {', '.join(names)}, got {spec.name!r}; "
-            "choose kl_schedule=<name>")
+    require(
+        spec.name in names,
+        f"kl_schedule.name must be one of {', '.join(names)}, got {spec.name!r}; choose kl_schedule=<name>",
+    )
     for key, value in spec.items():
         if key.endswith("epochs") and spec.get(key[: -len("epochs")] + "steps") is not None:
             continue  # a length given in steps: the epochs are not used
         if key.endswith("steps") or key.endswith("epochs") or key == "cycles":
             message = f"kl_schedule.{key} must be > 0, got {value!r}"
             if OmegaConf.is_interpolation(spec, key) and key.endswith("epochs"):
-                message += (f" (it follows trainer.max_epochs); set kl_schedule.{key[: -len('epochs')]}steps=<N> "
-                            f"or kl_schedule.{key}=<N>")
+                message += (
+                    f" (it follows trainer.max_epochs); set kl_schedule.{key[: -len('epochs')]}steps=<N> "
+                    f"or kl_schedule.{key}=<N>"
+                )
             require(value is None or (is_number(value) and value > 0), message)
     if spec.name == "cyclical":
-        require(is_number(spec.ratio) and 0 < spec.ratio <= 1, f"kl_schedule.ratio must be in (0, 1], got {spec.ratio!r}")
+        require(
+            is_number(spec.ratio) and 0 < spec.ratio <= 1, f"kl_schedule.ratio must be in (0, 1], got {spec.ratio!r}"
+        )
     if spec.name == "capacity":
         require(is_number(spec.c_max) and spec.c_max >= 0, f"kl_schedule.c_max must be ≥ 0 nats, got {spec.c_max!r}")
         require(is_number(spec.gamma) and spec.gamma >= 0, f"kl_schedule.gamma must be ≥ 0, got {spec.gamma!r}")
@@ -278,19 +347,27 @@ OTHER_PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", 
 
 
 def check_devices(devices, accelerator) -> None:
-    require(devices == "auto" or (is_int(devices) and (devices >= 1 or devices == -1))
-            or (is_list(devices) and len(devices) >= 1 and all(is_int(d) and d >= 0 for d in devices)),
-            f"trainer.devices must be a number of devices ≥ 1, -1 (all), auto or a list of device indices, "
-            f"got {plain(devices)}")
+    require(
+        devices == "auto"
+        or (is_int(devices) and (devices >= 1 or devices == -1))
+        or (is_list(devices) and len(devices) >= 1 and all(is_int(d) and d >= 0 for d in devices)),
+        f"trainer.devices must be a number of devices ≥ 1, -1 (all), auto or a list of device indices, "
+        f"got {plain(devices)}",
+    )
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         wanted = max(devices) + 1 if is_list(devices) else devices if is_int(devices) and devices >= 1 else 1
         visible = torch.cuda.device_count()
-        require(wanted <= visible, f"trainer.accelerator={accelerator} and trainer.devices={plain(devices)} ask for "
-                f"{wanted} GPU{'s' * (wanted > 1)} but {visible} {'is' if visible == 1 else 'are'} visible; "
-                + (f"set trainer.devices={visible} or fewer" if visible else "use trainer=cpu"))
+        require(
+            wanted <= visible,
+            f"trainer.accelerator={accelerator} and trainer.devices={plain(devices)} ask for "
+            f"{wanted} GPU{'s' * (wanted > 1)} but {visible} {'is' if visible == 1 else 'are'} visible; "
+            + (f"set trainer.devices={visible} or fewer" if visible else "use trainer=cpu"),
+        )
     elif accelerator == "cpu":
-        require(devices == "auto" or (is_int(devices) and devices >= 1),
-                f"trainer.devices must be a number of processes ≥ 1 with trainer.accelerator=cpu, got {plain(devices)}")
+        require(
+            devices == "auto" or (is_int(devices) and devices >= 1),
+            f"trainer.devices must be a number of processes ≥ 1 with trainer.accelerator=cpu, got {plain(devices)}",
+        )
 
 
 def check_batch_limit(trainer: DictConfig, key: str, minimum: int) -> None:
@@ -299,34 +376,47 @@ def check_batch_limit(trainer: DictConfig, key: str, minimum: int) -> None:
     if value is None:
         return
     fraction = isinstance(value, float) and (0 < value <= 1 if minimum else 0 <= value <= 1)
-    require(fraction or (is_int(value) and value >= minimum),
-            f"trainer.{key} must be a fraction in {'(0, 1]' if minimum else '[0, 1]'} or a whole number of batches "
-            f"≥ {minimum}, got {value!r}")
+    require(
+        fraction or (is_int(value) and value >= minimum),
+        f"trainer.{key} must be a fraction in {'(0, 1]' if minimum else '[0, 1]'} or a whole number of batches "
+        f"≥ {minimum}, got {value!r}",
+    )
 
 
 def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
     epochs = trainer.get("max_epochs")
-    require(epochs is None or (is_int(epochs) and (epochs >= 1 or epochs == -1)),
-            f"trainer.max_epochs must be ≥ 1 (or -1 for no limit), got {epochs!r}")
+    require(
+        epochs is None or (is_int(epochs) and (epochs >= 1 or epochs == -1)),
+        f"trainer.max_epochs must be ≥ 1 (or -1 for no limit), got {epochs!r}",
+    )
     steps = trainer.get("max_steps")
-    require(steps is None or (is_int(steps) and (steps >= 1 or steps == -1)),
-            f"trainer.max_steps must be ≥ 1 (or -1 for no limit), got {steps!r}")
+    require(
+        steps is None or (is_int(steps) and (steps >= 1 or steps == -1)),
+        f"trainer.max_steps must be ≥ 1 (or -1 for no limit), got {steps!r}",
+    )
     accelerator = trainer.get("accelerator", "auto")
-    require(is_target(accelerator) or accelerator in ACCELERATORS,
-            f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}; "
-            "choose trainer=cpu or trainer=gpu")
+    require(
+        is_target(accelerator) or accelerator in ACCELERATORS,
+        f"trainer.accelerator must be one of {', '.join(ACCELERATORS)}, got {accelerator!r}; "
+        "choose trainer=cpu or trainer=gpu",
+    )
     check_devices(trainer.get("devices", "auto"), accelerator)
     strategy = trainer.get("strategy", "auto")
     if not is_target(strategy) and strategy != "auto":
         from lightning.pytorch.strategies import StrategyRegistry
 
-        require(strategy in StrategyRegistry, f"trainer.strategy must be auto or one of Lightning's strategies "
-                f"(ddp, ddp_spawn, fsdp, deepspeed, ...), got {strategy!r}; choose trainer=ddp for several devices")
+        require(
+            strategy in StrategyRegistry,
+            f"trainer.strategy must be auto or one of Lightning's strategies "
+            f"(ddp, ddp_spawn, fsdp, deepspeed, ...), got {strategy!r}; choose trainer=ddp for several devices",
+        )
     if trainer.get("num_nodes") is not None:
         positive_int(trainer.num_nodes, "trainer.num_nodes")
     precision = trainer.get("precision")
-    require(precision is None or precision in PRECISIONS + OTHER_PRECISIONS,
-            f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    require(
+        precision is None or precision in PRECISIONS + OTHER_PRECISIONS,
+        f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}",
+    )
     if trainer.get("log_every_n_steps") is not None:
         positive_int(trainer.log_every_n_steps, "trainer.log_every_n_steps")
     if trainer.get("check_val_every_n_epoch") is not None:
@@ -338,34 +428,51 @@ def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
         if trainer.get(key) is not None:
             flag(trainer[key], f"trainer.{key}")
     deterministic = trainer.get("deterministic")
-    require(deterministic in (None, True, False, "warn"),
-            f"trainer.deterministic must be true, false or warn, got {deterministic!r}")
+    require(
+        deterministic in (None, True, False, "warn"),
+        f"trainer.deterministic must be true, false or warn, got {deterministic!r}",
+    )
     fast = trainer.get("fast_dev_run", False)
-    require(isinstance(fast, bool) or (is_int(fast) and fast >= 1),
-            f"trainer.fast_dev_run must be true, false or a number of batches ≥ 1, got {fast!r}")
+    require(
+        isinstance(fast, bool) or (is_int(fast) and fast >= 1),
+        f"trainer.fast_dev_run must be true, false or a number of batches ≥ 1, got {fast!r}",
+    )
     profiler = trainer.get("profiler")
-    require(is_target(profiler) or profiler in (None, "simple", "advanced", "pytorch"),
-            f"trainer.profiler must be null, simple, advanced or pytorch, got {profiler!r}")
+    require(
+        is_target(profiler) or profiler in (None, "simple", "advanced", "pytorch"),
+        f"trainer.profiler must be null, simple, advanced or pytorch, got {profiler!r}",
+    )
     positive_int(trainer.get("accumulate_grad_batches", 1), "trainer.accumulate_grad_batches")
-    require(not trainer.get("overfit_batches"), "trainer.overfit_batches does not fit these in-memory data sets; "
-            "use debug=overfit (or data.overfit_batches=<N>)")
+    require(
+        not trainer.get("overfit_batches"),
+        "trainer.overfit_batches does not fit these in-memory data sets; "
+        "use debug=overfit (or data.overfit_batches=<N>)",
+    )
     algorithm = trainer.get("gradient_clip_algorithm")
-    require(algorithm in (None, "norm", "value"),
-            f"trainer.gradient_clip_algorithm must be norm or value, got {algorithm!r}")
+    require(
+        algorithm in (None, "norm", "value"),
+        f"trainer.gradient_clip_algorithm must be norm or value, got {algorithm!r}",
+    )
     clip = trainer.get("gradient_clip_val")
-    require(clip is None or (is_number(clip) and clip >= 0), f"trainer.gradient_clip_val must be ≥ 0 or null, got {clip!r}")
+    require(
+        clip is None or (is_number(clip) and clip >= 0), f"trainer.gradient_clip_val must be ≥ 0 or null, got {clip!r}"
+    )
     # A fused optimizer unscales 16-bit gradients inside its step, after the point where they are clipped.
-    require(not (clip and str(trainer.get("precision")).startswith("16") and (model.get("optimizer") or {}).get("fused")),
-            "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused; "
-            "set model.optimizer.fused=false")
+    require(
+        not (clip and str(trainer.get("precision")).startswith("16") and (model.get("optimizer") or {}).get("fused")),
+        "trainer.gradient_clip_val under 16-bit precision needs an optimizer that is not fused; "
+        "set model.optimizer.fused=false",
+    )
 
 
 def check_callbacks(callbacks) -> None:
     callbacks = callbacks or {}
     if callbacks.get("model_checkpoint") is not None:
         node = callbacks.model_checkpoint
-        require(node.get("mode", "min") in ("min", "max"),
-                f"callbacks.model_checkpoint.mode must be min or max, got {node.get('mode')!r}")
+        require(
+            node.get("mode", "min") in ("min", "max"),
+            f"callbacks.model_checkpoint.mode must be min or max, got {node.get('mode')!r}",
+        )
         whole_number(node.get("save_top_k", 1), "callbacks.model_checkpoint.save_top_k", -1)
     if callbacks.get("image_grids") is not None:
         # Half of num_images are inputs shown beside their reconstructions.
@@ -373,9 +480,11 @@ def check_callbacks(callbacks) -> None:
         positive_int(callbacks.image_grids.every_n_epochs, "callbacks.image_grids.every_n_epochs")
     if callbacks.get("encoder_gradient_variance") is not None:
         node = callbacks.encoder_gradient_variance
-        require(is_int(node.num_draws) and (node.num_draws == 0 or node.num_draws >= 2),
-                f"callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got "
-                f"{node.num_draws!r}; a variance needs two draws")
+        require(
+            is_int(node.num_draws) and (node.num_draws == 0 or node.num_draws >= 2),
+            f"callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got "
+            f"{node.num_draws!r}; a variance needs two draws",
+        )
         positive_int(node.batch_size, "callbacks.encoder_gradient_variance.batch_size")
         positive_int(node.every_n_epochs, "callbacks.encoder_gradient_variance.every_n_epochs")
     if callbacks.get("progress_bar") is not None:
@@ -387,10 +496,14 @@ def check_loggers(loggers) -> None:
     loggers = loggers or {}
     if loggers.get("wandb") is not None:
         wandb = loggers.wandb
-        require(wandb.get("offline") in ("auto", True, False),
-                f"logger.wandb.offline must be auto, true or false, got {wandb.get('offline')!r}")
-        require(wandb.get("log_model", False) in (True, False, "all"),
-                f"logger.wandb.log_model must be true, false or all, got {wandb.get('log_model')!r}")
+        require(
+            wandb.get("offline") in ("auto", True, False),
+            f"logger.wandb.offline must be auto, true or false, got {wandb.get('offline')!r}",
+        )
+        require(
+            wandb.get("log_model", False) in (True, False, "all"),
+            f"logger.wandb.log_model must be true, false or all, got {wandb.get('log_model')!r}",
+        )
     if loggers.get("tensorboard") is not None:
         flag(loggers.tensorboard.get("default_hp_metric", True), "logger.tensorboard.default_hp_metric")
 
@@ -411,12 +524,16 @@ def check_config(cfg: DictConfig) -> None:
     flag(cfg.test, "test")
     require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
     metric = cfg.get("optimized_metric")
-    require(metric is None or (isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test")),
-            f"optimized_metric must name a logged metric such as val/elbo, got {metric!r}; "
-            "the metrics are train/<name>, val/<name> and test/<name>")
-    require(not (metric or "").startswith("test/") or cfg.test,
-            f"optimized_metric={metric} is measured on the test split, which test=false skips; "
-            "set test=true or optimize a val/ metric")
+    require(
+        metric is None or (isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test")),
+        f"optimized_metric must name a logged metric such as val/elbo, got {metric!r}; "
+        "the metrics are train/<name>, val/<name> and test/<name>",
+    )
+    require(
+        not (metric or "").startswith("test/") or cfg.test,
+        f"optimized_metric={metric} is measured on the test split, which test=false skips; "
+        "set test=true or optimize a val/ metric",
+    )
     check_data(cfg.data)
     check_model(cfg.model, cfg.data.get("num_levels"))
     check_variant(cfg.model)

@@ -39,7 +39,7 @@ class DiagonalGaussian:
         return 2 * latent_dim
 
     @classmethod
-    def from_params(cls, params: Tensor) -> "DiagonalGaussian":
+    def from_params(cls, params: Tensor) -> DiagonalGaussian:
         """From the encoder's [B, 2L] output: (mu, logvar)."""
         mu, logvar = params.chunk(2, dim=-1)
         return cls(mu, logvar)
@@ -48,7 +48,7 @@ class DiagonalGaussian:
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def detached(self) -> "DiagonalGaussian":
+    def detached(self) -> DiagonalGaussian:
         """The same distribution with no gradient path to its parameters (for DReG and the
         score-function estimator, which treat log q's parameters separately from the sample)."""
         return DiagonalGaussian(self.mu.detach(), self.logvar.detach())
@@ -91,20 +91,21 @@ class FullCovGaussian:
         rows, cols = torch.tril_indices(latent, latent, offset=-1, device=self.mu.device)
         scale = torch.diag_embed(torch.exp(0.5 * self.logvar))
         self.offdiag = offdiag.float()
-        self.scale_tril = scale.index_put((torch.arange(batch, device=self.mu.device)[:, None], rows, cols),
-                                          self.offdiag)
+        self.scale_tril = scale.index_put(
+            (torch.arange(batch, device=self.mu.device)[:, None], rows, cols), self.offdiag
+        )
 
     @staticmethod
     def num_params(latent_dim: int) -> int:
         return 2 * latent_dim + latent_dim * (latent_dim - 1) // 2
 
     @classmethod
-    def from_params(cls, params: Tensor) -> "FullCovGaussian":
+    def from_params(cls, params: Tensor) -> FullCovGaussian:
         latent = _solve_latent_dim(params.shape[-1])
         mu, logvar, offdiag = params.split([latent, latent, params.shape[-1] - 2 * latent], dim=-1)
         return cls(mu, logvar, offdiag)
 
-    def detached(self) -> "FullCovGaussian":
+    def detached(self) -> FullCovGaussian:
         copy = object.__new__(FullCovGaussian)
         copy.mu, copy.logvar, copy.scale_tril = self.mu.detach(), self.logvar.detach(), self.scale_tril.detach()
         copy.offdiag = self.offdiag.detach()
@@ -226,8 +227,9 @@ class GaussianLikelihood(Likelihood):
         return params.float()
 
 
-def build_likelihood(name: str, image_shape, sigma: float = 1.0, learn_sigma: str = "none",
-                     num_levels: int = 256) -> Likelihood:
+def build_likelihood(
+    name: str, image_shape, sigma: float = 1.0, learn_sigma: str = "none", num_levels: int = 256
+) -> Likelihood:
     if name == "bernoulli":
         return BernoulliLikelihood()
     if name == "gaussian":

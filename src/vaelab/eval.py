@@ -32,28 +32,38 @@ def load_checkpoint(path: str) -> dict:
     try:
         checkpoint = torch.load(file, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
-                        "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)") from None
+        raise UserError(
+            f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
+            "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)"
+        ) from None
     except Exception as e:  # unpickling arbitrary bytes raises many kinds
-        raise UserError(f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py") from None
-    require(isinstance(checkpoint, dict) and "vaelab" in checkpoint and "state_dict" in checkpoint,
-            f"{path} is not a vaelab checkpoint (it has no vaelab run config); give a .ckpt written by train.py")
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py"
+        ) from None
+    require(
+        isinstance(checkpoint, dict) and "vaelab" in checkpoint and "state_dict" in checkpoint,
+        f"{path} is not a vaelab checkpoint (it has no vaelab run config); give a .ckpt written by train.py",
+    )
     return checkpoint
 
 
 def build_model(checkpoint: dict):
     config = checkpoint["vaelab"]["config"]
     likelihood = checkpoint["hyper_parameters"].get("likelihood") or {}
-    require(likelihood.get("name") != "gaussian" or "num_levels" in likelihood,
-            "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
-            "data.num_levels); its bits/dim would not be a bound: retrain it with this version")
+    require(
+        likelihood.get("name") != "gaussian" or "num_levels" in likelihood,
+        "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
+        "data.num_levels); its bits/dim would not be a bound: retrain it with this version",
+    )
     cls = hydra.utils.get_class(config["model"]["_target_"])
     model = cls(**checkpoint["hyper_parameters"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as e:
-        raise UserError(f"the checkpoint's weights do not fit its model ({str(e).splitlines()[0][:100]}); "
-                        "it was written by another version of vaelab") from None
+        raise UserError(
+            f"the checkpoint's weights do not fit its model ({str(e).splitlines()[0][:100]}); "
+            "it was written by another version of vaelab"
+        ) from None
     return model
 
 
@@ -65,9 +75,11 @@ def build_data(checkpoint: dict, cfg: DictConfig, model):
     data_cfg.overfit_batches = 0  # evaluation is on the real split, whatever the training run debugged
     datamodule = instantiate_plain(data_cfg)
     datamodule.prepare()
-    require(tuple(datamodule.image_shape) == tuple(model.image_shape),
-            f"the data has images of shape {list(datamodule.image_shape)} but the checkpoint's model takes "
-            f"{list(model.image_shape)}; evaluate on data of the model's shape")
+    require(
+        tuple(datamodule.image_shape) == tuple(model.image_shape),
+        f"the data has images of shape {list(datamodule.image_shape)} but the checkpoint's model takes "
+        f"{list(model.image_shape)}; evaluate on data of the model's shape",
+    )
     return datamodule
 
 
@@ -80,11 +92,15 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.device != "cuda" or torch.cuda.is_available(), "device=cuda but no GPU is visible; use device=cpu")
     require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
     flag(cfg.pictures, "pictures")
-    require(cfg.data.download in (None, True, False),
-            f"data.download must be true, false or null, got {cfg.data.download!r}")
+    require(
+        cfg.data.download in (None, True, False),
+        f"data.download must be true, false or null, got {cfg.data.download!r}",
+    )
     shape = cfg.data.image_shape
-    require(shape is None or (is_list(shape) and len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape)),
-            f"data.image_shape must be null or [channels, height, width] of positive integers, got {plain(shape)}")
+    require(
+        shape is None or (is_list(shape) and len(shape) == 3 and all(is_int(s) and s >= 1 for s in shape)),
+        f"data.image_shape must be null or [channels, height, width] of positive integers, got {plain(shape)}",
+    )
     check_loggers(cfg.get("logger"))
 
 
@@ -92,21 +108,36 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     """Everything ``eval.py`` does; returns the metrics written to metrics.json."""
     check_eval_config(cfg)
     out = Path(cfg.paths.output_dir)
-    require(not (out / "metrics.json").exists(),
-            f"{out} already holds an evaluation; choose another hydra.run.dir (the default is a new folder)")
+    require(
+        not (out / "metrics.json").exists(),
+        f"{out} already holds an evaluation; choose another hydra.run.dir (the default is a new folder)",
+    )
     checkpoint = load_checkpoint(cfg.ckpt_path)
     model = build_model(checkpoint)
     datamodule = build_data(checkpoint, cfg, model)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = (
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
     if is_vq:
-        results = evaluate_vq_split(model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize,
-                                    noise=SPLIT_NOISE[cfg.split])
+        results = evaluate_vq_split(
+            model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize, noise=SPLIT_NOISE[cfg.split]
+        )
     else:
-        results = evaluate_split(model, split, k=cfg.k, chunk=cfg.chunk, batch_size=cfg.batch_size, seed=cfg.seed,
-                                 dequantize=datamodule.dequantize, noise=SPLIT_NOISE[cfg.split])
+        results = evaluate_split(
+            model,
+            split,
+            k=cfg.k,
+            chunk=cfg.chunk,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            dequantize=datamodule.dequantize,
+            noise=SPLIT_NOISE[cfg.split],
+        )
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
@@ -138,8 +169,8 @@ def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed:
     images = {
         "samples": pictures.samples(model, num_images, seed),
         "reconstructions": pictures.reconstructions(model, x[: max(1, n // 2)]),
-        "interpolation_linear": pictures.interpolations(model, x[:half], x[half:2 * half]),
-        "interpolation_spherical": pictures.interpolations(model, x[:half], x[half:2 * half], spherical=True),
+        "interpolation_linear": pictures.interpolations(model, x[:half], x[half : 2 * half]),
+        "interpolation_spherical": pictures.interpolations(model, x[:half], x[half : 2 * half], spherical=True),
         "traversals": pictures.traversals(model, x, results["kl_per_dim"]),
     }
     if results["latent_dim"] == 2:
@@ -158,7 +189,10 @@ def draw_vq_pictures(model, split, out: Path, num_images: int, seed: int) -> dic
     folder = out / "images"
     folder.mkdir(exist_ok=True)
     x = split.images[: max(1, min(num_images, len(split)) // 2)].float() / split.levels
-    images = {"samples": pictures.samples(model, num_images, seed), "reconstructions": pictures.reconstructions(model, x)}
+    images = {
+        "samples": pictures.samples(model, num_images, seed),
+        "reconstructions": pictures.reconstructions(model, x),
+    }
     for name, image in images.items():
         save_image(image, folder / f"{name}.png")
     quantizer = (model.vqvae if hasattr(model, "vqvae") else model).quantizer
@@ -168,26 +202,32 @@ def draw_vq_pictures(model, split, out: Path, num_images: int, seed: int) -> dic
 
 
 def vq_summary(m: dict, out: Path) -> str:
-    return "\n".join([
-        f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
-        f"  -log p(x) <=    {m['nll_bound']:.2f} ± {m['nll_bound_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim; "
-        f"{m['prior']} prior: {m['prior_nll']:.2f} nats of codes)",
-        f"  reconstruction: {m['recon']:.2f} nats  MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
-        f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, perplexity {m['perplexity']:.1f}, "
-        f"{m['dead_codes']} dead",
-        f"  written to:     {out}",
-    ])
+    return "\n".join(
+        [
+            f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
+            f"  -log p(x) <=    {m['nll_bound']:.2f} ± {m['nll_bound_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim; "
+            f"{m['prior']} prior: {m['prior_nll']:.2f} nats of codes)",
+            f"  reconstruction: {m['recon']:.2f} nats  MSE {m['mse']:.5f}  "
+            f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
+            f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, "
+            f"perplexity {m['perplexity']:.1f}, "
+            f"{m['dead_codes']} dead",
+            f"  written to:     {out}",
+        ]
+    )
 
 
 def summary(m: dict, out: Path) -> str:
-    return "\n".join([
-        f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
-        f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)",
-        f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
-        f"  active units:   {m['active_units']} of {m['latent_dim']}",
-        f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
-        f"  written to:     {out}",
-    ])
+    return "\n".join(
+        [
+            f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
+            f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)",
+            f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
+            f"  active units:   {m['active_units']} of {m['latent_dim']}",
+            f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
+            f"  written to:     {out}",
+        ]
+    )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

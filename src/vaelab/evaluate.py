@@ -45,8 +45,11 @@ class ReconstructionQuality:
         return torch.cat(self.squared_error)
 
     def compute(self) -> dict[str, float]:
-        return {"mse": self.per_example_mse().mean().item(), "psnr": self.psnr.compute().item(),
-                "ssim": self.ssim.compute().item()}
+        return {
+            "mse": self.per_example_mse().mean().item(),
+            "psnr": self.psnr.compute().item(),
+            "ssim": self.ssim.compute().item(),
+        }
 
 
 def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise: int = TEST_NOISE):
@@ -59,8 +62,16 @@ def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise:
 
 
 @torch.no_grad()
-def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_size: int = 100,
-                   seed: int = 0, dequantize: bool = False, noise: int = TEST_NOISE) -> dict:
+def evaluate_split(
+    model,
+    split: Split,
+    k: int = 5000,
+    chunk: int = 500,
+    batch_size: int = 100,
+    seed: int = 0,
+    dequantize: bool = False,
+    noise: int = TEST_NOISE,
+) -> dict:
     """Metrics of ``model`` on every example of ``split`` (already binarized if it should be).
 
     Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
@@ -83,8 +94,9 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
         kl_dims.append(q.kl_to_standard_normal_per_dim())
         means.append(q.mu)
         quality.update(model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1), x)
-    per_example = {name: torch.cat(values) for name, values in
-                   (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl))}
+    per_example = {
+        name: torch.cat(values) for name, values in (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl))
+    }
     per_example["mse"] = quality.per_example_mse()
     means = torch.cat(means)
     kl_per_dim = torch.cat(kl_dims).mean(0)
@@ -112,8 +124,9 @@ def evaluate_split(model, split: Split, k: int = 5000, chunk: int = 500, batch_s
 
 
 @torch.no_grad()
-def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bool = False,
-                      noise: int = TEST_NOISE) -> dict:
+def evaluate_vq_split(
+    model, split: Split, batch_size: int = 100, dequantize: bool = False, noise: int = TEST_NOISE
+) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
     code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
@@ -135,8 +148,11 @@ def evaluate_vq_split(model, split: Split, batch_size: int = 100, dequantize: bo
             prior_nll.append(prior.code_nll(indices))
     recon = torch.cat(recon)
     probs = counts / counts.sum()
-    code_cost = torch.cat(prior_nll) if prior is not None else torch.full_like(
-        recon, math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes))
+    code_cost = (
+        torch.cat(prior_nll)
+        if prior is not None
+        else torch.full_like(recon, math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes))
+    )
     nll_bound = recon + code_cost
     dims = math.prod(split.images.shape[1:])
     results = {

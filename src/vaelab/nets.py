@@ -7,10 +7,10 @@ A decoder maps latents [..., L] to likelihood parameters [..., C, H, W] (logits 
 
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -25,7 +25,7 @@ def activation(name: str) -> nn.Module:
 def mlp(sizes: Sequence[int], act: str) -> nn.Sequential:
     """Linear layers with ``act`` between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         if i < len(sizes) - 2:
             layers.append(activation(act))
@@ -110,16 +110,22 @@ class ConvDecoder(nn.Module):
         return out.view(*lead, *out.shape[1:])
 
 
-def build_networks(net: dict, image_shape, latent_dim: int, num_params: int | None = None) -> tuple[nn.Module, nn.Module]:
+def build_networks(
+    net: dict, image_shape, latent_dim: int, num_params: int | None = None
+) -> tuple[nn.Module, nn.Module]:
     """Encoder (to ``num_params`` outputs, default 2L) and decoder for
     ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}."""
     kind = net["kind"]
     num_params = num_params or 2 * latent_dim
     widths = list(net["hidden_dims"] if kind == "mlp" else net.get("channels", []))
     if kind == "mlp":
-        return (MLPEncoder(image_shape, num_params, widths, net["activation"]),
-                MLPDecoder(image_shape, latent_dim, widths, net["activation"]))
+        return (
+            MLPEncoder(image_shape, num_params, widths, net["activation"]),
+            MLPDecoder(image_shape, latent_dim, widths, net["activation"]),
+        )
     if kind == "conv":
-        return (ConvEncoder(image_shape, num_params, widths, net["activation"]),
-                ConvDecoder(image_shape, latent_dim, widths, net["activation"]))
+        return (
+            ConvEncoder(image_shape, num_params, widths, net["activation"]),
+            ConvDecoder(image_shape, latent_dim, widths, net["activation"]),
+        )
     raise ValueError(f"unknown net kind {kind!r}: use net=mlp or net=conv")

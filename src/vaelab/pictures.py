@@ -10,10 +10,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid
 
 
 def grid(images: Tensor, nrow: int) -> Tensor:
@@ -58,8 +58,9 @@ def interpolations(model, x_a: Tensor, x_b: Tensor, steps: int = 10, spherical: 
 
 
 @torch.no_grad()
-def traversals(model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11,
-               limit: float = 3.0) -> Tensor:
+def traversals(
+    model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11, limit: float = 3.0
+) -> Tensor:
     """Rows: the ``num_dims`` latents with the highest KL (most informative first), each swept
     from -limit to limit while the others stay at the posterior mean of ``x`` (one image)."""
     order = torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims]
@@ -75,8 +76,9 @@ def traversals(model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, st
 def manifold(model, steps: int = 15) -> Tensor:
     """For a 2-D latent: images decoded on a grid of prior quantiles (AEVB paper, fig. 4)."""
     u = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps)
-    z1, z2 = torch.meshgrid(torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u),
-                            indexing="ij")
+    z1, z2 = torch.meshgrid(
+        torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u), indexing="ij"
+    )
     return grid(decode(model, torch.stack([z2, -z1], -1).flatten(0, 1)), nrow=steps)
 
 

@@ -77,10 +77,23 @@ def kmeans(x: Tensor, k: int, iterations: int, generator: torch.Generator) -> Te
 
 
 class VectorQuantizer(nn.Module):
-    def __init__(self, num_codes: int = 512, code_dim: int = 64, beta: float = 0.25, update: str = "ema",
-                 decay: float = 0.99, epsilon: float = 1e-5, kmeans_init: bool = True, kmeans_iterations: int = 10,
-                 restart_dead: bool = True, dead_threshold: float = 0.03, usage_decay: float = 0.99,
-                 cosine: bool = False, lookup_dim: int | None = None, seed: int = 0):
+    def __init__(
+        self,
+        num_codes: int = 512,
+        code_dim: int = 64,
+        beta: float = 0.25,
+        update: str = "ema",
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iterations: int = 10,
+        restart_dead: bool = True,
+        dead_threshold: float = 0.03,
+        usage_decay: float = 0.99,
+        cosine: bool = False,
+        lookup_dim: int | None = None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.num_codes, self.beta, self.update = num_codes, beta, update
         self.decay, self.epsilon, self.usage_decay = decay, epsilon, usage_decay
@@ -181,7 +194,9 @@ class VectorQuantizer(nn.Module):
         summed over processes [K]."""
         self.restarted = indices.new_zeros(0)
         one_hot_counts = torch.bincount(indices, minlength=self.num_codes).to(flat.dtype)
-        sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(0, indices, flat)
+        sums = torch.zeros(self.num_codes, flat.shape[1], dtype=flat.dtype, device=flat.device).index_add_(
+            0, indices, flat
+        )
         stats = all_reduce_sum(torch.cat([one_hot_counts[:, None], sums], 1))
         counts, sums = stats[:, 0], stats[:, 1:]
         total = counts.sum()

@@ -42,7 +42,9 @@ class RandomStreams(L.Callback):
         self.seed = seed
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        seed_generators(derive_seed(MODEL_TRAIN_NOISE, self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+        seed_generators(
+            derive_seed(MODEL_TRAIN_NOISE, self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
+        )
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         seed_generators(derive_seed(MODEL_EVAL_NOISE, self.seed, batch_idx, trainer.global_rank))
@@ -85,8 +87,10 @@ class PreemptionCheckpoint(L.Callback):
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         name = signal.Signals(self.received).name
-        raise TrainingStopped(f"received {name} at step {trainer.global_step}: saved {path}; resume with "
-                              f"python train.py hydra.run.dir={self.dirpath.parent} ckpt_path=last")
+        raise TrainingStopped(
+            f"received {name} at step {trainer.global_step}: saved {path}; resume with "
+            f"python train.py hydra.run.dir={self.dirpath.parent} ckpt_path=last"
+        )
 
     def teardown(self, trainer, pl_module, stage) -> None:
         for sig, handler in self._previous.items():

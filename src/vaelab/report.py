@@ -64,8 +64,9 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     override_keys = sorted({k for _, o, _ in rows for k in o})
     metric_keys = sorted({k for _, _, m in rows for k in m}, key=lambda k: (k != "status", k))
     header = ["run", *override_keys, *metric_keys]
-    table = [[str(run), *(o.get(k, "") for k in override_keys), *(m.get(k, "") for k in metric_keys)]
-             for run, o, m in rows]
+    table = [
+        [str(run), *(o.get(k, "") for k in override_keys), *(m.get(k, "") for k in metric_keys)] for run, o, m in rows
+    ]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
@@ -77,11 +78,16 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     if against:
         if metric is None:
             raise SystemExit("error: --against needs --metric; name the metric to plot")
-        points = sorted((as_number(o[against]), m[metric]) for _, o, m in rows
-                        if against in o and isinstance(m.get(metric), (int, float)) and as_number(o[against]) is not None)
+        points = sorted(
+            (as_number(o[against]), m[metric])
+            for _, o, m in rows
+            if against in o and isinstance(m.get(metric), (int, float)) and as_number(o[against]) is not None
+        )
         if not points:
-            raise SystemExit(f"error: no run has both a numeric override {against} and the metric {metric}; "
-                             f"overrides seen: {override_keys}, metrics: {metric_keys}")
+            raise SystemExit(
+                f"error: no run has both a numeric override {against} and the metric {metric}; "
+                f"overrides seen: {override_keys}, metrics: {metric_keys}"
+            )
         import matplotlib
 
         matplotlib.use("Agg")

@@ -8,7 +8,6 @@ A KL schedule is called with the global step and returns ``(beta, capacity)``: t
 from __future__ import annotations
 
 
-
 class ConstantBeta:
     """beta(t) = beta."""
 
@@ -96,4 +95,3 @@ class IWAEPaperLR:
     @property
     def total_epochs(self) -> int:
         return sum(3**i for i in range(self.stages))
-

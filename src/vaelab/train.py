@@ -92,7 +92,9 @@ def configure_wandb(node: DictConfig, cfg: DictConfig) -> None:
     if node.get("offline") == "auto":
         node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
         if node.offline:
-            rank_zero_info(f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`")
+            rank_zero_info(
+                f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`"
+            )
     id_file = Path(cfg.paths.output_dir) / "wandb_run_id"
     if id_file.is_file():
         node.id = id_file.read_text().strip()
@@ -138,8 +140,10 @@ def check_output_dir(cfg: DictConfig) -> None:
     """A new run must not write over an earlier run that used the same folder."""
     checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
     if cfg.get("ckpt_path") is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
-        raise UserError(f"{cfg.paths.output_dir} already holds a run's checkpoints; resume it with "
-                        "ckpt_path=last or choose another hydra.run.dir")
+        raise UserError(
+            f"{cfg.paths.output_dir} already holds a run's checkpoints; resume it with "
+            "ckpt_path=last or choose another hydra.run.dir"
+        )
 
 
 def resolve_ckpt_path(cfg: DictConfig) -> str | None:
@@ -160,33 +164,52 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
     saved = checkpoint["vaelab"]
     max_epochs = config["trainer"].get("max_epochs")
     if max_epochs not in (None, -1) and checkpoint.get("epoch", 0) >= max_epochs:
-        raise UserError(f"{path} is at epoch {checkpoint['epoch']} and trainer.max_epochs={max_epochs}: nothing is "
-                        "left to train; raise trainer.max_epochs")
+        raise UserError(
+            f"{path} is at epoch {checkpoint['epoch']} and trainer.max_epochs={max_epochs}: nothing is "
+            "left to train; raise trainer.max_epochs"
+        )
     major = lambda version: str(version).split(".")[0]  # noqa: E731
     if major(saved.get("version")) != major(vaelab.__version__):
-        raise UserError(f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
-                        "resume it with that version")
+        raise UserError(
+            f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
+            "resume it with that version"
+        )
     saved_config = saved.get("config") or {}
     ours, theirs = config["model"], saved_config.get("model", {})
-    check_schedule_length(ours.get("kl_schedule") or {}, theirs.get("kl_schedule") or {}, max_epochs,
-                          (saved_config.get("trainer") or {}).get("max_epochs"))
-    differing = sorted(k for k in ours.keys() | theirs.keys()
-                       if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k))
+    check_schedule_length(
+        ours.get("kl_schedule") or {},
+        theirs.get("kl_schedule") or {},
+        max_epochs,
+        (saved_config.get("trainer") or {}).get("max_epochs"),
+    )
+    differing = sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k)
+    )
     if differing:
         key = differing[0]
-        raise UserError(f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
-                        "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)")
+        raise UserError(
+            f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
+            "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)"
+        )
 
 
 def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs) -> None:
     """A KL schedule whose length follows trainer.max_epochs changes when a run is extended: say
     how to keep the run's own schedule (or to start anew for a stretched one)."""
     for key in ("epochs", "total_epochs", "warmup_epochs"):
-        if key in ours and ours[key] != theirs.get(key) and (ours[key], theirs.get(key)) == (max_epochs, their_max_epochs):
-            raise UserError(f"kl_schedule.{key} follows trainer.max_epochs ({their_max_epochs} in the run, {max_epochs} "
-                            f"now); to extend the run with the schedule it had, add kl_schedule.{key}={their_max_epochs} "
-                            f"(it then holds at its end value); to stretch the schedule over {max_epochs} epochs, "
-                            "start a new run")
+        if (
+            key in ours
+            and ours[key] != theirs.get(key)
+            and (ours[key], theirs.get(key)) == (max_epochs, their_max_epochs)
+        ):
+            raise UserError(
+                f"kl_schedule.{key} follows trainer.max_epochs ({their_max_epochs} in the run, {max_epochs} "
+                f"now); to extend the run with the schedule it had, add kl_schedule.{key}={their_max_epochs} "
+                f"(it then holds at its end value); to stretch the schedule over {max_epochs} epochs, "
+                "start a new run"
+            )
 
 
 # How batches are made: the user's to choose in the prior stage. The rest of `data` is the data set.
@@ -203,12 +226,16 @@ def use_vqvae_data(cfg: DictConfig) -> None:
     if not (path and Path(path).is_file()):
         return
     data = OmegaConf.create(load_vqvae(path)["vaelab"]["config"]["data"])
-    name = data.get("name") or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", data._target_.rsplit(".", 1)[-1].removesuffix("DataModule")).lower()
+    name = (
+        data.get("name")
+        or re.sub(r"(?<=[a-z])(?=[A-Z])", "_", data._target_.rsplit(".", 1)[-1].removesuffix("DataModule")).lower()
+    )
     allowed = ", ".join(f"data.{key}" for key in LOADER_KEYS[:-1]) + f" and data.{LOADER_KEYS[-1]}"
     for key, given in command_line_data_keys():
         if key not in LOADER_KEYS:
-            raise UserError(f"model=vqvae_prior trains on the data set of its VQ-VAE ({name}); drop {given} "
-                            f"({allowed} can be set)")
+            raise UserError(
+                f"model=vqvae_prior trains on the data set of its VQ-VAE ({name}); drop {given} ({allowed} can be set)"
+            )
         data[key] = cfg.data[key]
     data.overfit_batches = cfg.data.get("overfit_batches", 0)  # this run's debug setting, not the VQ-VAE's
     data.seed = cfg.seed
@@ -224,8 +251,11 @@ def command_line_data_keys() -> list[tuple[str, str]]:
     if not HydraConfig.initialized():
         return []
     overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
-    return [(o.key_or_group.removeprefix("data").removeprefix("."), o.input_line) for o in overrides
-            if o.key_or_group == "data" or o.key_or_group.startswith("data.")]
+    return [
+        (o.key_or_group.removeprefix("data").removeprefix("."), o.input_line)
+        for o in overrides
+        if o.key_or_group == "data" or o.key_or_group.startswith("data.")
+    ]
 
 
 def in_multirun() -> bool:
@@ -312,11 +342,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model.accumulate_grad_batches = cfg.trainer.get("accumulate_grad_batches") or 1
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, model.run_config)
-    callbacks = [RandomStreams(cfg.seed), *build_callbacks(cfg),
-                 PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints"))]
+    callbacks = [
+        RandomStreams(cfg.seed),
+        *build_callbacks(cfg),
+        PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints")),
+    ]
     trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, logger=build_loggers(cfg) or False, callbacks=callbacks, plugins=[AtomicCheckpointIO()],
-        gradient_clip_val=None, gradient_clip_algorithm=None, accumulate_grad_batches=1, _convert_="all",
+        cfg.trainer,
+        logger=build_loggers(cfg) or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=None,
+        gradient_clip_algorithm=None,
+        accumulate_grad_batches=1,
+        _convert_="all",
     )
     save_config(cfg)
     for logger in trainer.loggers:  # the whole resolved run, not only the model's arguments

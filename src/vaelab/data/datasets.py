@@ -41,7 +41,9 @@ class SyntheticDataModule(InMemoryDataModule):
 
     name = "synthetic"
 
-    def __init__(self, num_train: int = 512, num_eval: int = 128, num_prototypes: int = 4, flip: float = 0.05, **kwargs):
+    def __init__(
+        self, num_train: int = 512, num_eval: int = 128, num_prototypes: int = 4, flip: float = 0.05, **kwargs
+    ):
         super().__init__(**kwargs)
         self.sizes = [num_train, num_eval, num_eval]
         self.num_prototypes, self.flip = num_prototypes, flip
@@ -67,8 +69,10 @@ def read_amat(path: Path) -> torch.Tensor:
         for line_no, line in enumerate(f, 1):
             values = line.split()
             if len(values) != 784:
-                raise UserError(f"{path}:{line_no} has {len(values)} values, expected 784: the file is "
-                                "truncated or not binarized MNIST; download it again")
+                raise UserError(
+                    f"{path}:{line_no} has {len(values)} values, expected 784: the file is "
+                    "truncated or not binarized MNIST; download it again"
+                )
             rows.append(values)
     return torch.from_numpy(np.asarray(rows, dtype=np.uint8)).view(-1, 1, 28, 28)
 
@@ -106,8 +110,10 @@ class BinarizedMNISTDataModule(InMemoryDataModule):
     def load(self):
         if self.path.suffix == ".npz":
             if not self.path.is_file():
-                raise UserError(f"data.path={self.path} does not exist; point data.path at binarized_mnist.npz "
-                                "or at a folder for the .amat files")
+                raise UserError(
+                    f"data.path={self.path} does not exist; point data.path at binarized_mnist.npz "
+                    "or at a folder for the .amat files"
+                )
             arrays = read_binarized_mnist_npz(self.path)
         else:
             arrays = {split: read_amat(self._amat(split)) for split in ("train", "valid", "test")}
@@ -129,8 +135,10 @@ class BinarizedMNISTDataModule(InMemoryDataModule):
         try:
             urllib.request.urlretrieve(BINARIZED_MNIST_URL.format(split), partial)
         except OSError as e:
-            raise UserError(f"could not download {path.name} ({e}); with no network, set "
-                            "data.path to the packed binarized_mnist.npz") from None
+            raise UserError(
+                f"could not download {path.name} ({e}); with no network, set "
+                "data.path to the packed binarized_mnist.npz"
+            ) from None
         partial.rename(path)
         return path
 
@@ -148,9 +156,10 @@ def read_idx(path: Path, ndim: int) -> torch.Tensor:
         raise UserError(f"{path} cannot be read ({e}); reinstall or download it again") from None
     magic = struct.unpack(">I", data[:4])[0] if len(data) >= 4 else None
     if magic != IDX_MAGIC[ndim]:
-        raise UserError(f"{path} is not an IDX file of {ndim}-d unsigned bytes (magic {magic}); "
-                        "check you pointed at the right file")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        raise UserError(
+            f"{path} is not an IDX file of {ndim}-d unsigned bytes (magic {magic}); check you pointed at the right file"
+        )
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(dims)):
         raise UserError(f"{path} is truncated ({body.size} of {int(np.prod(dims))} bytes); download it again")
@@ -185,8 +194,10 @@ class TorchvisionDataModule(InMemoryDataModule):
         levels = 255
         n_val = self.val_size
         if n_val >= len(train[0]):
-            raise UserError(f"data.val_size={n_val} leaves none of the {len(train[0])} training images to train on; "
-                            "lower data.val_size")
+            raise UserError(
+                f"data.val_size={n_val} leaves none of the {len(train[0])} training images to train on; "
+                "lower data.val_size"
+            )
         return {
             "train": Split(train[0][:-n_val], train[1][:-n_val], levels),
             "val": Split(train[0][-n_val:], train[1][-n_val:], levels),
@@ -199,6 +210,7 @@ class TorchvisionDataModule(InMemoryDataModule):
             label_file = find_idx(self.root, f"{prefix}-labels-idx1-ubyte")
             y = read_idx(label_file, 1).long() if label_file else no_labels(len(x))
             return x, y
+
         if not find_idx(self.root, "t10k-images-idx3-ubyte"):
             raise UserError(f"{self.root} has train-images but no t10k-images-idx3-ubyte(.gz); add the test file")
         return pair("train"), pair("t10k")
@@ -210,11 +222,13 @@ class TorchvisionDataModule(InMemoryDataModule):
         try:
             ds = cls(str(self.root), train=train, download=self.download)
         except RuntimeError as e:
-            raise UserError(f"{self.name} not found under data.root={self.root} ({e}); "
-                            "download it there or set data.root") from None
+            raise UserError(
+                f"{self.name} not found under data.root={self.root} ({e}); download it there or set data.root"
+            ) from None
         except OSError as e:
-            raise UserError(f"could not download {self.name} to {self.root} ({e}); with no network, put "
-                            "the files there yourself") from None
+            raise UserError(
+                f"could not download {self.name} to {self.root} ({e}); with no network, put the files there yourself"
+            ) from None
         x = torch.as_tensor(ds.data)
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # CIFAR is stored HWC
         return x.contiguous(), torch.as_tensor(ds.targets).long()
@@ -256,8 +270,8 @@ class ImageFolderDataModule(InMemoryDataModule):
         self.path, self.val_fraction, self.test_fraction = Path(path), val_fraction, test_fraction
 
     def load(self):
-        from PIL import Image, UnidentifiedImageError
         import torchvision.transforms.v2.functional as TF
+        from PIL import Image, UnidentifiedImageError
 
         if not self.path.is_dir():
             raise UserError(f"data.path={self.path} is not a folder; point it at a folder of images")
@@ -275,8 +289,9 @@ class ImageFolderDataModule(InMemoryDataModule):
             except (UnidentifiedImageError, OSError) as e:
                 raise UserError(f"{f} is not a readable image ({e.__class__.__name__}); remove or replace it") from None
         classes = sorted({f.relative_to(self.path).parts[0] for f in files if len(f.relative_to(self.path).parts) > 1})
-        labels = torch.tensor([classes.index(f.relative_to(self.path).parts[0]) if f.parent != self.path else -1
-                               for f in files])
+        labels = torch.tensor(
+            [classes.index(f.relative_to(self.path).parts[0]) if f.parent != self.path else -1 for f in files]
+        )
         x = torch.stack(images)
         n_val = max(1, int(len(x) * self.val_fraction))
         n_test = max(1, int(len(x) * self.test_fraction))

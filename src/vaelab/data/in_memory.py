@@ -20,9 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-import numpy as np
-
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -82,7 +81,7 @@ class BatchDataset(Dataset):
         x = self.split.images.index_select(0, indices).float()
         if self.binarize or self.dequantize:
             g = torch.Generator(device=device).manual_seed(ref.noise_seed)
-            u = torch.rand(ref.global_size, *x.shape[1:], generator=g, device=device)[ref.offset:ref.offset + len(x)]
+            u = torch.rand(ref.global_size, *x.shape[1:], generator=g, device=device)[ref.offset : ref.offset + len(x)]
         if self.dequantize:
             x = x.add_(u).div_(self.split.levels + 1)
         else:
@@ -101,8 +100,17 @@ class ShardedBatchSampler(Sampler):
     the noise stream: the training noise changes every epoch, an evaluation split's does not.
     """
 
-    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, noise: int = TRAIN_NOISE):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        noise: int = TRAIN_NOISE,
+    ):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.noise = seed, rank, world_size, noise
         self.epoch = 0
@@ -112,7 +120,9 @@ class ShardedBatchSampler(Sampler):
 
     def _global_batches(self):
         if self.shuffle:
-            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(derive_seed(ORDER, self.seed, self.epoch)))
+            order = torch.randperm(
+                self.n, generator=torch.Generator().manual_seed(derive_seed(ORDER, self.seed, self.epoch))
+            )
         else:
             order = torch.arange(self.n)
         stop = self.n - self.n % self.batch_size if self.drop_last else self.n
@@ -128,7 +138,7 @@ class ShardedBatchSampler(Sampler):
             shares = batch.tensor_split(self.world_size)
             share = shares[self.rank]
             if len(share):
-                offset = sum(len(s) for s in shares[:self.rank])
+                offset = sum(len(s) for s in shares[: self.rank])
                 yield BatchRef(share, self.noise_seed(number), offset, len(batch))
 
     def __len__(self) -> int:
@@ -151,10 +161,21 @@ class InMemoryDataModule(L.LightningDataModule):
 
     name = "data"
 
-    def __init__(self, image_shape, batch_size: int = 100, eval_batch_size: int | None = None,
-                 binarize: str = "auto", likelihood: str = "bernoulli", seed: int = 0, on_device: bool = False,
-                 pin_memory: bool = False, num_workers: int = 0, num_levels: int | None = None,
-                 overfit_batches: int = 0, **_):
+    def __init__(
+        self,
+        image_shape,
+        batch_size: int = 100,
+        eval_batch_size: int | None = None,
+        binarize: str = "auto",
+        likelihood: str = "bernoulli",
+        seed: int = 0,
+        on_device: bool = False,
+        pin_memory: bool = False,
+        num_workers: int = 0,
+        num_levels: int | None = None,
+        overfit_batches: int = 0,
+        **_,
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.batch_size = batch_size
@@ -187,11 +208,15 @@ class InMemoryDataModule(L.LightningDataModule):
             if len(split) == 0:
                 raise UserError(f"data {self.name}: the {split_name} split is empty; check the data files")
             if self.num_levels is not None and split.levels + 1 != self.num_levels:
-                raise UserError(f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
-                                f"says data.num_levels={self.num_levels}; set data.num_levels={split.levels + 1}")
+                raise UserError(
+                    f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
+                    f"says data.num_levels={self.num_levels}; set data.num_levels={split.levels + 1}"
+                )
         if self.batch_size > len(splits["train"]):
-            raise UserError(f"data.batch_size={self.batch_size} is larger than the {len(splits['train'])} "
-                            "training examples; lower data.batch_size")
+            raise UserError(
+                f"data.batch_size={self.batch_size} is larger than the {len(splits['train'])} "
+                "training examples; lower data.batch_size"
+            )
         if self.overfit_batches:
             train = splits["train"]
             n = min(len(train), self.overfit_batches * self.batch_size)
@@ -204,13 +229,16 @@ class InMemoryDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:
             # Each process averages its own share: unequal shares would weigh examples unequally.
-            raise UserError(f"data.batch_size={self.batch_size} does not split evenly over the {world} processes; "
-                            f"choose a multiple of {world}")
+            raise UserError(
+                f"data.batch_size={self.batch_size} does not split evenly over the {world} processes; "
+                f"choose a multiple of {world}"
+            )
         self._freeze_eval_splits()  # with a CPU generator, so before the move below
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
-            self.splits = {name: Split(s.images.to(device), s.labels.to(device), s.levels)
-                           for name, s in self.splits.items()}
+            self.splits = {
+                name: Split(s.images.to(device), s.labels.to(device), s.levels) for name, s in self.splits.items()
+            }
 
     @property
     def binarize(self) -> bool:
@@ -228,17 +256,30 @@ class InMemoryDataModule(L.LightningDataModule):
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        sampler = ShardedBatchSampler(len(self.splits[split]), batch_size, shuffle=train, drop_last=train,
-                                      seed=self.seed, rank=rank, world_size=world, noise=SPLIT_NOISE[split])
+        sampler = ShardedBatchSampler(
+            len(self.splits[split]),
+            batch_size,
+            shuffle=train,
+            drop_last=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            noise=SPLIT_NOISE[split],
+        )
         # Evaluation splits are binarized once with a fixed seed so every epoch sees the same data.
         dataset = self.dataset(split, train)
         # Its own generator: a DataLoader draws a seed for its workers from the global generator
         # every time it is iterated, which would shift the model's random stream between an
         # uninterrupted run and a resumed one.
-        return DataLoader(dataset, sampler=sampler, batch_size=None,
-                          generator=torch.Generator().manual_seed(self.seed + rank),
-                          pin_memory=self.pin_memory, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            generator=torch.Generator().manual_seed(self.seed + rank),
+            pin_memory=self.pin_memory,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def dataset(self, split: str, train: bool = False) -> BatchDataset:
         """The split as the model sees it, indexed by ``BatchRef``s."""
@@ -276,7 +317,7 @@ def split_off(images: Tensor, labels: Tensor, sizes: list[int], seed: int = 0) -
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     parts, start = [], 0
     for size in sizes:
-        idx = order[start:start + size]
+        idx = order[start : start + size]
         parts.append((images[idx], labels[idx]))
         start += size
     return parts

@@ -4,4 +4,4 @@ from vaelab.models.prior import CodePrior
 from vaelab.models.vae import VAE
 from vaelab.models.vqvae import VQVAE
 
-__all__ = ["VAE", "BetaVAE", "IWAE", "VQVAE", "CodePrior"]
+__all__ = ["IWAE", "VAE", "VQVAE", "BetaVAE", "CodePrior"]

@@ -151,8 +151,11 @@ class GenerativeModel(L.LightningModule):
         # Lightning calls this after unscaling the gradients (16-bit mixed precision), so the
         # limit applies to the true gradients.
         if self.gradient_clip_val:
-            self.clip_gradients(optimizer, gradient_clip_val=self.gradient_clip_val,
-                                gradient_clip_algorithm=self.gradient_clip_algorithm)
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=self.gradient_clip_val,
+                gradient_clip_algorithm=self.gradient_clip_algorithm,
+            )
 
     def loss_is_finite_everywhere(self, loss: Tensor) -> bool:
         """Whether the loss is finite on every process. Under DDP the processes must take the same
@@ -168,8 +171,10 @@ class GenerativeModel(L.LightningModule):
         if torch.isfinite(metrics["loss"]):
             return self.stop_or_skip("the loss is not finite on another process")
         bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
-        self.stop_or_skip(f"the loss is {metrics['loss'].item()} "
-                          f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'})")
+        self.stop_or_skip(
+            f"the loss is {metrics['loss'].item()} "
+            f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'})"
+        )
 
     def gradients_are_finite(self) -> bool:
         """False (nonfinite=skip) or a stop naming the parameters when a gradient is NaN or
@@ -195,8 +200,10 @@ class GenerativeModel(L.LightningModule):
         if self.nonfinite == "skip":
             self.skipped_steps += 1
             return
-        raise TrainingStopped(f"step {self.global_step}: {problem}; training stopped, the last good checkpoint is "
-                              "kept (set nonfinite=skip to skip such steps)")
+        raise TrainingStopped(
+            f"step {self.global_step}: {problem}; training stopped, the last good checkpoint is "
+            "kept (set nonfinite=skip to skip such steps)"
+        )
 
     def on_train_epoch_start(self) -> None:
         self.train_epoch_sums = WeightedSums()
@@ -215,8 +222,9 @@ class GenerativeModel(L.LightningModule):
         if means:
             metrics = self.with_derived(means)
             # Already reduced over processes, so identical on every rank: sync_dist is a no-op mean.
-            self.log_dict({f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True,
-                          sync_dist=True)
+            self.log_dict(
+                {f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True
+            )
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
 
@@ -233,15 +241,22 @@ class GenerativeModel(L.LightningModule):
         if value is not None:
             scheduler.step(value)
         elif any(name.startswith("val/") for name in self.trainer.callback_metrics):
-            raise UserError(f"model.scheduler.monitor={self.scheduler_monitor} is not a logged metric; choose one of "
-                            f"{sorted(self.trainer.callback_metrics)}")
+            raise UserError(
+                f"model.scheduler.monitor={self.scheduler_monitor} is not a logged metric; choose one of "
+                f"{sorted(self.trainer.callback_metrics)}"
+            )
 
     def _eval_step(self, batch, stage: str) -> None:
         x = self.images(batch)
         _, metrics = self.step_metrics(x)
         metrics.update(self.eval_metrics(x, stage))
-        self.log_dict({f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
-                      on_step=False, on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        self.log_dict(
+            {f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
+            on_step=False,
+            on_epoch=True,
+            batch_size=x.shape[0],
+            sync_dist=True,
+        )
 
     def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         """Scalars computed only in validation or test (costly ones)."""

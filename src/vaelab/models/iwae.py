@@ -37,8 +37,14 @@ class IWAE(VAE):
             loss = -bound.mean()
         kl = q.kl_to_standard_normal()
         log_px_mean = log_px_given_z.mean(0)
-        return {"loss": loss, "iwae_bound": bound, "log_px_given_z": log_px_mean, "kl": kl,
-                "kl_per_dim": q.kl_to_standard_normal_per_dim(), "elbo": objectives.elbo(log_px_mean, kl)}
+        return {
+            "loss": loss,
+            "iwae_bound": bound,
+            "log_px_given_z": log_px_mean,
+            "kl": kl,
+            "kl_per_dim": q.kl_to_standard_normal_per_dim(),
+            "elbo": objectives.elbo(log_px_mean, kl),
+        }
 
     def dreg_surrogate(self, x: Tensor, q, z: Tensor, log_w: Tensor) -> Tensor:
         """Zero in value; its gradient is DReG's: for the encoder sum_k w~_k^2 d log w_k / dz * dz/dphi

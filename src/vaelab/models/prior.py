@@ -30,8 +30,10 @@ def load_vqvae(path: str) -> dict:
     checkpoint = load_checkpoint(path)
     target = (checkpoint["vaelab"].get("config") or {}).get("model", {}).get("_target_", "")
     if not target.endswith("VQVAE"):
-        raise UserError(f"prior.vqvae_ckpt={path} is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, not a "
-                        "VQ-VAE; train one with model=vqvae first")
+        raise UserError(
+            f"prior.vqvae_ckpt={path} is a {target.rsplit('.', 1)[-1] or 'unknown'} checkpoint, not a "
+            "VQ-VAE; train one with model=vqvae first"
+        )
     return checkpoint
 
 
@@ -62,8 +64,17 @@ class CodePrior(GenerativeModel):
     """Trains the prior on the frozen VQ-VAE of ``vqvae_ckpt``; the VQ-VAE's weights and
     hyperparameters are stored in this model's own checkpoint, so it stands alone."""
 
-    def __init__(self, vqvae_ckpt: str | None, optimizer: dict, scheduler: dict | None = None, width: int = 128,
-                 layers: int = 4, heads: int = 4, dropout: float = 0.1, vqvae_hparams: dict | None = None):
+    def __init__(
+        self,
+        vqvae_ckpt: str | None,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        width: int = 128,
+        layers: int = 4,
+        heads: int = 4,
+        dropout: float = 0.1,
+        vqvae_hparams: dict | None = None,
+    ):
         vqvae_state = None
         if vqvae_hparams is None:
             if not vqvae_ckpt:
@@ -113,7 +124,9 @@ class CodePrior(GenerativeModel):
         return {**metrics, "elbo": elbo, "bpd": bpd}
 
     @torch.no_grad()
-    def sample_codes(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+    def sample_codes(
+        self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0
+    ) -> Tensor:
         n = math.prod(self.latent_shape)
         codes = torch.zeros(num_samples, n, dtype=torch.long, device=self.device)
         for i in range(n):

@@ -76,8 +76,12 @@ class VAE(GenerativeModel):
         kl_per_dim = q.kl_to_standard_normal_per_dim()
         # Summed from the per-dimension terms where they add up to the joint KL (diagonal q).
         kl = kl_per_dim.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()
-        return {"log_px_given_z": log_px_given_z, "kl": kl, "kl_per_dim": kl_per_dim,
-                "elbo": objectives.elbo(log_px_given_z, kl)}
+        return {
+            "log_px_given_z": log_px_given_z,
+            "kl": kl,
+            "kl_per_dim": kl_per_dim,
+            "elbo": objectives.elbo(log_px_given_z, kl),
+        }
 
     def score_function_term(self, f: Tensor, log_q: Tensor) -> Tensor:
         """Zero in value; its gradient is (f - b) * grad log q(z|x), the likelihood-ratio

@@ -24,8 +24,9 @@ class ResidualBlock(nn.Module):
 
     def __init__(self, channels: int, hidden: int):
         super().__init__()
-        self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
-                                 nn.Conv2d(hidden, channels, 1))
+        self.net = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(), nn.Conv2d(hidden, channels, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.net(x)
@@ -34,9 +35,11 @@ class ResidualBlock(nn.Module):
 def vq_encoder(in_channels: int, hidden: int, res_blocks: int, code_dim: int) -> nn.Sequential:
     """Two stride-2 4x4 convolutions (H/4 x W/4), residual blocks, a 1x1 convolution to D."""
     return nn.Sequential(
-        nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(in_channels, hidden // 2, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.Conv2d(hidden // 2, hidden, 4, stride=2, padding=1),
-        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)], nn.ReLU(),
+        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)],
+        nn.ReLU(),
         nn.Conv2d(hidden, code_dim, 1),
     )
 
@@ -44,15 +47,25 @@ def vq_encoder(in_channels: int, hidden: int, res_blocks: int, code_dim: int) ->
 def vq_decoder(out_channels: int, hidden: int, res_blocks: int, code_dim: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(code_dim, hidden, 3, padding=1),
-        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)], nn.ReLU(),
-        nn.ConvTranspose2d(hidden, hidden // 2, 4, stride=2, padding=1), nn.ReLU(),
+        *[ResidualBlock(hidden, hidden // 4 or 1) for _ in range(res_blocks)],
+        nn.ReLU(),
+        nn.ConvTranspose2d(hidden, hidden // 2, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.ConvTranspose2d(hidden // 2, out_channels, 4, stride=2, padding=1),
     )
 
 
 class VQVAE(GenerativeModel):
-    def __init__(self, image_shape: list[int], likelihood: dict, quantizer: dict, optimizer: dict,
-                 scheduler: dict | None = None, hidden: int = 256, res_blocks: int = 2):
+    def __init__(
+        self,
+        image_shape: list[int],
+        likelihood: dict,
+        quantizer: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        hidden: int = 256,
+        res_blocks: int = 2,
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
         channels, height, width = image_shape
@@ -99,16 +112,27 @@ class VQVAE(GenerativeModel):
         recon = -terms["log_px_given_z"].mean()
         vq = terms["vq_loss"] * self.code_elements  # per-element mean -> sum per example
         loss = recon + vq
-        metrics = {"loss": loss, "recon": recon, "vq": vq, "commitment": terms["commitment"],
-                   "perplexity": terms["perplexity"], "codes_used": terms["codes_used"]}
+        metrics = {
+            "loss": loss,
+            "recon": recon,
+            "vq": vq,
+            "commitment": terms["commitment"],
+            "perplexity": terms["perplexity"],
+            "codes_used": terms["codes_used"],
+        }
         return loss, {name: value.detach().float() for name, value in metrics.items()}
 
     def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
         kl = math.prod(self.latent_shape) * math.log(self.quantizer.num_codes)
         elbo = -(metrics["recon"] + kl)
         bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
-        return {**metrics, "kl": torch.as_tensor(kl, device=elbo.device), "elbo": elbo, "bpd": bpd,
-                "dead_codes": torch.tensor(float(self.quantizer.dead_codes()), device=elbo.device)}
+        return {
+            **metrics,
+            "kl": torch.as_tensor(kl, device=elbo.device),
+            "elbo": elbo,
+            "bpd": bpd,
+            "dead_codes": torch.tensor(float(self.quantizer.dead_codes()), device=elbo.device),
+        }
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
