@@ -13,7 +13,7 @@ from vaelab.config import compose_config
 from vaelab.data import Split
 from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
-from vaelab.evaluate import ReconstructionQuality, evaluate_split
+from vaelab.metrics import ReconstructionQuality, evaluate_split
 from vaelab.models import VAE
 from vaelab.pictures import manifold, slerp, traversals
 from vaelab.report import main as report_main

@@ -1,7 +1,7 @@
 """Evaluation entry point: ``python eval.py ckpt_path=PATH`` or ``vaelab-eval``.
 
 Loads a checkpoint with the config it was trained with, measures the split (see
-``vaelab.evaluate``), writes ``metrics.json`` and pictures into a new eval folder, sends them to
+``vaelab.metrics``), writes ``metrics.json`` and pictures into a new eval folder, sends them to
 the configured loggers and prints a one-screen summary."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from vaelab.callbacks import log_image
 from vaelab.checks import check_file, check_loggers, flag, is_int, is_list, plain, require
 from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.errors import UserError
-from vaelab.evaluate import evaluate_split, evaluate_vq_split
+from vaelab.metrics import evaluate_split, evaluate_vq_split
 from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
 
 
