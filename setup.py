@@ -1,7 +1,7 @@
 """The packages of the wheel, beside pyproject.toml (which holds everything else).
 
 The top-level conf/ is installed as the package vaelab.conf (each config group a subpackage), so
-an installed vaelab carries its configs: vaelab.train.CONFIG_DIR finds them there when no source
+an installed vaelab carries its configs: vaelab.config.CONFIG_DIR finds them there when no source
 tree lies beside the code. Found here rather than listed in pyproject.toml, so a new config
 group or module folder needs no edit; tests/test_packaging.py checks the wheel.
 """

@@ -14,9 +14,10 @@ import tempfile
 
 import torch
 
+from vaelab.building import instantiate_model, instantiate_plain
 from vaelab.config import compose_config
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
-from vaelab.train import instantiate_model, instantiate_plain, train
+from vaelab.train import train
 
 
 def main() -> None:

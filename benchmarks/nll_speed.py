@@ -14,8 +14,8 @@ import time
 import torch
 from omegaconf import OmegaConf
 
-from vaelab.eval import build_model, load_checkpoint
-from vaelab.train import instantiate_plain
+from vaelab.building import instantiate_plain
+from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=20)
     args = parser.parse_args()
     checkpoint = load_checkpoint(args.ckpt)
-    model = build_model(checkpoint).eval()
+    model = model_from_checkpoint(checkpoint).eval()
     datamodule = instantiate_plain(OmegaConf.create(checkpoint["vaelab"]["config"]["data"]))
     datamodule.prepare()
     split = datamodule.fixed_eval_split("test")

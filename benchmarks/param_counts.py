@@ -9,7 +9,7 @@ SHAPES = {"digits": "8x8", "binarized_mnist": "28x28", "cifar10": "3x32x32"}
 
 
 def count(overrides: list[str]) -> int:
-    from vaelab.train import instantiate_model
+    from vaelab.building import instantiate_model
 
     model = instantiate_model(compose_config(overrides, "/tmp/unused").model)
     return sum(p.numel() for p in model.parameters())

@@ -110,10 +110,11 @@ def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
     )
     results = evaluate_checkpoint(cfg)
     # The logged test ELBO is a one-sample estimate per example; measure its spread and compare.
-    from vaelab.eval import build_data, build_model, load_checkpoint
+    from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
+    from vaelab.eval import build_data
 
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    model = build_model(checkpoint).eval()
+    model = model_from_checkpoint(checkpoint).eval()
     split = build_data(checkpoint, cfg, model).fixed_eval_split("test")
     x = split.images.float() / split.levels
     with torch.no_grad():

@@ -5,21 +5,22 @@ import lightning as L
 import pytest
 import torch
 
-import vaelab.train as vt
+import vaelab.building as building
+from vaelab.building import instantiate_model
 from vaelab.config import compose_config
-from vaelab.train import instantiate_model, train
+from vaelab.train import train
 
 QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
 STEPS_PER_EPOCH = 512 // 64  # data=synthetic
 
 
 def train_with(callback, cfg):
-    original = vt.build_callbacks
-    vt.build_callbacks = lambda c: [*original(c), callback]
+    original = building.build_callbacks
+    building.build_callbacks = lambda c: [*original(c), callback]
     try:
         return train(cfg)
     finally:
-        vt.build_callbacks = original
+        building.build_callbacks = original
 
 
 def test_the_learning_rate_schedule_steps_once_per_epoch(tmp_path):

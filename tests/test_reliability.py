@@ -13,7 +13,7 @@ import lightning as L
 import pytest
 import torch
 
-import vaelab.train as vt
+import vaelab.building as building
 from conftest import ROOT, run_cli
 from vaelab.config import compose_config
 from vaelab.errors import UserError
@@ -89,8 +89,8 @@ class NaNGradient(L.Callback):
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_a_nan_gradient_stops_or_skips(tmp_path, monkeypatch, policy):
-    original = vt.build_callbacks
-    monkeypatch.setattr(vt, "build_callbacks", lambda cfg: [*original(cfg), NaNGradient(3)])
+    original = building.build_callbacks
+    monkeypatch.setattr(building, "build_callbacks", lambda cfg: [*original(cfg), NaNGradient(3)])
     cfg = compose_config([*QUICK, "trainer.max_epochs=1", f"nonfinite={policy}"], tmp_path)
     if policy == "stop":
         with pytest.raises(TrainingStopped, match=r"step 3: non-finite gradient in decoder.net.0.weight"):

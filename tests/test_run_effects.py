@@ -121,7 +121,7 @@ def test_gaussian_bits_per_dim_on_digits_is_a_bound_that_beats_a_uniform_guess(t
 def test_debug_overfit_trains_and_validates_on_the_same_batches_at_the_configured_batch_size(tmp_path):
     import lightning as L
 
-    import vaelab.train as vt
+    import vaelab.building as building
 
     seen = {"train": [], "val": []}
 
@@ -134,12 +134,12 @@ def test_debug_overfit_trains_and_validates_on_the_same_batches_at_the_configure
                 seen["val"].append(batch[1])
 
     cfg = compose_config([*QUICK, "debug=overfit", "trainer.max_epochs=40", "trainer.limit_val_batches=1.0"], tmp_path)
-    original = vt.build_callbacks
-    vt.build_callbacks = lambda c: [*original(c), Spy()]
+    original = building.build_callbacks
+    building.build_callbacks = lambda c: [*original(c), Spy()]
     try:
         metrics = train(cfg)
     finally:
-        vt.build_callbacks = original
+        building.build_callbacks = original
     assert [len(labels) for labels in seen["train"]] == [32, 32] * 40  # two batches of the configured size
     first_epoch = torch.cat(seen["train"][:2]).sort().values
     assert torch.equal(torch.cat(seen["train"][-2:]).sort().values, first_epoch)  # the same images every epoch
@@ -150,14 +150,14 @@ def test_debug_overfit_trains_and_validates_on_the_same_batches_at_the_configure
 
 
 # ---- what the loggers receive -------------------------------------------------------------
-def wandb_offline_config(run_file: Path) -> dict:
-    """The config a W&B offline run recorded: its .wandb file is a LevelDB-style log (7-byte file
-    header, 32 KiB blocks, chunks of crc32, length, type) of protobuf Records."""
+def wandb_records(run_file: Path):
+    """The protobuf Records of a W&B offline run's .wandb file: a LevelDB-style log (7-byte file
+    header, 32 KiB blocks, chunks of crc32, length, type)."""
     import struct
 
     from wandb.proto import wandb_internal_pb2
 
-    data, config, pos, parts = run_file.read_bytes(), {}, 7, b""
+    data, pos, parts = run_file.read_bytes(), 7, b""
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:  # a block's tail too short for a chunk header is padding
             pos += 32768 - pos % 32768
@@ -169,10 +169,22 @@ def wandb_offline_config(run_file: Path) -> dict:
             record = wandb_internal_pb2.Record()
             record.ParseFromString(parts)
             parts = b""
-            updates = {"config": lambda: record.config.update, "run": lambda: record.run.config.update}
-            for item in updates.get(record.WhichOneof("record_type"), lambda: [])():
-                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+            yield record
+
+
+def wandb_offline_config(run_file: Path) -> dict:
+    """The config a W&B offline run recorded."""
+    config = {}
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        items = record.config.update if kind == "config" else record.run.config.update if kind == "run" else []
+        for item in items:
+            config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return config
+
+
+def wandb_offline_tags(run_file: Path) -> list[str]:
+    return [tag for r in wandb_records(run_file) if r.WhichOneof("record_type") == "run" for tag in r.run.tags]
 
 
 def test_every_logger_receives_the_whole_resolved_run_config(tmp_path):
@@ -203,3 +215,76 @@ def test_a_run_with_a_schedule_in_epochs_can_be_extended_as_the_message_says(tmp
     assert max(capacity) >= 2 * DIGITS_STEPS_PER_EPOCH  # the third epoch was trained and logged
     for step, value in capacity.items():  # the schedule of the first run, holding at its end value
         assert value == pytest.approx(25.0 * min(1.0, step / (2 * DIGITS_STEPS_PER_EPOCH)), abs=1e-4)
+
+
+def test_tags_reach_the_loggers(tmp_path):
+    cfg = compose_config(
+        [
+            *QUICK,
+            "logger=wandb",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "test=false",
+            "tags=[baseline,digits]",
+        ],
+        tmp_path,
+    )
+    train(cfg)
+    (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    assert wandb_offline_tags(run_file) == ["baseline", "digits"]
+    assert wandb_offline_config(run_file)["tags"] == ["baseline", "digits"]
+
+
+# ---- the conveniences of a run: seed, early stopping, learning-rate monitor, config tree ------
+def run_seed(run: Path) -> int:
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())["seed"]
+
+
+def test_a_null_seed_is_drawn_recorded_and_kept_on_resume(tmp_path):
+    base = [*QUICK, "seed=null", "test=false", "trainer.limit_train_batches=2"]
+    train(compose_config([*base, "trainer.max_epochs=1"], tmp_path / "a"))
+    train(compose_config([*base, "trainer.max_epochs=1"], tmp_path / "b"))
+    seed_a, seed_b = run_seed(tmp_path / "a"), run_seed(tmp_path / "b")
+    assert isinstance(seed_a, int) and seed_a != seed_b  # drawn anew for each run (1 in 2**32 to collide)
+    train(compose_config([*base, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "a"))
+    assert run_seed(tmp_path / "a") == seed_a
+    checkpoint = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["vaelab"]["config"]["seed"] == seed_a
+    assert {int(row["epoch"]) for row in logged_rows(tmp_path / "a") if row.get("val/elbo")} == {0, 1}
+
+
+def test_early_stopping_by_name_ends_the_run_when_the_bound_stops_improving(tmp_path):
+    overrides = [
+        *QUICK,
+        "callbacks=[default,early_stopping]",
+        "trainer.max_epochs=6",
+        "test=false",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1000",
+    ]
+    train(compose_config(overrides, tmp_path))
+    epochs = {int(row["epoch"]) for row in logged_rows(tmp_path) if row.get("val/elbo")}
+    assert epochs == {0, 1}  # no gain of 1000 nats after epoch 0: patience 1 stops after epoch 1
+
+
+def test_the_learning_rate_is_logged_when_a_scheduler_is_set(tmp_path):
+    schedule = "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5}"
+    overrides = [*QUICK, schedule, "trainer.max_epochs=3", "trainer.limit_train_batches=3", "test=false"]
+    train(compose_config(overrides, tmp_path))
+    rates = [float(row["lr-Adam"]) for row in logged_rows(tmp_path) if row.get("lr-Adam")]
+    assert rates == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    train(compose_config([*QUICK, "trainer.max_epochs=1", "test=false"], tmp_path / "plain"))
+    assert "lr-Adam" not in logged_rows(tmp_path / "plain")[0]  # no scheduler: no monitor
+
+
+def test_print_config_shows_the_composed_config_as_a_tree(tmp_path, capsys):
+    train(
+        compose_config(
+            [*QUICK, "extras.print_config=true", "trainer.max_epochs=1", "test=false", "trainer.limit_train_batches=1"],
+            tmp_path,
+        )
+    )
+    shown = capsys.readouterr().out
+    assert "config" in shown and "latent_dim" in shown and "max_epochs: 1" in shown

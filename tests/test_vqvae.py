@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.config import compose_config
 from vaelab.errors import UserError
-from vaelab.eval import build_model, load_checkpoint
 from vaelab.models import VQVAE
 from vaelab.train import train
 
@@ -215,7 +215,7 @@ def test_vqvae_and_its_prior_train_and_the_prior_checkpoint_stands_alone(tmp_pat
     for name in ("samples", "reconstructions", "codebook_usage"):
         assert (tmp_path / "prior_eval" / "images" / f"{name}.png").is_file()
     shutil.rmtree(tmp_path / "vq")
-    model = build_model(load_checkpoint(str(tmp_path / "prior" / "checkpoints" / "best.ckpt"))).eval()
+    model = model_from_checkpoint(load_checkpoint(str(tmp_path / "prior" / "checkpoints" / "best.ckpt"))).eval()
     samples = model.sample(3, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (3, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
 

@@ -487,6 +487,19 @@ def check_callbacks(callbacks) -> None:
         )
         positive_int(node.batch_size, "callbacks.encoder_gradient_variance.batch_size")
         positive_int(node.every_n_epochs, "callbacks.encoder_gradient_variance.every_n_epochs")
+    if callbacks.get("early_stopping") is not None:
+        node = callbacks.early_stopping
+        require(
+            node.get("mode", "min") in ("min", "max"),
+            f"callbacks.early_stopping.mode must be min or max, got {node.get('mode')!r}",
+        )
+        whole_number(node.get("patience", 3), "callbacks.early_stopping.patience", 0)
+        require(
+            is_number(node.get("min_delta", 0.0)) and node.get("min_delta", 0.0) >= 0,
+            f"callbacks.early_stopping.min_delta must be a number ≥ 0, got {node.get('min_delta')!r}",
+        )
+    if callbacks.get("model_summary") is not None:
+        whole_number(callbacks.model_summary.get("max_depth", 1), "callbacks.model_summary.max_depth", -1)
     if callbacks.get("progress_bar") is not None:
         whole_number(callbacks.progress_bar.get("refresh_rate", 1), "callbacks.progress_bar.refresh_rate", 0)
 
@@ -515,12 +528,27 @@ def check_ckpt_path(ckpt_path) -> None:
 
 
 def check_seed(seed) -> None:
-    require(is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+    """An integer seed, or null for one drawn at random (vaelab.config.choose_seed draws it
+    before this check runs, so a null never reaches the run)."""
+    require(
+        is_int(seed) and 0 <= seed < 2**32,
+        f"seed must be an integer from 0 to {2**32 - 1} (or null for a random one), got {seed!r}",
+    )
+
+
+def check_extras(cfg: DictConfig) -> None:
+    tags = cfg.get("tags")
+    require(
+        tags is None or (is_list(tags) and all(isinstance(t, str) and t for t in tags)),
+        f"tags must be a list of words, e.g. tags=[baseline,mnist], got {plain(tags)}",
+    )
+    flag((cfg.get("extras") or {}).get("print_config", False), "extras.print_config")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Every check of a training config; raises the first ``UserError`` found."""
     check_seed(cfg.seed)
+    check_extras(cfg)
     flag(cfg.test, "test")
     require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
     metric = cfg.get("optimized_metric")

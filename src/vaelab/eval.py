@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import hydra
@@ -17,54 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import save_image
 
 from vaelab import pictures
+from vaelab.building import build_loggers, instantiate_plain
 from vaelab.callbacks import log_image
-from vaelab.checks import check_file, check_loggers, flag, is_int, is_list, plain, require
+from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
+from vaelab.checks import check_loggers, flag, is_int, is_list, plain, require
+from vaelab.config import CONFIG_DIR
 from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
-from vaelab.train import CONFIG_DIR, build_loggers, instantiate_plain
-
-
-def load_checkpoint(path: str) -> dict:
-    """A vaelab checkpoint as a dict; a one-line error for anything else."""
-    file = Path(path)
-    check_file(path, "ckpt_path", "a .ckpt file from a run's checkpoints/")
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
-        raise UserError(
-            f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
-            "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)"
-        ) from None
-    except Exception as e:  # unpickling arbitrary bytes raises many kinds
-        raise UserError(
-            f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py"
-        ) from None
-    require(
-        isinstance(checkpoint, dict) and "vaelab" in checkpoint and "state_dict" in checkpoint,
-        f"{path} is not a vaelab checkpoint (it has no vaelab run config); give a .ckpt written by train.py",
-    )
-    return checkpoint
-
-
-def build_model(checkpoint: dict):
-    config = checkpoint["vaelab"]["config"]
-    likelihood = checkpoint["hyper_parameters"].get("likelihood") or {}
-    require(
-        likelihood.get("name") != "gaussian" or "num_levels" in likelihood,
-        "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
-        "data.num_levels); its bits/dim would not be a bound: retrain it with this version",
-    )
-    cls = hydra.utils.get_class(config["model"]["_target_"])
-    model = cls(**checkpoint["hyper_parameters"])
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as e:
-        raise UserError(
-            f"the checkpoint's weights do not fit its model ({str(e).splitlines()[0][:100]}); "
-            "it was written by another version of vaelab"
-        ) from None
-    return model
 
 
 def build_data(checkpoint: dict, cfg: DictConfig, model):
@@ -113,7 +72,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         f"{out} already holds an evaluation; choose another hydra.run.dir (the default is a new folder)",
     )
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    model = build_model(checkpoint)
+    model = model_from_checkpoint(checkpoint)
     datamodule = build_data(checkpoint, cfg, model)
     device = (
         "cuda"

@@ -44,16 +44,15 @@ class WeightedSums:
 class GenerativeModel(L.LightningModule):
     """Base of every model; see the module docstring for what a subclass implements."""
 
-    # What to do with a non-finite loss: "stop" (raise) or "skip" the step; set by train().
-    nonfinite = "stop"
-    skipped_steps = 0
-    # Set by train() from trainer.gradient_clip_val / trainer.gradient_clip_algorithm.
+    # How the model runs, as opposed to what it is: the defaults of a model built on its own
+    # (tests, notebooks); train() sets them from the run's config through set_run_options.
+    nonfinite = "stop"  # a non-finite loss or gradient: "stop" (raise) or "skip" the step
     gradient_clip_val: float | None = None
     gradient_clip_algorithm = "norm"
-    # Set by train() from model.channels_last (it converts the weights; images() the batches).
-    channels_last = False
-    # Set by train() from trainer.accumulate_grad_batches: batches whose gradients make one step.
-    accumulate_grad_batches = 1
+    accumulate_grad_batches = 1  # batches whose gradients make one optimizer step
+    channels_last = False  # images() converts the batches (build_model converts the weights)
+    run_config: dict | None = None  # the resolved run config, kept in every checkpoint
+    skipped_steps = 0
     # From model.scheduler's own keys (configure_optimizers): step it every "epoch" or every "step";
     # the metric a ReduceLROnPlateau follows.
     scheduler_interval = "epoch"
@@ -67,6 +66,25 @@ class GenerativeModel(L.LightningModule):
         # scaling (manual_backward, LightningOptimizer.step), DDP gradient sync, optimizer state
         # in checkpoints.
         self.automatic_optimization = False
+
+    def set_run_options(
+        self,
+        *,
+        run_config: dict | None = None,
+        nonfinite: str = "stop",
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str = "norm",
+        accumulate_grad_batches: int = 1,
+        channels_last: bool = False,
+    ) -> None:
+        """The trainer settings this model carries out itself (it optimises manually, so
+        Lightning's clipping and accumulation are off) and the run config its checkpoints keep."""
+        self.run_config = run_config
+        self.nonfinite = nonfinite
+        self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = gradient_clip_algorithm
+        self.accumulate_grad_batches = accumulate_grad_batches
+        self.channels_last = channels_last
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""
@@ -272,7 +290,7 @@ class GenerativeModel(L.LightningModule):
         """The run's resolved config travels with the weights, so eval.py can rebuild the data set
         and check that a file is one of ours. (No generator state: a step's random numbers are a
         function of its place in the run, see ``reliability.RandomStreams``.)"""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": getattr(self, "run_config", None)}
+        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": self.run_config}
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())

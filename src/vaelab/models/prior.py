@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab import objectives
+from vaelab.checkpoints import load_checkpoint
 from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.vqvae import VQVAE
@@ -25,8 +26,6 @@ from vaelab.models.vqvae import VQVAE
 def load_vqvae(path: str) -> dict:
     """A VQ-VAE checkpoint (hyper_parameters, state_dict, vaelab run config), with a one-line
     error for anything else."""
-    from vaelab.eval import load_checkpoint
-
     checkpoint = load_checkpoint(path)
     target = (checkpoint["vaelab"].get("config") or {}).get("model", {}).get("_target_", "")
     if not target.endswith("VQVAE"):

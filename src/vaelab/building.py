@@ -1,0 +1,172 @@
+"""The objects a run is made of, built from its config: data module and model, loggers (W&B
+named, grouped and offline without a key; a resumed run's CSV continued) and callbacks, and the
+Lightning trainer that drives them."""
+
+from __future__ import annotations
+
+import csv
+import os
+import uuid
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS
+from vaelab.reliability import AtomicCheckpointIO, PreemptionCheckpoint, RandomStreams
+from vaelab.sweeps import in_multirun
+
+
+def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
+    """Build ``node._target_`` from the resolved node as plain Python values (so a
+    LightningModule's saved hyperparameters are plain too), leaving out the keys ``exclude``."""
+    kwargs = OmegaConf.to_container(node, resolve=True)
+    for key in exclude:
+        kwargs.pop(key, None)
+    target = hydra.utils.get_class(kwargs.pop("_target_"))
+    return target(**kwargs, **extra)
+
+
+def instantiate_model(node: DictConfig):
+    """The model of a ``model`` config node, without its run-only settings (build_model applies those)."""
+    return instantiate_plain(node, exclude=RUN_ONLY_MODEL_KEYS)
+
+
+def build_model(cfg: DictConfig):
+    """The configured model, set up for this run: memory format, compiled networks, and the
+    trainer settings that its manual optimization carries out (see GenerativeModel.set_run_options)."""
+    model = instantiate_model(cfg.model)
+    if cfg.model.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    if cfg.model.get("compile"):
+        # In place: the parameter names, and so the checkpoints, stay those of the plain model.
+        for network in model.networks():
+            network.compile()
+    model.set_run_options(
+        run_config=OmegaConf.to_container(cfg, resolve=True),
+        nonfinite=cfg.nonfinite,
+        gradient_clip_val=cfg.trainer.get("gradient_clip_val"),
+        gradient_clip_algorithm=cfg.trainer.get("gradient_clip_algorithm") or "norm",
+        accumulate_grad_batches=cfg.trainer.get("accumulate_grad_batches") or 1,
+        channels_last=bool(cfg.model.get("channels_last")),
+    )
+    return model
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    """Lightning's trainer with the run's loggers and callbacks. The models optimise manually, so
+    clipping and accumulation are theirs to do (Lightning refuses those settings then)."""
+    callbacks = [
+        RandomStreams(cfg.seed),
+        *build_callbacks(cfg),
+        PreemptionCheckpoint(str(Path(cfg.paths.output_dir) / "checkpoints")),
+    ]
+    return hydra.utils.instantiate(
+        cfg.trainer,
+        logger=build_loggers(cfg) or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        gradient_clip_val=None,
+        gradient_clip_algorithm=None,
+        accumulate_grad_batches=1,
+        _convert_="all",
+    )
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """One callback per entry of ``callbacks`` (conf/callbacks/*.yaml), less those switched off."""
+    callbacks = [hydra.utils.instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()]
+    # A callback switched off by its settings is left out: Lightning calls every hook of every
+    # callback at every step, ~1% of a small model's speed per callback (measured).
+    callbacks = [c for c in callbacks if getattr(c, "active", True)]
+    # Lightning refuses these callbacks when their trainer switch is off, or fails without a
+    # scheduler to follow or a logger to write to.
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary") is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    if not (cfg.model.get("scheduler") and cfg.get("logger")):
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        node = node.copy()
+        if name == "wandb":
+            with open_dict(node):
+                configure_wandb(node, cfg)
+        logger = hydra.utils.instantiate(node, _convert_="all")
+        if isinstance(logger, CSVLogger) and cfg.get("ckpt_path"):
+            continue_csv_log(logger)
+        loggers.append(logger)
+    return loggers
+
+
+def wandb_has_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def configure_wandb(node: DictConfig, cfg: DictConfig) -> None:
+    """Offline without a key; one W&B run per run folder (its id is kept in the folder, so a
+    resumed run continues the same W&B run); a group per sweep; a name from the overrides."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if node.get("offline") == "auto":
+        node.offline = os.environ.get("WANDB_MODE") == "offline" or not wandb_has_credentials()
+        if node.offline:
+            rank_zero_info(
+                f"wandb: no API key, logging offline; later run `wandb sync {cfg.paths.output_dir}/wandb/offline-run-*`"
+            )
+    id_file = Path(cfg.paths.output_dir) / "wandb_run_id"
+    if id_file.is_file():
+        node.id = id_file.read_text().strip()
+    else:
+        node.id = uuid.uuid4().hex[:8]
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(node.id + "\n")
+    node.resume = "allow"
+    if HydraConfig.initialized():
+        job = HydraConfig.get().job
+        if node.get("name") is None:
+            node.name = job.override_dirname or Path(cfg.paths.output_dir).name
+        if node.get("group") is None and in_multirun():
+            node.group = Path(HydraConfig.get().sweep.dir).name
+
+
+def continue_csv_log(logger: CSVLogger) -> None:
+    """A resumed run appends to the run's metrics.csv. Lightning's writer deletes an existing
+    file when it starts and knows none of its columns, so the file is read first, put back, and
+    its columns handed to the writer."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    earlier = path.read_text() if path.is_file() else None
+    writer = logger.experiment  # created here: this is where Lightning removes the file
+    if earlier:
+        path.write_text(earlier)
+        header = next(csv.reader(earlier.splitlines()), [])
+        writer.metrics_keys = sorted(set(writer.metrics_keys) | set(header))
+
+
+def log_run_config(trainer: L.Trainer, run_config: dict, overrides: list[str]) -> None:
+    """Every logger records the whole resolved run, not only the model's arguments, and the
+    command-line overrides it was started with."""
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**run_config, "overrides": overrides})
+
+
+def finish_wandb(trainer: L.Trainer) -> None:
+    """Ends the run's W&B run, so that everything is written (an offline run's file too) before
+    train() returns, and the next job of a sweep in this process starts a run of its own."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            logger.experiment.finish()

@@ -1,0 +1,133 @@
+"""Checkpoints: reading them (for resuming, evaluating and the prior stage) and the checks that
+keep a run from writing over another or resuming from the wrong model."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import hydra
+import torch
+
+import vaelab
+from vaelab.checks import check_file, require
+from vaelab.errors import UserError
+
+# Settings of how a model runs, not of what it is: a checkpoint resumes and loads either way.
+RUN_ONLY_MODEL_KEYS = ("compile", "channels_last")
+
+
+def load_checkpoint(path: str) -> dict:
+    """A vaelab checkpoint as a dict; a one-line error for anything else."""
+    check_file(path, "ckpt_path", "a .ckpt file from a run's checkpoints/")
+    try:
+        checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+        raise UserError(
+            f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
+            "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)"
+        ) from None
+    except Exception as e:  # unpickling arbitrary bytes raises many kinds
+        raise UserError(
+            f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py"
+        ) from None
+    require(
+        isinstance(checkpoint, dict) and "vaelab" in checkpoint and "state_dict" in checkpoint,
+        f"{path} is not a vaelab checkpoint (it has no vaelab run config); give a .ckpt written by train.py",
+    )
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict):
+    """The checkpoint's model with its weights (on the CPU, in training mode)."""
+    config = checkpoint["vaelab"]["config"]
+    likelihood = checkpoint["hyper_parameters"].get("likelihood") or {}
+    require(
+        likelihood.get("name") != "gaussian" or "num_levels" in likelihood,
+        "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
+        "data.num_levels); its bits/dim would not be a bound: retrain it with this version",
+    )
+    cls = hydra.utils.get_class(config["model"]["_target_"])
+    model = cls(**checkpoint["hyper_parameters"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as e:
+        raise UserError(
+            f"the checkpoint's weights do not fit its model ({str(e).splitlines()[0][:100]}); "
+            "it was written by another version of vaelab"
+        ) from None
+    return model
+
+
+def check_output_dir(output_dir: str, ckpt_path: str | None) -> None:
+    """A new run must not write over an earlier run that used the same folder."""
+    checkpoints = Path(output_dir) / "checkpoints"
+    if ckpt_path is None and checkpoints.is_dir() and any(checkpoints.iterdir()):
+        raise UserError(
+            f"{output_dir} already holds a run's checkpoints; resume it with "
+            "ckpt_path=last or choose another hydra.run.dir"
+        )
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
+    """``last`` is the run folder's checkpoints/last.ckpt; any other value is a path."""
+    if ckpt_path == "last":
+        last = Path(output_dir) / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise UserError(f"ckpt_path=last but {last} does not exist; give a checkpoint path or drop ckpt_path")
+        return str(last)
+    return ckpt_path
+
+
+def check_resume_checkpoint(path: str, config: dict) -> None:
+    """The checkpoint must come from the same model as the one configured, with epochs left."""
+    checkpoint = load_checkpoint(path)
+    saved = checkpoint["vaelab"]
+    max_epochs = config["trainer"].get("max_epochs")
+    if max_epochs not in (None, -1) and checkpoint.get("epoch", 0) >= max_epochs:
+        raise UserError(
+            f"{path} is at epoch {checkpoint['epoch']} and trainer.max_epochs={max_epochs}: nothing is "
+            "left to train; raise trainer.max_epochs"
+        )
+    major = lambda version: str(version).split(".")[0]  # noqa: E731
+    if major(saved.get("version")) != major(vaelab.__version__):
+        raise UserError(
+            f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
+            "resume it with that version"
+        )
+    saved_config = saved.get("config") or {}
+    ours, theirs = config["model"], saved_config.get("model", {})
+    check_schedule_length(
+        ours.get("kl_schedule") or {},
+        theirs.get("kl_schedule") or {},
+        max_epochs,
+        (saved_config.get("trainer") or {}).get("max_epochs"),
+    )
+    differing = sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k)
+    )
+    if differing:
+        key = differing[0]
+        raise UserError(
+            f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
+            "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)"
+        )
+
+
+def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs) -> None:
+    """A KL schedule whose length follows trainer.max_epochs changes when a run is extended: say
+    how to keep the run's own schedule (or to start anew for a stretched one)."""
+    for key in ("epochs", "total_epochs", "warmup_epochs"):
+        if (
+            key in ours
+            and ours[key] != theirs.get(key)
+            and (ours[key], theirs.get(key)) == (max_epochs, their_max_epochs)
+        ):
+            raise UserError(
+                f"kl_schedule.{key} follows trainer.max_epochs ({their_max_epochs} in the run, {max_epochs} "
+                f"now); to extend the run with the schedule it had, add kl_schedule.{key}={their_max_epochs} "
+                f"(it then holds at its end value); to stretch the schedule over {max_epochs} epochs, "
+                "start a new run"
+            )
