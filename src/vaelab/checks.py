@@ -1,5 +1,7 @@
 """Checks of a composed config, run before anything is loaded or built, so a user's mistake
-costs seconds and reads as one sentence (a ``UserError``) rather than a traceback."""
+costs seconds and reads as one sentence (a ``UserError``) rather than a traceback. The checks
+every run shares are here, with helpers (``require``, ``positive_int``, ...) for the rest: each
+model checks its own settings in its class's ``check_config`` (``vaelab.models.base``)."""
 
 from __future__ import annotations
 
