@@ -409,6 +409,15 @@ BAD_VALUES = [
     (["model=vqvae_prior", "model.dropout=1"], "model.dropout must be in [0, 1), got 1"),
     (["model=vqvae_prior", "model.optimizer.lr=-1"], "model.optimizer.lr must be > 0, got -1"),
     (
+        ["model._target_=mymodels.NoSuchVAE"],
+        "model._target_=mymodels.NoSuchVAE cannot be imported; give module.Class of a model, "
+        "with the folder of its module on PYTHONPATH",
+    ),
+    (
+        ["model._target_=torch.nn.Linear"],
+        "model._target_=torch.nn.Linear is not a model: it must name a subclass of vaelab.models.base.GenerativeModel",
+    ),
+    (
         ["model=beta_vae", "kl_schedule=capacity", "trainer.max_epochs=-1"],
         "kl_schedule.epochs must be > 0, got -1 (it follows trainer.max_epochs); set kl_schedule.steps=<N>",
     ),

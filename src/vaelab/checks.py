@@ -1,15 +1,17 @@
 """Checks of a composed config, run before anything is loaded or built, so a user's mistake
-costs seconds and reads as one sentence (a ``UserError``) rather than a traceback."""
+costs seconds and reads as one sentence (a ``UserError``) rather than a traceback. The checks
+every run shares are here, with helpers (``require``, ``positive_int``, ...) for the rest: each
+model checks its own settings in its class's ``check_config`` (``vaelab.models.base``)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from vaelab.errors import UserError
-from vaelab.nets import ACTIVATIONS
 
 
 def require(ok: bool, message: str) -> None:
@@ -120,39 +122,6 @@ def check_data(data: DictConfig) -> None:
         )
 
 
-def check_vqvae(model: DictConfig, image_shape) -> None:
-    q = model.quantizer
-    require(is_int(q.num_codes) and q.num_codes >= 2, f"model.quantizer.num_codes (K) must be ≥ 2, got {q.num_codes!r}")
-    positive_int(q.code_dim, "model.quantizer.code_dim")
-    require(is_number(q.beta) and q.beta >= 0, f"model.quantizer.beta must be ≥ 0, got {q.beta!r}")
-    require(q["update"] in ("ema", "loss"), f"model.quantizer.update must be ema or loss, got {q['update']!r}")
-    require(is_number(q.decay) and 0 < q.decay < 1, f"model.quantizer.decay must be in (0, 1), got {q.decay!r}")
-    require(
-        is_number(q.dead_threshold) and q.dead_threshold >= 0,
-        f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}",
-    )
-    require(
-        q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
-        f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}",
-    )
-    require(is_number(q.epsilon) and q.epsilon > 0, f"model.quantizer.epsilon must be > 0, got {q.epsilon!r}")
-    require(
-        is_number(q.usage_decay) and 0 < q.usage_decay < 1,
-        f"model.quantizer.usage_decay must be in (0, 1), got {q.usage_decay!r}",
-    )
-    whole_number(q.kmeans_iterations, "model.quantizer.kmeans_iterations", 0)
-    for key in ("kmeans_init", "restart_dead", "cosine"):
-        flag(q[key], f"model.quantizer.{key}")
-    whole_number(model.hidden, "size.vq_hidden", 2)  # the first convolution has hidden / 2 channels
-    whole_number(model.res_blocks, "size.vq_res_blocks", 0)
-    _, height, width = image_shape
-    require(
-        height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
-        f"model=vqvae needs images whose height and width are multiples of 4 (it downsamples by 4), "
-        f"got {height}x{width}; choose another data set or data.image_shape",
-    )
-
-
 def check_optimizer(optimizer: DictConfig) -> None:
     lr = optimizer.get("lr")
     require(lr is None or (is_number(lr) and lr > 0), f"model.optimizer.lr must be > 0, got {lr!r}")
@@ -221,97 +190,40 @@ def check_likelihood(lik: DictConfig, data_levels: int | None = None) -> None:
         )
 
 
-def check_prior(model: DictConfig) -> None:
-    """The second stage of VQ-VAE: its transformer's values, then its VQ-VAE's checkpoint."""
-    for key in ("width", "layers", "heads"):
-        positive_int(model[key], f"model.{key}")
+def model_class(target) -> type:
+    """The model class ``model._target_`` names, with a one-line error for anything else."""
+    from vaelab.models.base import GenerativeModel  # here: the models use this module's helpers
+
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name) if module_name else None
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says what
+        cls = None
+    except AttributeError:
+        cls = None
     require(
-        model.width % model.heads == 0,
-        f"model.width ({model.width}) must be a multiple of model.heads "
-        f"({model.heads}); set model.heads to a divisor of it",
+        cls is not None,
+        f"model._target_={target} cannot be imported; give module.Class of a model, "
+        "with the folder of its module on PYTHONPATH",
     )
     require(
-        is_number(model.dropout) and 0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout!r}"
+        isinstance(cls, type) and issubclass(cls, GenerativeModel),
+        f"model._target_={target} is not a model: it must name a subclass of vaelab.models.base.GenerativeModel",
     )
-    require(model.vqvae_ckpt is not None, "model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
-    check_file(model.vqvae_ckpt, "prior.vqvae_ckpt", "a VQ-VAE run's checkpoint")
+    return cls
 
 
-def check_model(model: DictConfig, data_levels: int | None = None) -> None:
+def check_model(cfg: DictConfig) -> None:
+    """The settings every model has, then the model's own (its class's ``check_config``)."""
+    model = cfg.model
     check_optimizer(model.optimizer)
     check_scheduler(model.get("scheduler"))
     for key in ("compile", "channels_last"):
         if key in model:
             flag(model[key], f"model.{key}")
-    if model._target_.endswith("CodePrior"):
-        check_prior(model)
-        return
-    if model._target_.endswith("VQVAE"):
-        check_vqvae(model, model.image_shape)
-        check_likelihood(model.likelihood, data_levels)
-        return
-    positive_int(model.latent_dim, "size.latent_dim")
-    require(is_number(model.beta) and model.beta >= 0, f"model.beta must be a number ≥ 0, got {model.beta!r}")
-    net = model.net
-    require(net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv")
-    require(
-        net.activation in ACTIVATIONS, f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}"
-    )
-    require(
-        not model.get("channels_last") or net.kind == "conv",
-        "model.channels_last=true is a memory layout for convolutions; use it with net=conv",
-    )
-    widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
-    widths = net[widths_key]
-    require(
-        len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
-        f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, got {list(widths)}",
-    )
-    check_likelihood(model.likelihood, data_levels)
-
-
-def check_variant(model: DictConfig) -> None:
-    """Options of the posterior, the gradient estimator, IWAE and beta-VAE, and their combinations."""
-    target = model._target_.rsplit(".", 1)[-1]
-    if target in ("VQVAE", "CodePrior"):
-        return
-    require(
-        model.get("posterior", "diagonal") in ("diagonal", "full"),
-        f"model.posterior must be diagonal or full, got {model.get('posterior')!r}",
-    )
-    estimator = model.get("estimator", "reparam")
-    require(
-        estimator in ("reparam", "score_function"),
-        f"model.estimator must be reparam or score_function, got {estimator!r}",
-    )
-    decay = model.get("baseline_decay", 0.99)
-    require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
-    test_k = model.get("test_k", 0)
-    require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
-    for key in ("k", "k_eval", "dreg"):
-        require(
-            key not in model or target == "IWAE",
-            f"model.{key} belongs to the IWAE bound; use model=iwae (this is model={target})",
-        )
-    if target == "IWAE":
-        positive_int(model.k, "model.k")
-        positive_int(model.k_eval, "model.k_eval")
-        flag(model.dreg, "model.dreg")
-        require(
-            estimator == "reparam",
-            "model=iwae trains with reparameterized gradients; "
-            "set model.estimator=reparam (the score-function estimator is for the ELBO)",
-        )
-    for key in ("kl_schedule", "free_bits"):
-        require(key not in model or target == "BetaVAE", f"model.{key} needs model=beta_vae (this is model={target})")
-    if target == "BetaVAE":
-        check_kl_schedule(model.kl_schedule)
-        free_bits = model.free_bits
-        require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
-        require(
-            free_bits == 0 or model.posterior == "diagonal",
-            "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",
-        )
+    model_class(model.get("_target_")).check_config(model, cfg)
 
 
 def check_kl_schedule(spec: DictConfig) -> None:
@@ -563,8 +475,7 @@ def check_config(cfg: DictConfig) -> None:
         "set test=true or optimize a val/ metric",
     )
     check_data(cfg.data)
-    check_model(cfg.model, cfg.data.get("num_levels"))
-    check_variant(cfg.model)
+    check_model(cfg)
     check_trainer(cfg.trainer, cfg.model)
     check_callbacks(cfg.get("callbacks"))
     check_loggers(cfg.get("logger"))

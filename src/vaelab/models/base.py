@@ -1,15 +1,18 @@
 """What every model here shares as a LightningModule: per-stage metric logging (cheap in the
 training loop), the non-finite-loss guard, the run config and random state in checkpoints, and
 optimizers from config. A model implements ``step_metrics`` (its loss and the batch means it
-logs), ``with_derived`` (metrics computed from those means), ``reconstruct`` and ``sample``."""
+logs), ``with_derived`` (metrics computed from those means), ``reconstruct`` and ``sample``, and
+checks its own config values in the classmethod ``check_config``."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import hydra
 import lightning as L
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 import vaelab
@@ -85,6 +88,39 @@ class GenerativeModel(L.LightningModule):
         self.gradient_clip_algorithm = gradient_clip_algorithm
         self.accumulate_grad_batches = accumulate_grad_batches
         self.channels_last = channels_last
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """Checks of this model's own settings, run by ``vaelab.checks.check_config`` before
+        anything is loaded or built, on the class named by ``model._target_``. ``model_cfg`` is
+        the run's ``model`` node, ``cfg`` the whole run config (for what the model's settings
+        must agree with, such as ``cfg.data``).
+
+        A bad value raises a ``UserError`` whose one-line message names the key, the value and
+        what to set instead; ``vaelab.checks`` has helpers for that (``require``,
+        ``positive_int``, ``flag``, ...). The settings every model has (``optimizer``,
+        ``scheduler``, ``compile``, ``channels_last``) are checked before this is called. A
+        subclass checks its own keys after its base class's::
+
+            @classmethod
+            def check_config(cls, model_cfg, cfg):
+                super().check_config(model_cfg, cfg)
+                require(model_cfg.k >= 1, f"model.k must be ≥ 1, got {model_cfg.k!r}")
+        """
+
+    @classmethod
+    def takes(cls, key: str) -> bool:
+        """Whether the constructor has a parameter ``key`` (its own, or a base class's that it
+        passes ``**kwargs`` on to)."""
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            parameters = inspect.signature(vars(klass)["__init__"]).parameters
+            if key in parameters:
+                return True
+            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+                return False
+        return False
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from vaelab.checks import check_kl_schedule, is_number, require
 from vaelab.models.vae import VAE
 from vaelab.schedules import build_kl_schedule
 
@@ -21,6 +23,17 @@ class BetaVAE(VAE):
         self.kl_schedule_spec = kl_schedule or {"name": "constant"}
         self.free_bits = free_bits
         self._schedule = None
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        super().check_config(model_cfg, cfg)
+        check_kl_schedule(model_cfg.kl_schedule)
+        free_bits = model_cfg.free_bits
+        require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
+        require(
+            free_bits == 0 or model_cfg.posterior == "diagonal",
+            "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",
+        )
 
     def on_train_start(self) -> None:
         super().on_train_start()

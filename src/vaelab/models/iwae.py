@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 from torch.func import functional_call
 
 from vaelab import objectives
+from vaelab.checks import flag, positive_int, require
 from vaelab.models.vae import VAE
 
 
@@ -23,6 +25,18 @@ class IWAE(VAE):
     def __init__(self, *args, k: int = 5, k_eval: int = 50, dreg: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
         self.k, self.k_eval, self.dreg = k, k_eval, dreg
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        super().check_config(model_cfg, cfg)
+        positive_int(model_cfg.k, "model.k")
+        positive_int(model_cfg.k_eval, "model.k_eval")
+        flag(model_cfg.dreg, "model.dreg")
+        require(
+            model_cfg.get("estimator", "reparam") == "reparam",
+            "model=iwae trains with reparameterized gradients; "
+            "set model.estimator=reparam (the score-function estimator is for the ELBO)",
+        )
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         k = self.k if self.training else self.k_eval

@@ -14,10 +14,12 @@ import math
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vaelab import objectives
 from vaelab.checkpoints import load_checkpoint
+from vaelab.checks import check_file, is_number, positive_int, require
 from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.vqvae import VQVAE
@@ -91,6 +93,22 @@ class CodePrior(GenerativeModel):
         self.latent_shape = self.vqvae.latent_shape
         self.num_codes = self.vqvae.quantizer.num_codes
         self.prior = CausalTransformer(self.num_codes, math.prod(self.latent_shape), width, layers, heads, dropout)
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """The transformer's values, then the VQ-VAE's checkpoint."""
+        super().check_config(model_cfg, cfg)
+        for key in ("width", "layers", "heads"):
+            positive_int(model_cfg[key], f"model.{key}")
+        require(
+            model_cfg.width % model_cfg.heads == 0,
+            f"model.width ({model_cfg.width}) must be a multiple of model.heads "
+            f"({model_cfg.heads}); set model.heads to a divisor of it",
+        )
+        dropout = model_cfg.dropout
+        require(is_number(dropout) and 0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout!r}")
+        require(model_cfg.vqvae_ckpt is not None, "model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
+        check_file(model_cfg.vqvae_ckpt, "prior.vqvae_ckpt", "a VQ-VAE run's checkpoint")
 
     def networks(self) -> tuple[nn.Module, ...]:
         return (self.prior,)  # the VQ-VAE is frozen

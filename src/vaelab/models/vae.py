@@ -14,12 +14,24 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
+from vaelab.checks import check_likelihood, is_int, is_number, positive_int, require
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
 from vaelab.models.base import GenerativeModel
-from vaelab.nets import build_networks
+from vaelab.nets import ACTIVATIONS, build_networks
+
+# Settings of this package's variants, refused by a model whose constructor does not take them,
+# with where they belong.
+VARIANT_KEYS = {
+    "k": "belongs to the IWAE bound; use model=iwae",
+    "k_eval": "belongs to the IWAE bound; use model=iwae",
+    "dreg": "belongs to the IWAE bound; use model=iwae",
+    "kl_schedule": "needs model=beta_vae",
+    "free_bits": "needs model=beta_vae",
+}
 
 
 class VAE(GenerativeModel):
@@ -57,6 +69,48 @@ class VAE(GenerativeModel):
         self.prior = StandardNormalPrior(latent_dim)
         # The score-function control variate: a running mean of log p(x|z).
         self.register_buffer("baseline", torch.zeros(()))
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """The latent size, the networks, the likelihood, the posterior and the gradient estimator;
+        a variant's key given to a model that does not take it."""
+        super().check_config(model_cfg, cfg)
+        positive_int(model_cfg.latent_dim, "size.latent_dim")
+        beta = model_cfg.beta
+        require(is_number(beta) and beta >= 0, f"model.beta must be a number ≥ 0, got {beta!r}")
+        net = model_cfg.net
+        require(
+            net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv"
+        )
+        require(
+            net.activation in ACTIVATIONS,
+            f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}",
+        )
+        require(
+            not model_cfg.get("channels_last") or net.kind == "conv",
+            "model.channels_last=true is a memory layout for convolutions; use it with net=conv",
+        )
+        widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
+        widths = net[widths_key]
+        require(
+            len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
+            f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, "
+            f"got {list(widths)}",
+        )
+        check_likelihood(model_cfg.likelihood, cfg.data.get("num_levels"))
+        posterior = model_cfg.get("posterior", "diagonal")
+        require(posterior in ("diagonal", "full"), f"model.posterior must be diagonal or full, got {posterior!r}")
+        estimator = model_cfg.get("estimator", "reparam")
+        require(
+            estimator in ("reparam", "score_function"),
+            f"model.estimator must be reparam or score_function, got {estimator!r}",
+        )
+        decay = model_cfg.get("baseline_decay", 0.99)
+        require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
+        test_k = model_cfg.get("test_k", 0)
+        require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
+        for key, where in VARIANT_KEYS.items():
+            require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
 
     # ---- the model -------------------------------------------------------------------
     def posterior(self, x: Tensor):

@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vaelab import objectives
+from vaelab.checks import check_likelihood, flag, is_int, is_number, positive_int, require, whole_number
 from vaelab.distributions import build_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.quantizer import VectorQuantizer
@@ -78,6 +80,44 @@ class VQVAE(GenerativeModel):
         self.decoder = vq_decoder(channels, hidden, res_blocks, code_dim)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         self.code_elements = math.prod(self.latent_shape) * (quantizer.get("lookup_dim") or code_dim)
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """The quantizer, the networks, the image size and the likelihood."""
+        super().check_config(model_cfg, cfg)
+        q = model_cfg.quantizer
+        require(
+            is_int(q.num_codes) and q.num_codes >= 2, f"model.quantizer.num_codes (K) must be ≥ 2, got {q.num_codes!r}"
+        )
+        positive_int(q.code_dim, "model.quantizer.code_dim")
+        require(is_number(q.beta) and q.beta >= 0, f"model.quantizer.beta must be ≥ 0, got {q.beta!r}")
+        require(q["update"] in ("ema", "loss"), f"model.quantizer.update must be ema or loss, got {q['update']!r}")
+        require(is_number(q.decay) and 0 < q.decay < 1, f"model.quantizer.decay must be in (0, 1), got {q.decay!r}")
+        require(
+            is_number(q.dead_threshold) and q.dead_threshold >= 0,
+            f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}",
+        )
+        require(
+            q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
+            f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}",
+        )
+        require(is_number(q.epsilon) and q.epsilon > 0, f"model.quantizer.epsilon must be > 0, got {q.epsilon!r}")
+        require(
+            is_number(q.usage_decay) and 0 < q.usage_decay < 1,
+            f"model.quantizer.usage_decay must be in (0, 1), got {q.usage_decay!r}",
+        )
+        whole_number(q.kmeans_iterations, "model.quantizer.kmeans_iterations", 0)
+        for key in ("kmeans_init", "restart_dead", "cosine"):
+            flag(q[key], f"model.quantizer.{key}")
+        whole_number(model_cfg.hidden, "size.vq_hidden", 2)  # the first convolution has hidden / 2 channels
+        whole_number(model_cfg.res_blocks, "size.vq_res_blocks", 0)
+        _, height, width = model_cfg.image_shape
+        require(
+            height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
+            f"model=vqvae needs images whose height and width are multiples of 4 (it downsamples by 4), "
+            f"got {height}x{width}; choose another data set or data.image_shape",
+        )
+        check_likelihood(model_cfg.likelihood, cfg.data.get("num_levels"))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
