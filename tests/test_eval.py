@@ -15,7 +15,7 @@ from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
 from vaelab.metrics import ReconstructionQuality, evaluate_split
 from vaelab.models import VAE
-from vaelab.pictures import manifold, slerp, traversals
+from vaelab.pictures import grid, manifold, slerp, traversals, upscale_factor
 from vaelab.report import main as report_main
 from vaelab.train import train
 
@@ -131,6 +131,15 @@ def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
         "latent_map",
     ):
         assert (tmp_path / "eval" / "images" / f"{name}.png").is_file()
+    # The 8x8 images, 8 to a row, are enlarged 8 times in the training callback's and eval's grids alike.
+    from PIL import Image
+
+    for png in (
+        "run/images/samples_epoch002.png",
+        "run/images/reconstructions_epoch002.png",
+        "eval/images/samples.png",
+    ):
+        assert Image.open(tmp_path / png).size == (8 * (64 + 2) + 2, 8 * (64 + 2) + 2)
 
 
 def test_eval_bad_inputs(tmp_path):
@@ -193,22 +202,45 @@ def test_slerp_and_traversals():
     model = linear_gaussian(latent=3)
     model.decoder = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Unflatten(-1, (1, 4, 4)))
     image = traversals(model, torch.zeros(1, 1, 1, 3), kl_per_dim=[0.1, 2.0, 1.0], num_dims=2, steps=5)
-    assert image.shape[0] == 3 and image.shape[1] == 2 * 4 + 3 * 2  # two rows of 4-pixel images, padding 2
+    # two rows of 4-pixel images enlarged 16 times to 64 pixels, padding 2
+    assert image.shape[0] == 3 and image.shape[1] == 2 * 64 + 3 * 2
+
+
+@pytest.mark.parametrize(
+    "side,scale,width",
+    [(8, 8, 8 * (64 + 2) + 2), (28, 3, 8 * (84 + 2) + 2)],  # 530 and 690 pixels for a row of 8
+)
+def test_grids_enlarge_small_images_into_sharp_blocks(side, scale, width):
+    """Images are scaled by the smallest whole number that makes each at least 64 pixels on a side
+    (pictures.MIN_SIDE), by nearest neighbour: every original pixel becomes a constant
+    scale x scale block, and the grid keeps make_grid's 2-pixel grey padding."""
+    images = torch.rand(16, 1, side, side)
+    image = grid(images, nrow=8)
+    assert upscale_factor(side, side) == scale
+    assert image.shape == (3, 2 * (side * scale + 2) + 2, width)  # two rows of 8
+    for i in (0, 7, 8, 15):
+        y, x = 2 + (i // 8) * (side * scale + 2), 2 + (i % 8) * (side * scale + 2)
+        tile = image[0, y : y + side * scale, x : x + side * scale]
+        blocks = tile.reshape(side, scale, side, scale)
+        assert torch.equal(blocks, images[i, 0][:, None, :, None].expand(side, scale, side, scale))
+    assert torch.equal(image[:, :2], torch.full((3, 2, width), 0.5))  # the padding stays 2 pixels
+    large = torch.rand(4, 3, 64, 64)
+    assert torch.equal(grid(large, nrow=4)[:, 2:66, 2:66], large[0])  # 64 pixels and more: unchanged
 
 
 def test_manifold_decodes_the_prior_quantiles_in_reading_order():
     # Decoder: z -> a 1x2-pixel image (sigmoid(z1), sigmoid(z2)), so each tile shows its own z.
     model = linear_gaussian(latent=2)
     model.decoder = torch.nn.Sequential(torch.nn.Sigmoid(), torch.nn.Unflatten(-1, (1, 1, 2)))
-    steps, pad = 5, 2
+    steps, pad, scale = 5, 2, upscale_factor(1, 2)  # 1x2-pixel tiles shown 64 times larger
     image = manifold(model, steps=steps)
     quantiles = torch.distributions.Normal(0, 1).icdf((torch.arange(steps) + 0.5) / steps)
     for row in range(steps):
         for col in range(steps):
-            y, x = pad + row * (1 + pad), pad + col * (2 + pad)
+            y, x = pad + row * (scale + pad), pad + col * (2 * scale + pad)
             # z1 grows to the right, z2 grows upwards (the AEVB paper's figure 4).
             expected = torch.sigmoid(torch.stack([quantiles[col], quantiles[steps - 1 - row]]))
-            torch.testing.assert_close(image[0, y, x : x + 2], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(image[0, y, x : x + 2 * scale : scale], expected, atol=1e-6, rtol=0)
 
 
 def test_a_two_dimensional_latent_gets_its_manifold_picture(tmp_path):
