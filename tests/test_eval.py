@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,11 +10,12 @@ import yaml
 
 from conftest import run_cli
 from test_variants import exact_log_px, linear_gaussian
+from test_vqvae import make_vqvae
 from vaelab.config import compose_config
 from vaelab.data import Split
 from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
-from vaelab.metrics import ReconstructionQuality, evaluate_split
+from vaelab.metrics import ReconstructionQuality, evaluate_split, evaluate_vq_split
 from vaelab.models import VAE
 from vaelab.pictures import grid, manifold, slerp, traversals, upscale_factor
 from vaelab.report import main as report_main
@@ -103,12 +105,51 @@ def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
     assert a["nll_stderr"] == pytest.approx(a["per_example"]["nll"].std().item() / math.sqrt(200))
 
 
-def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
+def shown(stderr: str, name: str) -> tuple[str, float]:
+    """The last state of an evaluation's progress bar: its 'done/total' and the running value."""
+    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    return re.search(r"(\d+/\d+) \[", last).group(1), float(re.search(rf"{name}=(-?[\d.]+)", last).group(1))
+
+
+def test_evaluation_progress_shows_examples_done_and_the_running_nll_on_stderr(capsys):
+    torch.manual_seed(0)
+    model = VAE(
+        [1, 4, 4],
+        3,
+        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
+    split = binary_split(n=120)
+    quiet = evaluate_split(model, split, k=20, chunk=10, batch_size=50)
+    assert capsys.readouterr().err == ""  # off unless asked for: library callers and tests stay quiet
+    results = evaluate_split(model, split, k=20, chunk=10, batch_size=50, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    done, nll = shown(captured.err, "nll")
+    assert done == "120/120" and nll == pytest.approx(results["nll"], abs=0.006)
+    assert results["nll"] == quiet["nll"]  # the bar draws no random numbers
+    vq = evaluate_vq_split(
+        make_vqvae(),
+        Split(torch.randint(0, 2, (30, 1, 8, 8), dtype=torch.uint8), torch.zeros(30, dtype=torch.long), 1),
+        batch_size=16,
+        progress=True,
+    )
+    done, bound = shown(capsys.readouterr().err, "nll_bound")
+    assert done == "30/30" and bound == pytest.approx(vq["nll_bound"], abs=0.006)
+
+
+def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path, capsys):
     metrics = train(compose_config(QUICK, tmp_path / "run"))
     cfg = compose_config(
         [f"ckpt_path={tmp_path}/run/checkpoints/best.ckpt", "k=500", "chunk=250"], tmp_path / "eval", config_name="eval"
     )
+    capsys.readouterr()
     results = evaluate_checkpoint(cfg)
+    # eval.yaml turns the progress bar on for the command: the whole split done, and the NLL it ends on.
+    done, nll = shown(capsys.readouterr().err, "nll")
+    assert done == f"{results['num_examples']}/{results['num_examples']}"
+    assert nll == pytest.approx(results["nll"], abs=0.006)
     # The logged test ELBO is a one-sample estimate per example; measure its spread and compare.
     from vaelab.eval import build_data, build_model, load_checkpoint
 
@@ -286,5 +327,6 @@ def test_eval_cli_prints_the_summary(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NLL (k=20)" in result.stdout and "active units" in result.stdout
+    assert re.search(r"\| (\d+)/\1 \[.*nll=", result.stderr)  # the progress bar, on by default for the command
     (folder,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     assert json.loads((folder / "metrics.json").read_text())["k"] == 20
