@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -9,13 +10,14 @@ import yaml
 
 from conftest import run_cli
 from test_variants import exact_log_px, linear_gaussian
+from test_vqvae import make_vqvae
 from vaelab.config import compose_config
 from vaelab.data import Split
 from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
-from vaelab.metrics import ReconstructionQuality, evaluate_split
+from vaelab.metrics import ReconstructionQuality, evaluate_split, evaluate_vq_split
 from vaelab.models import VAE
-from vaelab.pictures import manifold, slerp, traversals
+from vaelab.pictures import grid, manifold, slerp, traversals, upscale_factor
 from vaelab.report import main as report_main
 from vaelab.train import train
 
@@ -103,12 +105,51 @@ def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
     assert a["nll_stderr"] == pytest.approx(a["per_example"]["nll"].std().item() / math.sqrt(200))
 
 
-def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
+def shown(stderr: str, name: str) -> tuple[str, float]:
+    """The last state of an evaluation's progress bar: its 'done/total' and the running value."""
+    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    return re.search(r"(\d+/\d+) \[", last).group(1), float(re.search(rf"{name}=(-?[\d.]+)", last).group(1))
+
+
+def test_evaluation_progress_shows_examples_done_and_the_running_nll_on_stderr(capsys):
+    torch.manual_seed(0)
+    model = VAE(
+        [1, 4, 4],
+        3,
+        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
+    split = binary_split(n=120)
+    quiet = evaluate_split(model, split, k=20, chunk=10, batch_size=50)
+    assert capsys.readouterr().err == ""  # off unless asked for: library callers and tests stay quiet
+    results = evaluate_split(model, split, k=20, chunk=10, batch_size=50, progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    done, nll = shown(captured.err, "nll")
+    assert done == "120/120" and nll == pytest.approx(results["nll"], abs=0.006)
+    assert results["nll"] == quiet["nll"]  # the bar draws no random numbers
+    vq = evaluate_vq_split(
+        make_vqvae(),
+        Split(torch.randint(0, 2, (30, 1, 8, 8), dtype=torch.uint8), torch.zeros(30, dtype=torch.long), 1),
+        batch_size=16,
+        progress=True,
+    )
+    done, bound = shown(capsys.readouterr().err, "nll_bound")
+    assert done == "30/30" and bound == pytest.approx(vq["nll_bound"], abs=0.006)
+
+
+def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path, capsys):
     metrics = train(compose_config(QUICK, tmp_path / "run"))
     cfg = compose_config(
         [f"ckpt_path={tmp_path}/run/checkpoints/best.ckpt", "k=500", "chunk=250"], tmp_path / "eval", config_name="eval"
     )
+    capsys.readouterr()
     results = evaluate_checkpoint(cfg)
+    # eval.yaml turns the progress bar on for the command: the whole split done, and the NLL it ends on.
+    done, nll = shown(capsys.readouterr().err, "nll")
+    assert done == f"{results['num_examples']}/{results['num_examples']}"
+    assert nll == pytest.approx(results["nll"], abs=0.006)
     # The logged test ELBO is a one-sample estimate per example; measure its spread and compare.
     from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
     from vaelab.eval import build_data
@@ -132,6 +173,15 @@ def test_eval_reproduces_the_test_elbo_logged_in_training(tmp_path):
         "latent_map",
     ):
         assert (tmp_path / "eval" / "images" / f"{name}.png").is_file()
+    # The 8x8 images, 8 to a row, are enlarged 8 times in the training callback's and eval's grids alike.
+    from PIL import Image
+
+    for png in (
+        "run/images/samples_epoch002.png",
+        "run/images/reconstructions_epoch002.png",
+        "eval/images/samples.png",
+    ):
+        assert Image.open(tmp_path / png).size == (8 * (64 + 2) + 2, 8 * (64 + 2) + 2)
 
 
 def test_eval_bad_inputs(tmp_path):
@@ -194,22 +244,45 @@ def test_slerp_and_traversals():
     model = linear_gaussian(latent=3)
     model.decoder = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Unflatten(-1, (1, 4, 4)))
     image = traversals(model, torch.zeros(1, 1, 1, 3), kl_per_dim=[0.1, 2.0, 1.0], num_dims=2, steps=5)
-    assert image.shape[0] == 3 and image.shape[1] == 2 * 4 + 3 * 2  # two rows of 4-pixel images, padding 2
+    # two rows of 4-pixel images enlarged 16 times to 64 pixels, padding 2
+    assert image.shape[0] == 3 and image.shape[1] == 2 * 64 + 3 * 2
+
+
+@pytest.mark.parametrize(
+    "side,scale,width",
+    [(8, 8, 8 * (64 + 2) + 2), (28, 3, 8 * (84 + 2) + 2)],  # 530 and 690 pixels for a row of 8
+)
+def test_grids_enlarge_small_images_into_sharp_blocks(side, scale, width):
+    """Images are scaled by the smallest whole number that makes each at least 64 pixels on a side
+    (pictures.MIN_SIDE), by nearest neighbour: every original pixel becomes a constant
+    scale x scale block, and the grid keeps make_grid's 2-pixel grey padding."""
+    images = torch.rand(16, 1, side, side)
+    image = grid(images, nrow=8)
+    assert upscale_factor(side, side) == scale
+    assert image.shape == (3, 2 * (side * scale + 2) + 2, width)  # two rows of 8
+    for i in (0, 7, 8, 15):
+        y, x = 2 + (i // 8) * (side * scale + 2), 2 + (i % 8) * (side * scale + 2)
+        tile = image[0, y : y + side * scale, x : x + side * scale]
+        blocks = tile.reshape(side, scale, side, scale)
+        assert torch.equal(blocks, images[i, 0][:, None, :, None].expand(side, scale, side, scale))
+    assert torch.equal(image[:, :2], torch.full((3, 2, width), 0.5))  # the padding stays 2 pixels
+    large = torch.rand(4, 3, 64, 64)
+    assert torch.equal(grid(large, nrow=4)[:, 2:66, 2:66], large[0])  # 64 pixels and more: unchanged
 
 
 def test_manifold_decodes_the_prior_quantiles_in_reading_order():
     # Decoder: z -> a 1x2-pixel image (sigmoid(z1), sigmoid(z2)), so each tile shows its own z.
     model = linear_gaussian(latent=2)
     model.decoder = torch.nn.Sequential(torch.nn.Sigmoid(), torch.nn.Unflatten(-1, (1, 1, 2)))
-    steps, pad = 5, 2
+    steps, pad, scale = 5, 2, upscale_factor(1, 2)  # 1x2-pixel tiles shown 64 times larger
     image = manifold(model, steps=steps)
     quantiles = torch.distributions.Normal(0, 1).icdf((torch.arange(steps) + 0.5) / steps)
     for row in range(steps):
         for col in range(steps):
-            y, x = pad + row * (1 + pad), pad + col * (2 + pad)
+            y, x = pad + row * (scale + pad), pad + col * (2 * scale + pad)
             # z1 grows to the right, z2 grows upwards (the AEVB paper's figure 4).
             expected = torch.sigmoid(torch.stack([quantiles[col], quantiles[steps - 1 - row]]))
-            torch.testing.assert_close(image[0, y, x : x + 2], expected, atol=1e-6, rtol=0)
+            torch.testing.assert_close(image[0, y, x : x + 2 * scale : scale], expected, atol=1e-6, rtol=0)
 
 
 def test_a_two_dimensional_latent_gets_its_manifold_picture(tmp_path):
@@ -255,5 +328,6 @@ def test_eval_cli_prints_the_summary(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "NLL (k=20)" in result.stdout and "active units" in result.stdout
+    assert re.search(r"\| (\d+)/\1 \[.*nll=", result.stderr)  # the progress bar, on by default for the command
     (folder,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     assert json.loads((folder / "metrics.json").read_text())["k"] == 20

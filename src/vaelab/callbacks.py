@@ -15,7 +15,8 @@ from vaelab.pictures import grid as image_grid
 class ImageGrids(L.Callback):
     """After each validation epoch, rank 0 saves two PNG grids under ``<run>/images/`` and sends
     them to the active loggers: fixed validation inputs beside their reconstructions, and
-    samples decoded from fixed prior draws (the same draws every epoch, so progress shows)."""
+    samples decoded from fixed prior draws (the same draws every epoch, so progress shows).
+    Small images are enlarged in the grids as in ``eval.py``'s (``vaelab.pictures.grid``)."""
 
     def __init__(self, dirpath: str, num_images: int = 64, every_n_epochs: int = 1):
         self.dirpath = Path(dirpath)

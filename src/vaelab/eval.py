@@ -84,7 +84,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
     if is_vq:
         results = evaluate_vq_split(
-            model, split, batch_size=cfg.batch_size, dequantize=datamodule.dequantize, noise=SPLIT_NOISE[cfg.split]
+            model,
+            split,
+            batch_size=cfg.batch_size,
+            dequantize=datamodule.dequantize,
+            noise=SPLIT_NOISE[cfg.split],
+            progress=cfg.progress,
         )
     else:
         results = evaluate_split(
@@ -96,6 +101,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
             seed=cfg.seed,
             dequantize=datamodule.dequantize,
             noise=SPLIT_NOISE[cfg.split],
+            progress=cfg.progress,
         )
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}

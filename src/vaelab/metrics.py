@@ -4,10 +4,12 @@ ELBO and its terms, KL per latent dimension, active units, reconstruction qualit
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+from tqdm import tqdm
 
 from vaelab.data.in_memory import TEST_NOISE, BatchDataset, ShardedBatchSampler, Split
 from vaelab.objectives import bits_per_dim
@@ -61,6 +63,29 @@ def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise:
         yield dataset[ref][0].to(device)
 
 
+class Progress:
+    """A tqdm bar on stderr over the examples of a split: examples done / total, rate, time left
+    and the running mean of a per-example value (``name``), e.g. ``nll=86.31``. Updated once per
+    batch, not per sample; when off it does nothing at all (not even the ``.item()`` that would
+    wait for a GPU)."""
+
+    def __init__(self, enabled: bool, total: int, name: str, desc: str):
+        self.enabled, self.name, self.sum, self.count = enabled, name, 0.0, 0
+        self.bar = tqdm(total=total, desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True) if enabled else None
+
+    def update(self, values: Tensor) -> None:
+        if self.bar is None:
+            return
+        self.sum += values.double().sum().item()
+        self.count += len(values)
+        self.bar.set_postfix_str(f"{self.name}={self.sum / self.count:.2f}", refresh=False)
+        self.bar.update(len(values))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 @torch.no_grad()
 def evaluate_split(
     model,
@@ -71,18 +96,21 @@ def evaluate_split(
     seed: int = 0,
     dequantize: bool = False,
     noise: int = TEST_NOISE,
+    progress: bool = False,
 ) -> dict:
     """Metrics of ``model`` on every example of ``split`` (already binarized if it should be).
 
     Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
     the tensors they come from. ``nll`` is -L_k, the k-sample importance-weighted estimate of
     -log p(x); ``elbo`` averages log p(x|z) over the same k samples and subtracts the closed-form
-    KL. Reproducible for a given ``seed``."""
+    KL. Reproducible for a given ``seed``. ``progress`` shows a bar on stderr (``Progress``) with
+    the running NLL estimate."""
     model.eval()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
     nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
+    bar = Progress(progress, len(split), "nll", f"NLL k={k}")
     for x in model_inputs(split, batch_size, dequantize, device, noise):
         q = model.posterior(x)
         bound, log_px_given_z = model.importance_sampling(x, k, chunk)
@@ -94,6 +122,8 @@ def evaluate_split(
         kl_dims.append(q.kl_to_standard_normal_per_dim())
         means.append(q.mu)
         quality.update(model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1), x)
+        bar.update(nll[-1])
+    bar.close()
     per_example = {
         name: torch.cat(values) for name, values in (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl))
     }
@@ -125,12 +155,18 @@ def evaluate_split(
 
 @torch.no_grad()
 def evaluate_vq_split(
-    model, split: Split, batch_size: int = 100, dequantize: bool = False, noise: int = TEST_NOISE
+    model,
+    split: Split,
+    batch_size: int = 100,
+    dequantize: bool = False,
+    noise: int = TEST_NOISE,
+    progress: bool = False,
 ) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
     code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
-    prior's NLL of the codes, or recon + H'W' log K for the first stage's uniform prior."""
+    prior's NLL of the codes, or recon + H'W' log K for the first stage's uniform prior.
+    ``progress`` shows a bar on stderr (``Progress``) with the running bound."""
     prior = model if hasattr(model, "vqvae") else None
     vq = model.vqvae if prior is not None else model
     model.eval()
@@ -138,6 +174,8 @@ def evaluate_vq_split(
     quality = ReconstructionQuality(split.images.shape[1:], device)
     counts = torch.zeros(vq.quantizer.num_codes, device=device)
     recon, prior_nll = [], []
+    uniform_code_cost = math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes)
+    bar = Progress(progress, len(split), "nll_bound", "NLL bound")
     for x in model_inputs(split, batch_size, dequantize, device, noise):
         indices = vq.quantizer.indices(vq.encoder(x))
         params = vq.decode(vq.quantizer.lookup(indices))
@@ -146,13 +184,11 @@ def evaluate_vq_split(
         counts += torch.bincount(indices.flatten(), minlength=len(counts)).float()
         if prior is not None:
             prior_nll.append(prior.code_nll(indices))
+        bar.update(recon[-1] + (prior_nll[-1] if prior is not None else uniform_code_cost))
+    bar.close()
     recon = torch.cat(recon)
     probs = counts / counts.sum()
-    code_cost = (
-        torch.cat(prior_nll)
-        if prior is not None
-        else torch.full_like(recon, math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes))
-    )
+    code_cost = torch.cat(prior_nll) if prior is not None else torch.full_like(recon, uniform_code_cost)
     nll_bound = recon + code_cost
     dims = math.prod(split.images.shape[1:])
     results = {

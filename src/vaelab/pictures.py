@@ -5,6 +5,7 @@ except from the generator it is given."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,9 +16,27 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid
 
+MIN_SIDE = 64  # pixels: the shorter side of every image in a grid is scaled up to at least this
+
+
+def upscale_factor(height: int, width: int) -> int:
+    """The whole number by which a grid enlarges images of this size: the smallest that makes
+    the shorter side at least ``MIN_SIDE`` pixels (28x28 -> 3, 84 pixels; 8x8 -> 8, 64 pixels;
+    32x32 -> 2; 64x64 and larger -> 1, unchanged)."""
+    return max(1, math.ceil(MIN_SIDE / min(height, width)))
+
 
 def grid(images: Tensor, nrow: int) -> Tensor:
-    return make_grid(images.float().clamp(0, 1).cpu(), nrow=nrow, pad_value=0.5)
+    """Images ([N, C, H, W] in [0, 1]) tiled by torchvision's ``make_grid``, ``nrow`` to a row,
+    with 2 grey pixels between them. Small images are first enlarged by ``upscale_factor``
+    (nearest neighbour: each pixel becomes a constant square block, so pixels stay sharp), so a
+    row of 8 is at least 8 * (64 + 2) + 2 = 530 pixels wide, readable in W&B and in the run
+    folder; a row of 8 28x28 images is 690. Every image grid (the training callback's and
+    ``eval.py``'s) goes through here."""
+    images = images.float().clamp(0, 1).cpu()
+    factor = upscale_factor(*images.shape[-2:])
+    images = images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    return make_grid(images, nrow=nrow, pad_value=0.5)
 
 
 @torch.no_grad()
