@@ -429,6 +429,7 @@ EVAL_BAD_VALUES = [
     (["ckpt_path=/tmp"], "ckpt_path=/tmp is a folder; give the path of a .ckpt file"),
     (["seed=abc"], "seed must be an integer, got 'abc'"),
     (["pictures=maybe"], "pictures must be true or false, got 'maybe'"),
+    (["progress=maybe"], "progress must be true or false, got 'maybe'"),
     (["data.download=maybe"], "data.download must be true, false or null, got 'maybe'"),
     (
         ["data.image_shape=[1,8]"],

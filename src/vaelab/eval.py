@@ -51,6 +51,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     require(cfg.device != "cuda" or torch.cuda.is_available(), "device=cuda but no GPU is visible; use device=cpu")
     require(is_int(cfg.seed), f"seed must be an integer, got {cfg.seed!r}")
     flag(cfg.pictures, "pictures")
+    flag(cfg.progress, "progress")
     require(
         cfg.data.download in (None, True, False),
         f"data.download must be true, false or null, got {cfg.data.download!r}",
