@@ -330,3 +330,18 @@ def test_random_streams_that_should_be_independent_are():
         r"choose a multiple of 3",
     ):
         data.setup("fit")
+
+
+@pytest.mark.parametrize("n,batch,world", [(101, 50, 2), (103, 50, 4), (51, 10, 2), (50, 10, 2), (7, 3, 3)])
+def test_every_process_gets_the_same_number_of_non_empty_evaluation_batches(n, batch, world):
+    """A model whose evaluation step all-reduces (the VQ-VAE's codebook statistics) waits for
+    every process at every batch: a process left without rows in the last batch would hang the
+    others. A last batch too small to share is folded into the one before it."""
+    samplers = [ShardedBatchSampler(n, batch, False, False, rank=r, world_size=world) for r in range(world)]
+    shares = [[b.indices for b in s] for s in samplers]
+    assert len({len(s) for s in shares}) == 1 and all(len(s) == len(share) for s, share in zip(samplers, shares))
+    assert all(len(indices) > 0 for share in shares for indices in share)
+    assert torch.equal(torch.cat([torch.cat(s) for s in shares]).sort().values, torch.arange(n))
+    # A single process keeps the plain batches.
+    single = [len(b.indices) for b in ShardedBatchSampler(n, batch, False, False)]
+    assert single == [len(b) for b in torch.arange(n).split(batch)]

@@ -96,7 +96,9 @@ class ShardedBatchSampler(Sampler):
     """Yields this process's share of each global batch as a ``BatchRef``.
 
     The order is a seeded permutation per epoch (``set_epoch``), identical on every process,
-    so the processes together see exactly the batches a single process would. ``noise`` names
+    so the processes together see exactly the batches a single process would (but for an
+    evaluation split's last batch when it has fewer rows than processes: it joins the batch
+    before it, so that no process is left without a step). ``noise`` names
     the noise stream: the training noise changes every epoch, an evaluation split's does not.
     """
 
@@ -126,7 +128,12 @@ class ShardedBatchSampler(Sampler):
         else:
             order = torch.arange(self.n)
         stop = self.n - self.n % self.batch_size if self.drop_last else self.n
-        return order[:stop].split(self.batch_size)
+        batches = list(order[:stop].split(self.batch_size))
+        if len(batches) > 1 and len(batches[-1]) < self.world_size:
+            # A process left without rows would skip a step that the others' collectives (the
+            # VQ-VAE's codebook statistics) wait for: fold the last few rows into the batch before.
+            batches[-2:] = [torch.cat(batches[-2:])]
+        return batches
 
     def noise_seed(self, batch_number: int) -> int:
         if self.noise == TRAIN_NOISE:
