@@ -51,3 +51,40 @@ def test_compiled_networks_train_and_their_checkpoints_load_uncompiled(tmp_path)
     assert not any("_orig_mod" in key for key in state)
     plain = VAE(**torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["hyper_parameters"])
     plain.load_state_dict(state)  # strict: every key matches the uncompiled model
+
+
+@pytest.mark.parametrize("has_units", [False, True])
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_before_training(has_units, tmp_path, monkeypatch, recwarn):
+    import vaelab.building as building
+
+    monkeypatch.setattr(building, "cpu_has_bf16_matrix_units", lambda: has_units)
+    overrides = [
+        *QUICK,
+        "trainer.accelerator=cpu",
+        "trainer.precision=bf16-mixed",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "test=false",
+    ]
+    train(compose_config(overrides, tmp_path))
+    slow = [w for w in recwarn if "without bf16 units" in str(w.message)]
+    assert len(slow) == (0 if has_units else 1)
+    if slow:
+        assert "trainer.precision=bf16-mixed" in str(slow[0].message) and "\n" not in str(slow[0].message)
+
+
+def test_the_bf16_unit_detector_reads_the_cpu_flags(monkeypatch, tmp_path):
+    import vaelab.building as building
+
+    flags = {"amd": "flags : fpu sse avx2 avx512f", "sapphire": "flags : avx512f avx512_bf16 amx_bf16 amx_tile"}
+    for name, line in flags.items():
+        (tmp_path / name).write_text(line + "\n")
+    real_path = building.Path
+    monkeypatch.setattr(
+        building, "Path", lambda p: real_path(tmp_path / "amd") if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert not building.cpu_has_bf16_matrix_units()
+    monkeypatch.setattr(
+        building, "Path", lambda p: real_path(tmp_path / "sapphire") if p == "/proc/cpuinfo" else real_path(p)
+    )
+    assert building.cpu_has_bf16_matrix_units()
