@@ -128,8 +128,9 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides for our loop (e.g. logger=none)")
     args = parser.parse_args()
 
-    import vaelab.train as vt
+    import vaelab.building as building
     from vaelab.config import compose_config
+    from vaelab.train import train
 
     data = load(args.data)
     timer = PairedTimer(
@@ -138,8 +139,8 @@ def main() -> None:
             "plain+fused": PlainLoop(data, batch_size=100, seed=args.seed, fused=True),
         }
     )
-    original = vt.build_callbacks
-    vt.build_callbacks = lambda cfg: [*original(cfg), timer]
+    original = building.build_callbacks
+    building.build_callbacks = lambda cfg: [*original(cfg), timer]
     with tempfile.TemporaryDirectory() as out:
         cfg = compose_config(
             [
@@ -151,8 +152,8 @@ def main() -> None:
             ],
             out,
         )
-        metrics = vt.train(cfg)
-    vt.build_callbacks = original
+        metrics = train(cfg)
+    building.build_callbacks = original
 
     rates = {name: r[1:] for name, r in timer.rates.items()}
     elbos = {name: loop.test_elbo() for name, loop in timer.plain_loops.items()} | {"vaelab": metrics["test/elbo"]}

@@ -452,7 +452,7 @@ def check_extras(cfg: DictConfig) -> None:
     tags = cfg.get("tags")
     require(
         tags is None or (is_list(tags) and all(isinstance(t, str) and t for t in tags)),
-        f"tags must be a list of words, e.g. tags=[baseline,mnist], got {plain(tags)}",
+        f"tags must be a list of words, e.g. tags=[baseline,mnist], got {plain(tags)!r}",
     )
     flag((cfg.get("extras") or {}).get("print_config", False), "extras.print_config")
 
