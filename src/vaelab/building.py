@@ -69,7 +69,7 @@ def cpu_has_bf16_matrix_units() -> bool:
 
 
 def warn_if_bf16_is_slow_here(trainer_cfg: DictConfig) -> None:
-    """One line when bf16 precision would run on a CPU that has no bf16 units: measured ~9x
+    """One line when bf16 precision would run on a CPU that has no bf16 units: measured 5x
     slower than float32 on an AMD EPYC without AVX-512 (docs/scaling.md)."""
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if str(trainer_cfg.get("precision")).startswith("bf16") and on_cpu and not cpu_has_bf16_matrix_units():
