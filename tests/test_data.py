@@ -345,3 +345,22 @@ def test_every_process_gets_the_same_number_of_non_empty_evaluation_batches(n, b
     # A single process keeps the plain batches.
     single = [len(b.indices) for b in ShardedBatchSampler(n, batch, False, False)]
     assert single == [len(b) for b in torch.arange(n).split(batch)]
+
+
+def test_under_ddp_every_evaluation_batch_needs_a_row_for_every_process():
+    """Else a process would skip an evaluation step that the others' all-reduce waits for."""
+    from types import SimpleNamespace
+
+    from vaelab.data.datasets import SyntheticDataModule
+    from vaelab.errors import UserError
+
+    def setup(world, **kwargs):
+        dm = SyntheticDataModule(**{"image_shape": [1, 8, 8], "batch_size": 4, "num_eval": 64, **kwargs})
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=0)
+        dm.setup("fit")
+
+    setup(4, eval_batch_size=4)
+    with pytest.raises(UserError, match="data.eval_batch_size=3 and the smallest evaluation split"):
+        setup(4, eval_batch_size=3)
+    with pytest.raises(UserError, match=r"smallest evaluation split \(3 examples\)"):
+        setup(4, num_eval=3)

@@ -331,3 +331,13 @@ def test_eval_cli_prints_the_summary(tmp_path):
     assert re.search(r"\| (\d+)/\1 \[.*nll=", result.stderr)  # the progress bar, on by default for the command
     (folder,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     assert json.loads((folder / "metrics.json").read_text())["k"] == 20
+
+
+def test_an_evaluation_composes_with_every_logger(tmp_path):
+    """eval.py shares the logger configs of train.py: each must resolve in eval's config too."""
+    from omegaconf import OmegaConf
+
+    for logger in ("csv", "tensorboard", "wandb", "none"):
+        cfg = compose_config([f"logger={logger}", "ckpt_path=x.ckpt"], tmp_path, config_name="eval")
+        if cfg.logger:
+            OmegaConf.to_container(cfg.logger, resolve=True)

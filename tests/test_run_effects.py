@@ -288,3 +288,15 @@ def test_print_config_shows_the_composed_config_as_a_tree(tmp_path, capsys):
     )
     shown = capsys.readouterr().out
     assert "config" in shown and "latent_dim" in shown and "max_epochs: 1" in shown
+
+
+def test_a_run_resumed_with_another_seed_or_a_null_seed_under_a_launcher_is_refused(tmp_path, monkeypatch):
+    from vaelab.errors import UserError
+
+    base = [*QUICK, "test=false", "trainer.limit_train_batches=2"]
+    train(compose_config([*base, "trainer.max_epochs=1", "seed=4"], tmp_path))
+    with pytest.raises(UserError, match=r"trained with seed=4 and this run has seed=0: .* resume with seed=4"):
+        train(compose_config([*base, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path))
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    with pytest.raises(UserError, match="seed=null would draw a different seed in each process"):
+        train(compose_config([*base, "seed=null"], tmp_path / "slurm"))

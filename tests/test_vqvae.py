@@ -262,3 +262,7 @@ def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(
         "drop data=digits (data.batch_size, data.eval_batch_size, data.num_workers, "
         "data.pin_memory, data.on_device and data.overfit_batches can be set)"
     )
+    # seed=null: the drawn seed is the prior's data seed too.
+    train(compose_config([*QUICK, *args[:3], "test=false", "seed=null"], tmp_path / "null_seed"))
+    saved = yaml.safe_load((tmp_path / "null_seed" / "config.yaml").read_text())
+    assert isinstance(saved["seed"], int) and saved["data"]["seed"] == saved["seed"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import platform
 import uuid
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def build_model(cfg: DictConfig):
 def cpu_has_bf16_matrix_units() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (Intel AMX or AVX512-BF16, as
     Linux lists them in /proc/cpuinfo); without them PyTorch converts and computes in float32."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return True  # other CPUs name their bf16 support otherwise: unknown, so no warning
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

@@ -96,6 +96,11 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
             "resume it with that version"
         )
     saved_config = saved.get("config") or {}
+    if "seed" in saved_config and saved_config["seed"] != config.get("seed"):
+        raise UserError(
+            f"{path} was trained with seed={saved_config['seed']} and this run has seed={config.get('seed')}: its "
+            f"data order and noise would change; resume with seed={saved_config['seed']} (or seed=null)"
+        )
     ours, theirs = config["model"], saved_config.get("model", {})
     check_schedule_length(
         ours.get("kl_schedule") or {},

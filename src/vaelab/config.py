@@ -51,8 +51,12 @@ def choose_seed(cfg: DictConfig) -> None:
         ckpt_path = resolve_ckpt_path(cfg.ckpt_path, cfg.paths.output_dir)
         cfg.seed = (load_checkpoint(ckpt_path)["vaelab"].get("config") or {}).get("seed")
     else:
-        if int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            raise UserError("seed=null draws a seed in each process that a launcher started; give seed=<integer>")
+        launched = int(os.environ.get("WORLD_SIZE", 1)) > 1 or int(os.environ.get("SLURM_NTASKS", 1)) > 1
+        if launched or (cfg.trainer.get("num_nodes") or 1) > 1:
+            raise UserError(
+                "seed=null would draw a different seed in each process that torchrun, SLURM or another node "
+                "started; give seed=<integer>"
+            )
         cfg.seed = int.from_bytes(os.urandom(4), "little")
     from hydra.core.hydra_config import HydraConfig
 
@@ -86,7 +90,7 @@ def use_vqvae_data(cfg: DictConfig) -> None:
             )
         data[key] = cfg.data[key]
     data.overfit_batches = cfg.data.get("overfit_batches", 0)  # this run's debug setting, not the VQ-VAE's
-    data.seed = cfg.seed
+    data.seed = "${seed}"  # the run's seed, as in every data config
     cfg.data = data
 
 

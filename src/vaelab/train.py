@@ -46,13 +46,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     SWEEP_JOB.begin(cfg)
 
     # The config, settled and checked before anything is built or written.
+    choose_seed(cfg)
     if cfg.model._target_.endswith("CodePrior"):
         use_vqvae_data(cfg)  # the prior stage trains on its VQ-VAE's data set
-    choose_seed(cfg)
     check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     check_output_dir(cfg.paths.output_dir, ckpt_path)
-    if cfg.get("extras", {}).get("print_config"):
+    if (cfg.get("extras") or {}).get("print_config"):
         print_config_tree(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 

@@ -240,6 +240,15 @@ class InMemoryDataModule(L.LightningDataModule):
                 f"data.batch_size={self.batch_size} does not split evenly over the {world} processes; "
                 f"choose a multiple of {world}"
             )
+        # Every process must take part in every evaluation batch (the VQ-VAE's codebook statistics
+        # are all-reduced there): each batch, and so each split, needs a row for every process.
+        smallest = min(len(self.splits["val"]), len(self.splits["test"]))
+        if world > 1 and min(self.eval_batch_size, smallest) < world:
+            raise UserError(
+                f"data.eval_batch_size={self.eval_batch_size} and the smallest evaluation split ({smallest} "
+                f"examples) must each hold at least one example for each of the {world} processes; "
+                "raise data.eval_batch_size or data.val_size"
+            )
         self._freeze_eval_splits()  # with a CPU generator, so before the move below
         if self.on_device and self.trainer is not None:
             device = self.trainer.strategy.root_device
