@@ -1,4 +1,4 @@
-"""Prints the README's table of config mistakes with the message each one gives, by running
+"""Prints docs/errors.md's table of config mistakes with the message each one gives, by running
 every row of tests/test_config.py's BAD_VALUES through train() and of its EVAL_BAD_VALUES through
 eval.py's evaluate_checkpoint().
 
