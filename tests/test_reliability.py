@@ -350,3 +350,47 @@ def test_every_training_step_seeds_all_generators_from_seed_epoch_batch_and_rank
     assert not torch.equal(draw(1, 2, 0), draw(1, 2, 1))
     assert not torch.equal(draw(1, 2, 0), draw(1, 3, 0)) and not torch.equal(draw(1, 2, 0), draw(2, 2, 0))
     assert len(cuda_seeds) == 8 and len(set(cuda_seeds)) == 4
+
+
+def test_a_skipped_batch_leaves_no_gradient_behind_under_accumulation(tmp_path, monkeypatch):
+    """accumulate_grad_batches=2, nonfinite=skip, a NaN loss at batch 2 (the first of the second
+    group). With a loss of (batch + 1) * sum(w), the gradient of w at each step is known: group 0
+    steps with (1 + 2) / 2 = 1.5; group 1 with batch 3's 4 / 2 = 2.0 alone, not 2.0 plus the 1.5
+    that group 0 left in .grad."""
+    from vaelab.models.base import GenerativeModel
+
+    original_step = GenerativeModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        self.batch_number = batch_idx
+        return original_step(self, batch, batch_idx)
+
+    def step_metrics(self, x):
+        weight = next(self.parameters())
+        number = getattr(self, "batch_number", 0) if self.training else 0  # validation: any finite loss
+        scale = float("nan") if self.training and number == 2 else number + 1.0
+        loss = weight.sum() * scale
+        zero = loss.detach() * 0
+        return loss, {"loss": loss.detach(), "recon": zero, "kl": zero}
+
+    monkeypatch.setattr(GenerativeModel, "training_step", training_step)
+    monkeypatch.setattr(VAE, "step_metrics", step_metrics)
+    seen = []
+
+    class Gradients(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            seen.append(next(pl_module.parameters()).grad.unique().tolist())
+
+    overrides = [
+        *QUICK,
+        "nonfinite=skip",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=1",
+        "trainer.max_epochs=1",
+        "test=false",
+    ]
+    original = building.build_callbacks
+    monkeypatch.setattr(building, "build_callbacks", lambda c: [*original(c), Gradients()])
+    train(compose_config(overrides, tmp_path))
+    assert seen == [[1.5], [2.0]]
