@@ -67,6 +67,17 @@ class HalfIgnoringEncoder(torch.nn.Module):
         return torch.cat([mu, torch.full_like(mu, -2.0)], 1)
 
 
+def tiny_vae(latent_dim: int) -> VAE:
+    """A Bernoulli VAE of 4x4 images with one hidden layer of 8 units."""
+    return VAE(
+        [1, 4, 4],
+        latent_dim,
+        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
+        {"name": "bernoulli"},
+        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+    )
+
+
 def binary_split(n=200, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = (torch.rand(n, 1, 4, 4, generator=g) < 0.5).to(torch.uint8)
@@ -74,13 +85,7 @@ def binary_split(n=200, seed=0):
 
 
 def test_active_units_count_the_latents_the_encoder_uses():
-    model = VAE(
-        [1, 4, 4],
-        4,
-        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
-        {"name": "bernoulli"},
-        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-    )
+    model = tiny_vae(latent_dim=4)
     model.encoder = HalfIgnoringEncoder()
     results = evaluate_split(model, binary_split(), k=10, chunk=5, batch_size=64)
     assert results["active_units"] == 2
@@ -89,13 +94,7 @@ def test_active_units_count_the_latents_the_encoder_uses():
 
 def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
     torch.manual_seed(0)
-    model = VAE(
-        [1, 4, 4],
-        3,
-        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
-        {"name": "bernoulli"},
-        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-    )
+    model = tiny_vae(latent_dim=3)
     split = binary_split()
     a = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
     b = evaluate_split(model, split, k=200, chunk=64, batch_size=50, seed=3)
@@ -113,13 +112,7 @@ def shown(stderr: str, name: str) -> tuple[str, float]:
 
 def test_evaluation_progress_shows_examples_done_and_the_running_nll_on_stderr(capsys):
     torch.manual_seed(0)
-    model = VAE(
-        [1, 4, 4],
-        3,
-        {"kind": "mlp", "hidden_dims": [8], "activation": "tanh"},
-        {"name": "bernoulli"},
-        {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-    )
+    model = tiny_vae(latent_dim=3)
     split = binary_split(n=120)
     quiet = evaluate_split(model, split, k=20, chunk=10, batch_size=50)
     assert capsys.readouterr().err == ""  # off unless asked for: library callers and tests stay quiet

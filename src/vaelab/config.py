@@ -97,12 +97,9 @@ def use_vqvae_data(cfg: DictConfig) -> None:
 def command_line_data_keys() -> list[tuple[str, str]]:
     """(key, override as typed) of each ``data`` key set on the command line ("" for a choice of
     the data group itself)."""
-    from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if not HydraConfig.initialized():
-        return []
-    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    overrides = OverridesParser.create().parse_overrides(command_line_overrides())
     return [
         (o.key_or_group.removeprefix("data").removeprefix("."), o.input_line)
         for o in overrides
