@@ -53,6 +53,49 @@ def test_compiled_networks_train_and_their_checkpoints_load_uncompiled(tmp_path)
     plain.load_state_dict(state)  # strict: every key matches the uncompiled model
 
 
+@pytest.mark.slow
+def test_the_compiled_step_is_the_eager_step_and_a_changing_beta_does_not_recompile_it(tmp_path, monkeypatch):
+    import csv
+
+    from torch._dynamo.utils import counters
+
+    from vaelab.building import build_model
+
+    # The compiled graph draws the same random numbers as eager code, so the runs can be compared.
+    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
+    # Past the limit torch.compile gives up and runs eagerly, which would hide one graph per beta.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
+    overrides = [
+        "data=digits",
+        "trainer.enable_progress_bar=false",
+        "trainer.max_epochs=2",
+        "trainer.log_every_n_steps=5",
+        "model=beta_vae",
+        "model.beta=1.0",
+        "kl_schedule=linear",
+        "kl_schedule.warmup_steps=40",  # beta takes a new value at each of the first 40 steps
+        "model.test_k=20",  # the importance-sampling chunks run compiled too
+    ]
+    compiled_cfg = compose_config([*overrides, "model.compile=true"], tmp_path / "compiled")
+    model = build_model(compiled_cfg)
+    for method in ("step_metrics", "importance_chunk"):
+        assert hasattr(getattr(model, method), "_torchdynamo_orig_callable"), method  # the whole step, compiled
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train(compiled_cfg)
+    graphs = counters["stats"]["unique_graphs"]
+    eager = train(compose_config([*overrides, "model.compile=false"], tmp_path / "eager"))
+    assert compiled.keys() == eager.keys()
+    for name, value in eager.items():
+        assert compiled[name] == pytest.approx(value, rel=1e-4, abs=1e-4), name
+    rows = list(csv.DictReader(open(tmp_path / "compiled" / "csv" / "metrics.csv")))
+    betas = [float(r["train/beta"]) for r in rows if r.get("train/beta")]
+    assert betas[0] < 0.2 and betas[-1] == 1.0  # the warm-up ran in the compiled step
+    # Train and eval modes, a shorter last batch, the graph around the schedule: a handful of
+    # graphs, not one per value of beta.
+    assert 1 <= graphs <= 16, graphs
+
+
 @pytest.mark.parametrize("has_units", [False, True])
 def test_bf16_on_a_cpu_without_bf16_units_warns_once_before_training(has_units, tmp_path, monkeypatch, recwarn):
     import vaelab.building as building

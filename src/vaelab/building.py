@@ -45,9 +45,7 @@ def build_model(cfg: DictConfig):
     if cfg.model.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     if cfg.model.get("compile"):
-        # In place: the parameter names, and so the checkpoints, stay those of the plain model.
-        for network in model.networks():
-            network.compile()
+        model.compile_computation()
     model.set_run_options(
         run_config=OmegaConf.to_container(cfg, resolve=True),
         nonfinite=cfg.nonfinite,

@@ -134,8 +134,15 @@ class GenerativeModel(L.LightningModule):
         raise NotImplementedError
 
     def networks(self) -> tuple[torch.nn.Module, ...]:
-        """The trained networks (what ``model.compile=true`` compiles)."""
+        """The trained networks."""
         return (self.encoder, self.decoder)
+
+    def compile_computation(self) -> None:
+        """``model.compile=true``: compile the networks, in place (a model whose whole step can be
+        one graph overrides this, as the VAE does). Parameter names, and so checkpoints, stay those
+        of the eager model."""
+        for network in self.networks():
+            network.compile()
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError

@@ -51,18 +51,28 @@ class BetaVAE(VAE):
         steps_per_epoch = self.optimizer_steps_per_epoch() if self._trainer is not None else None
         return build_kl_schedule(self.kl_schedule_spec, self.beta, steps_per_epoch or 1)
 
+    @torch.compiler.disable
+    def schedule_now(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(beta, capacity) at this step, as float32 tensors on ``like``'s device. Tensors, and
+        outside the compiled graph (model.compile=true): a Python number that changes every step
+        would make torch.compile compile the step again every step."""
+        beta, capacity = self.schedule(self.global_step)
+        beta = torch.tensor(beta, dtype=torch.float32, device=like.device)
+        if capacity is not None:
+            capacity = torch.tensor(capacity, dtype=torch.float32, device=like.device)
+        return beta, capacity
+
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)
-        beta, capacity = self.schedule(self.global_step)
+        beta, capacity = self.schedule_now(terms["kl"])
         kl = terms["kl"].mean()
         if self.free_bits > 0:
             kl = terms["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
         kl_penalty = kl if capacity is None else (kl - capacity).abs()
         terms["loss"] = -terms["log_px_given_z"].mean() + beta * kl_penalty
-        # On the loss's device and in float32, like every other metric (they are stacked together).
-        terms["beta"] = kl.new_tensor(beta, dtype=torch.float32)
+        terms["beta"] = beta
         if capacity is not None:
-            terms["capacity"] = kl.new_tensor(capacity, dtype=torch.float32)
+            terms["capacity"] = capacity
         return terms
 
     def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -163,16 +163,23 @@ class VAE(GenerativeModel):
         tends to log p(x) as k grows, and the mean of log p(x|z_k) over the same samples (for a
         low-variance ELBO). Samples are drawn ``chunk`` at a time and folded into a running
         logsumexp, so memory is bounded by ``chunk``, not ``k``."""
-        q = self.posterior(x)
+        posterior_params = self.encoder(x)
         log_sum_w = torch.full((x.shape[0],), -math.inf, device=x.device)
         sum_log_px = torch.zeros(x.shape[0], device=x.device)
         for start in range(0, k, chunk):
-            z = q.rsample(min(chunk, k - start))
-            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
-            log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
-            log_sum_w = torch.logaddexp(log_sum_w, torch.logsumexp(log_w, dim=0))
-            sum_log_px += log_px_given_z.sum(0)
+            chunk_log_sum_w, chunk_sum_log_px = self.importance_chunk(x, posterior_params, min(chunk, k - start))
+            log_sum_w = torch.logaddexp(log_sum_w, chunk_log_sum_w)
+            sum_log_px += chunk_sum_log_px
         return log_sum_w - math.log(k), sum_log_px / k
+
+    def importance_chunk(self, x: Tensor, posterior_params: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+        """For ``num_samples`` draws z_k ~ q(z|x) (q given by the encoder's output
+        ``posterior_params``): log sum_k w_k and sum_k log p(x|z_k), each [B]."""
+        q = self.posterior_family.from_params(posterior_params)
+        z = q.rsample(num_samples)
+        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
+        return torch.logsumexp(log_w, dim=0), log_px_given_z.sum(0)
 
     def iwae_bound(self, x: Tensor, k: int, chunk: int = 100) -> Tensor:
         """L_k per example [B]; see ``importance_sampling``."""
@@ -190,6 +197,14 @@ class VAE(GenerativeModel):
         return self.likelihood.mean(self.decoder(z))
 
     # ---- Lightning -------------------------------------------------------------------
+    def compile_computation(self) -> None:
+        """``model.compile=true``: the whole training and validation step (networks,
+        reparameterized samples, likelihood, KL, bound, loss and the logged means; forward and
+        backward) is one compiled graph, and so is each chunk of importance sampling. Methods are
+        compiled, not modules, so checkpoints are those of the eager model."""
+        self.step_metrics = torch.compile(self.step_metrics)
+        self.importance_chunk = torch.compile(self.importance_chunk)
+
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the batch means that every other metric derives from."""
         terms = self.objective(x)
