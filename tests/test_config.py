@@ -284,6 +284,12 @@ BAD_VALUES = [
         "data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on",
     ),
     (["data=binarized_mnist", "data.path=/etc/passwd"], "data.path=/etc/passwd is a file but not a .npz"),
+    (["data=dsprites", "data.draw=lazy"], "data.draw must be per_batch or once, got 'lazy'"),
+    (["data=dsprites", "data.path=/nonexistent/d.npz"], "data.path=/nonexistent/d.npz does not exist; point it at"),
+    (
+        ["data=dsprites_small", "data.val_size=50000", "data.test_size=50000"],
+        "data.val_size=50000 and data.test_size=50000 leave none of the 92160 images to train on",
+    ),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps must be a whole number ≥ 1, got 0"),
     (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch must be a whole number ≥ 1, got 0"),
     (

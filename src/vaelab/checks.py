@@ -73,7 +73,8 @@ def check_data(data: DictConfig) -> None:
         data.binarize in ("auto", "dynamic", "none"),
         f"data.binarize must be auto, dynamic or none, got {data.binarize!r}",
     )
-    if "path" in data and data.path is None:
+    kind = data._target_.rsplit(".", 1)[-1]
+    if "path" in data and data.path is None and kind != "DSpritesDataModule":  # dSprites without a file: drawn
         raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
     require(
         isinstance(data.get("on_device", False), bool) and isinstance(data.get("pin_memory", False), bool),
@@ -88,7 +89,6 @@ def check_data(data: DictConfig) -> None:
     )
     if "download" in data:
         flag(data.download, "data.download")
-    kind = data._target_.rsplit(".", 1)[-1]
     if kind == "ImageFolderDataModule":
         require(shape[0] in (1, 3), f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {shape[0]}")
         val, test = data.val_fraction, data.test_fraction

@@ -102,8 +102,8 @@ def manifold(model, steps: int = 15) -> Tensor:
 
 
 def latent_map(means: Tensor, labels: Tensor, path: Path) -> None:
-    """Scatter of posterior means coloured by label; the first two principal components when the
-    latent is not 2-D."""
+    """Scatter of posterior means coloured by label (by the first column of [N, F] labels); the
+    first two principal components when the latent is not 2-D."""
     z = means.float()
     if z.shape[1] != 2:
         centred = z - z.mean(0)
@@ -114,6 +114,8 @@ def latent_map(means: Tensor, labels: Tensor, path: Path) -> None:
     else:
         xlabel, ylabel = "z1", "z2"
     fig, ax = plt.subplots(figsize=(6, 5))
+    if labels.ndim == 2:  # several factors per example (dSprites): coloured by the first (the shape)
+        labels = labels[:, 0]
     labelled = labels >= 0
     if labelled.any():
         points = ax.scatter(z[labelled, 0], z[labelled, 1], c=labels[labelled], cmap="tab10", s=4, alpha=0.7)

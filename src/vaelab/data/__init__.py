@@ -5,10 +5,12 @@ from vaelab.data.datasets import (
     SyntheticDataModule,
     TorchvisionDataModule,
 )
+from vaelab.data.dsprites import DSpritesDataModule
 from vaelab.data.in_memory import InMemoryDataModule, Split
 
 __all__ = [
     "BinarizedMNISTDataModule",
+    "DSpritesDataModule",
     "DigitsDataModule",
     "ImageFolderDataModule",
     "InMemoryDataModule",

@@ -31,7 +31,10 @@ from vaelab.errors import UserError
 
 @dataclass
 class Split:
-    """Images as integers 0..``levels`` ([N, C, H, W], uint8) and labels ([N], -1 if none)."""
+    """Images as integers 0..``levels`` ([N, C, H, W], uint8) and labels ([N], -1 if none; or [N, F]
+    factor indices, as dSprites has). ``images`` may also be an object that draws them when indexed
+    (``vaelab.data.dsprites.DrawnImages``): batches are cut with ``index_select``, slices and
+    ``.to(device)``, never by reading the whole tensor."""
 
     images: Tensor
     labels: Tensor
