@@ -48,7 +48,13 @@ NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks
 MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI subprocess in test_cli
 
 
+# The beta-VAE papers' network needs images of at least 16x16 (four stride-2 4x4 convolutions).
+SMALL_BINARY_IMAGES = ["data=synthetic", "data.image_shape=[1,32,32]"]
+
+
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
+    if (group, option) == ("net", "betavae_conv"):
+        return SMALL_BINARY_IMAGES
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
     if group == "experiment":
@@ -233,6 +239,12 @@ BAD_VALUES = [
         "model.free_bits needs model.posterior=diagonal",
     ),
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
+    (
+        ["net=betavae_conv"],
+        "the net's 4 stride-2 4x4 convolutions need images of at least 16x16, but data.image_shape is [1, 8, 8]",
+    ),
+    (["net=conv", "+net.kernel=5"], "net.kernel must be 3 or 4, got 5"),
+    (["net=betavae_conv", "net.dense=[0]"], "net.dense must be a list of positive integers, got [0]"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
     (["nonfinite=maybe"], "nonfinite must be stop or skip"),
     (["model=vqvae", "model.quantizer.num_codes=1"], "model.quantizer.num_codes (K) must be ≥ 2"),
