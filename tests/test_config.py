@@ -239,6 +239,16 @@ BAD_VALUES = [
         "model.free_bits needs model.posterior=diagonal",
     ),
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
+    (["model=beta_tcvae", "model.alpha=-1"], "model.alpha must be a number ≥ 0, got -1"),
+    (["model=beta_tcvae", "model.gamma=x"], "model.gamma must be a number ≥ 0, got 'x'"),
+    (["model=beta_tcvae", "model.sampling=iwae"], "model.sampling must be mws or mss, got 'iwae'"),
+    (
+        ["model=beta_tcvae", "model.dataset_size=0"],
+        "model.dataset_size must be null (the training split's size) or a whole number ≥ 1, got 0",
+    ),
+    (["model=beta_tcvae", "model.posterior=full"], "model=beta_tcvae needs model.posterior=diagonal"),
+    (["model=beta_tcvae", "model.estimator=score_function"], "model=beta_tcvae trains with reparameterized"),
+    (["+model.alpha=1"], "model.alpha weighs the mutual information of model=beta_tcvae (this is model=VAE)"),
     (
         ["net=betavae_conv"],
         "the net's 4 stride-2 4x4 convolutions need images of at least 16x16, but data.image_shape is [1, 8, 8]",

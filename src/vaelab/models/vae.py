@@ -31,6 +31,10 @@ VARIANT_KEYS = {
     "dreg": "belongs to the IWAE bound; use model=iwae",
     "kl_schedule": "needs model=beta_vae",
     "free_bits": "needs model=beta_vae",
+    "alpha": "weighs the mutual information of model=beta_tcvae",
+    "gamma": "weighs the dimension-wise KL of model=beta_tcvae",
+    "sampling": "is the estimator of q(z) of model=beta_tcvae",
+    "dataset_size": "is the training set's size N of model=beta_tcvae",
 }
 
 
