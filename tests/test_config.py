@@ -48,12 +48,13 @@ NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks
 MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI subprocess in test_cli
 
 
-# The beta-VAE papers' network needs images of at least 16x16 (four stride-2 4x4 convolutions).
+# The beta-VAE papers' network needs images of at least 16x16 (four stride-2 4x4 convolutions); the
+# dSprites sweep runs here on synthetic images of dSprites' kind (binary, 32x32), not on dSprites.
 SMALL_BINARY_IMAGES = ["data=synthetic", "data.image_shape=[1,32,32]"]
 
 
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
-    if (group, option) == ("net", "betavae_conv"):
+    if (group, option) in (("net", "betavae_conv"), ("experiment", "dsprites_beta_sweep")):
         return SMALL_BINARY_IMAGES
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
