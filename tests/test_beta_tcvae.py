@@ -160,6 +160,7 @@ def test_unit_weights_give_the_vae_loss_with_the_sampled_kl(sampling):
     """alpha = beta = gamma = 1: MI + TC + dwKL = log q(z|x) - log p(z) for every example, whatever
     the estimate of q(z), so the loss is the VAE's with the KL estimated at the same sample; and
     over many samples it averages to the VAE's loss with the closed-form KL."""
+    torch.manual_seed(0)
     x = torch.bernoulli(torch.full((16, 1, 4, 4), 0.4))
     tcvae = bernoulli_model(BetaTCVAE, alpha=1.0, beta=1.0, gamma=1.0, sampling=sampling, dataset_size=1000)
     vae = bernoulli_model(VAE)
