@@ -48,7 +48,14 @@ NEEDS_DOWNLOAD = {("data", "cifar10"), ("data", "celeba")}  # torchvision checks
 MULTI_PROCESS = {("trainer", "ddp"), ("trainer", "ddp_cpu")}  # run as a CLI subprocess in test_cli
 
 
+# The beta-VAE papers' network needs images of at least 16x16 (four stride-2 4x4 convolutions); the
+# dSprites sweep runs here on synthetic images of dSprites' kind (binary, 32x32), not on dSprites.
+SMALL_BINARY_IMAGES = ["data=synthetic", "data.image_shape=[1,32,32]"]
+
+
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
+    if (group, option) in (("net", "betavae_conv"), ("experiment", "dsprites_beta_sweep")):
+        return SMALL_BINARY_IMAGES
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
     if group == "experiment":
@@ -233,6 +240,22 @@ BAD_VALUES = [
         "model.free_bits needs model.posterior=diagonal",
     ),
     (["model.test_k=-1"], "model.test_k must be a whole number ≥ 0"),
+    (["model=beta_tcvae", "model.alpha=-1"], "model.alpha must be a number ≥ 0, got -1"),
+    (["model=beta_tcvae", "model.gamma=x"], "model.gamma must be a number ≥ 0, got 'x'"),
+    (["model=beta_tcvae", "model.sampling=iwae"], "model.sampling must be mws or mss, got 'iwae'"),
+    (
+        ["model=beta_tcvae", "model.dataset_size=0"],
+        "model.dataset_size must be null (the training split's size) or a whole number ≥ 1, got 0",
+    ),
+    (["model=beta_tcvae", "model.posterior=full"], "model=beta_tcvae needs model.posterior=diagonal"),
+    (["model=beta_tcvae", "model.estimator=score_function"], "model=beta_tcvae trains with reparameterized"),
+    (["+model.alpha=1"], "model.alpha weighs the mutual information of model=beta_tcvae (this is model=VAE)"),
+    (
+        ["net=betavae_conv"],
+        "the net's 4 stride-2 4x4 convolutions need images of at least 16x16, but data.image_shape is [1, 8, 8]",
+    ),
+    (["net=conv", "+net.kernel=5"], "net.kernel must be 3 or 4, got 5"),
+    (["net=betavae_conv", "net.dense=[0]"], "net.dense must be a list of positive integers, got [0]"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
     (["nonfinite=maybe"], "nonfinite must be stop or skip"),
     (["model=vqvae", "model.quantizer.num_codes=1"], "model.quantizer.num_codes (K) must be ≥ 2"),

@@ -1,9 +1,11 @@
 """Networks and the VAE LightningModule's math, without a Trainer."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from vaelab.models import VAE
 from vaelab.nets import build_networks
@@ -24,6 +26,58 @@ def test_decoder_output_matches_the_image_shape(net, image_shape):
     assert encoder(torch.rand(2, *image_shape)).shape == (2, 12)  # mu and logvar of a diagonal Gaussian
     assert decoder(torch.randn(2, 6)).shape == (2, *image_shape)
     assert decoder(torch.randn(3, 2, 6)).shape == (3, 2, *image_shape)  # extra sample dimension
+
+
+BETAVAE_CONV = yaml.safe_load((Path(__file__).resolve().parents[1] / "conf" / "net" / "betavae_conv.yaml").read_text())
+
+
+def betavae_conv_parameters(channels_in: int, flat: int, latent: int) -> tuple[int, int]:
+    """By hand: four 4x4 convolutions (weights c_in * c_out * 16, biases c_out), 32 channels,
+    then 256 units and the head to mu and logvar; the decoder mirrors it."""
+    convs = (channels_in * 32 * 16 + 32) + 3 * (32 * 32 * 16 + 32)
+    encoder = convs + (flat * 256 + 256) + (256 * 2 * latent + 2 * latent)
+    deconvs = 3 * (32 * 32 * 16 + 32) + (32 * channels_in * 16 + channels_in)
+    decoder = (latent * 256 + 256) + (256 * flat + flat) + deconvs
+    return encoder, decoder
+
+
+@pytest.mark.parametrize(
+    "image_shape, flat, counts",
+    [
+        ((1, 64, 64), 32 * 4 * 4, (186_260, 184_161)),  # the papers' dSprites network: 370,421 parameters
+        ((3, 64, 64), 32 * 4 * 4, (187_284, 185_187)),
+        ((1, 32, 32), 32 * 2 * 2, (87_956, 85_473)),  # the same layers; the flattened map is 2x2
+    ],
+)
+def test_the_beta_vae_papers_conv_net_has_its_parameter_count_and_round_trips(image_shape, flat, counts):
+    assert BETAVAE_CONV == {"kind": "conv", "channels": [32] * 4, "kernel": 4, "dense": [256], "activation": "relu"}
+    encoder, decoder = build_networks(BETAVAE_CONV, image_shape, latent_dim=10)
+    n_params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (n_params(encoder), n_params(decoder)) == betavae_conv_parameters(image_shape[0], flat, 10) == counts
+    kernels = [m.kernel_size for m in encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert kernels == [(4, 4)] * 4
+    x = torch.rand(2, *image_shape)
+    features = encoder.net[:8](x)  # after the four convolutions, before flattening
+    assert features.shape == (2, 32, image_shape[1] // 16, image_shape[2] // 16)
+    assert encoder(x).shape == (2, 20)
+    assert decoder(torch.randn(2, 10)).shape == (2, *image_shape)
+    assert decoder(torch.randn(3, 2, 10)).shape == (3, 2, *image_shape)
+    # Every size retraced: the decoder's feature maps are the encoder's in reverse, then the image.
+    with torch.no_grad():
+        down = [tuple(h.shape[-2:]) for h in _feature_maps(encoder.net, x)]
+        start = decoder.fc(torch.randn(2, 10)).view(-1, *decoder.start_shape)
+        up = [tuple(h.shape[-2:]) for h in _feature_maps(decoder.net, start)]
+    assert up == [*down[::-1][1:], tuple(image_shape[1:])]
+
+
+def _feature_maps(net, h):
+    """The output of each convolution (plain or transposed) of ``net``."""
+    maps = []
+    for layer in net:
+        h = layer(h)
+        if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d):
+            maps.append(h)
+    return maps
 
 
 @pytest.mark.parametrize("net", [MLP, CONV], ids=["mlp", "conv"])

@@ -9,7 +9,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
 from vaelab.distributions import DiagonalGaussian, FullCovGaussian
-from vaelab.models import IWAE, VAE, BetaVAE
+from vaelab.models import IWAE, VAE, BetaTCVAE, BetaVAE
 from vaelab.models.base import WeightedSums
 from vaelab.objectives import iwae_bound
 from vaelab.schedules import (
@@ -327,6 +327,8 @@ def test_beta_vae_loss_with_schedule_capacity_and_free_bits():
         (BetaVAE, {"kl_schedule": {"name": "linear", "warmup_steps": 10}}),
         (BetaVAE, {"kl_schedule": {"name": "capacity", "gamma": 10.0, "c_max": 5.0, "steps": 10}}),
         (IWAE, {"k": 3}),
+        (BetaTCVAE, {"dataset_size": 100}),
+        (BetaTCVAE, {"dataset_size": 100, "sampling": "mss"}),
     ],
 )
 def test_every_step_metric_lives_on_the_loss_device(cls, kwargs):

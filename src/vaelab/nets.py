@@ -3,6 +3,12 @@
 An encoder maps images [B, C, H, W] to ``num_params`` posterior parameters [B, P] (for a
 diagonal Gaussian, P = 2L: mu and logvar; the posterior family reads them).
 A decoder maps latents [..., L] to likelihood parameters [..., C, H, W] (logits or means).
+
+``net=betavae_conv`` is the conv pair with 4x4 kernels and a dense layer: the network of the
+beta-VAE papers for 64x64 images as the issue gives it, four stride-2 convolutions of 32 channels
+and one 256-unit layer (ReLU), decoded by the mirror image. Burgess et al. (2018) had two 256-unit
+layers (``net.dense=[256,256]``); disentanglement_lib's conv encoder has 32, 32, 64, 64 channels
+(``net.channels=[32,32,64,64]``) and one 256-unit layer.
 """
 
 from __future__ import annotations
@@ -57,48 +63,91 @@ class MLPDecoder(nn.Module):
         return self.net(z).unflatten(-1, self.image_shape)
 
 
-def conv_output_size(size: int) -> int:
-    """Spatial size after a 3x3 convolution with stride 2 and padding 1."""
-    return (size - 1) // 2 + 1
+def conv_output_size(size: int, kernel: int = 3) -> int:
+    """Spatial size after a stride-2 convolution with padding 1: ceil(size / 2) for a 3x3 kernel,
+    floor(size / 2) for a 4x4 one."""
+    return (size + 2 - kernel) // 2 + 1
+
+
+def conv_sizes(image_shape, num_convs: int, kernel: int = 3) -> list[tuple[int, int]]:
+    """(H, W) of the image and after each of ``num_convs`` stride-2 convolutions."""
+    sizes = [tuple(image_shape[1:])]
+    for _ in range(num_convs):
+        h, w = sizes[-1]
+        sizes.append((conv_output_size(h, kernel), conv_output_size(w, kernel)))
+    if min(sizes[-1]) < 1:
+        raise ValueError(
+            f"{num_convs} stride-2 {kernel}x{kernel} convolutions leave nothing of a {image_shape[1]}x{image_shape[2]} "
+            f"image; they need at least {2**num_convs}x{2**num_convs}"
+        )
+    return sizes
 
 
 class ConvEncoder(nn.Module):
-    """Stride-2 3x3 convolutions (one per entry of ``channels``) -> linear head to ``num_params``."""
+    """Stride-2 convolutions (one per entry of ``channels``, ``kernel`` 3 or 4, padding 1) ->
+    flattened -> dense layers of ``dense`` units (none by default) -> linear head to ``num_params``.
+    The flattened size is computed from the image's, so any H, W that the convolutions leave at
+    least 1x1 of will do."""
 
-    def __init__(self, image_shape, num_params: int, channels: Sequence[int], activation: str = "relu"):
+    def __init__(
+        self,
+        image_shape,
+        num_params: int,
+        channels: Sequence[int],
+        activation: str = "relu",
+        kernel: int = 3,
+        dense: Sequence[int] = (),
+    ):
         super().__init__()
-        c, h, w = image_shape
+        c = image_shape[0]
+        h, w = conv_sizes(image_shape, len(channels), kernel)[-1]
         layers: list[nn.Module] = []
         for c_out in channels:
-            layers += [nn.Conv2d(c, c_out, 3, stride=2, padding=1), ACTIVATIONS[activation]()]
-            c, h, w = c_out, conv_output_size(h), conv_output_size(w)
-        self.net = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(c * h * w, num_params)
+            layers += [nn.Conv2d(c, c_out, kernel, stride=2, padding=1), ACTIVATIONS[activation]()]
+            c = c_out
+        layers.append(nn.Flatten())
+        width = c * h * w
+        for units in dense:
+            layers += [nn.Linear(width, units), ACTIVATIONS[activation]()]
+            width = units
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(width, num_params)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.net(x))
 
 
 class ConvDecoder(nn.Module):
-    """Linear to the smallest feature map, then stride-2 transposed convolutions that retrace
-    the encoder's spatial sizes exactly (any H, W, not only powers of two)."""
+    """The encoder's mirror: dense layers (``dense`` reversed) to the smallest feature map, then
+    stride-2 transposed convolutions that retrace the encoder's spatial sizes exactly (any H, W,
+    not only powers of two)."""
 
-    def __init__(self, image_shape, latent_dim: int, channels: Sequence[int], activation: str = "relu"):
+    def __init__(
+        self,
+        image_shape,
+        latent_dim: int,
+        channels: Sequence[int],
+        activation: str = "relu",
+        kernel: int = 3,
+        dense: Sequence[int] = (),
+    ):
         super().__init__()
-        c_img, h, w = image_shape
-        sizes = [(h, w)]
-        for _ in channels:
-            sizes.append((conv_output_size(sizes[-1][0]), conv_output_size(sizes[-1][1])))
+        c_img = image_shape[0]
+        sizes = conv_sizes(image_shape, len(channels), kernel)
         self.start_shape = (channels[-1], *sizes[-1])
-        self.fc = nn.Sequential(nn.Linear(latent_dim, math.prod(self.start_shape)), ACTIVATIONS[activation]())
+        widths = [latent_dim, *reversed(dense), math.prod(self.start_shape)]
+        fc: list[nn.Module] = []
+        for n_in, n_out in itertools.pairwise(widths):
+            fc += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+        self.fc = nn.Sequential(*fc)
         layers: list[nn.Module] = []
         channels_out = [*reversed(channels[:-1]), c_img]
         for i, c_out in enumerate(channels_out):
             (h_in, w_in), (h_out, w_out) = sizes[-1 - i], sizes[-2 - i]
-            # A 3x3 stride-2 transposed conv gives 2*in - 1 + output_padding.
-            pad = (h_out - 2 * h_in + 1, w_out - 2 * w_in + 1)
+            # A stride-2 transposed conv with padding 1 gives 2*in + kernel - 4 + output_padding.
+            pad = (h_out - 2 * h_in - kernel + 4, w_out - 2 * w_in - kernel + 4)
             c_in = channels[-1 - i]
-            layers.append(nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=pad))
+            layers.append(nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=1, output_padding=pad))
             if i < len(channels_out) - 1:
                 layers.append(ACTIVATIONS[activation]())
         self.net = nn.Sequential(*layers)
@@ -114,7 +163,8 @@ def build_networks(
     net: dict, image_shape, latent_dim: int, num_params: int | None = None
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder (to ``num_params`` outputs, default 2L) and decoder for
-    ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}."""
+    ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}; a conv net may also give
+    ``kernel`` (3, the default, or 4) and ``dense`` (widths of dense layers after the convolutions)."""
     kind = net["kind"]
     num_params = num_params or 2 * latent_dim
     widths = list(net["hidden_dims"] if kind == "mlp" else net.get("channels", []))
@@ -124,8 +174,9 @@ def build_networks(
             MLPDecoder(image_shape, latent_dim, widths, net["activation"]),
         )
     if kind == "conv":
+        kernel, dense = net.get("kernel", 3), list(net.get("dense") or [])
         return (
-            ConvEncoder(image_shape, num_params, widths, net["activation"]),
-            ConvDecoder(image_shape, latent_dim, widths, net["activation"]),
+            ConvEncoder(image_shape, num_params, widths, net["activation"], kernel, dense),
+            ConvDecoder(image_shape, latent_dim, widths, net["activation"], kernel, dense),
         )
     raise ValueError(f"unknown net kind {kind!r}: use net=mlp or net=conv")

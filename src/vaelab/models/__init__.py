@@ -1,7 +1,8 @@
+from vaelab.models.beta_tcvae import BetaTCVAE
 from vaelab.models.beta_vae import BetaVAE
 from vaelab.models.iwae import IWAE
 from vaelab.models.prior import CodePrior
 from vaelab.models.vae import VAE
 from vaelab.models.vqvae import VQVAE
 
-__all__ = ["IWAE", "VAE", "VQVAE", "BetaVAE", "CodePrior"]
+__all__ = ["IWAE", "VAE", "VQVAE", "BetaTCVAE", "BetaVAE", "CodePrior"]

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import check_likelihood, is_int, is_number, positive_int, require
+from vaelab.checks import check_likelihood, is_int, is_list, is_number, plain, positive_int, require
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import ACTIVATIONS, build_networks
@@ -31,6 +31,10 @@ VARIANT_KEYS = {
     "dreg": "belongs to the IWAE bound; use model=iwae",
     "kl_schedule": "needs model=beta_vae",
     "free_bits": "needs model=beta_vae",
+    "alpha": "weighs the mutual information of model=beta_tcvae",
+    "gamma": "weighs the dimension-wise KL of model=beta_tcvae",
+    "sampling": "is the estimator of q(z) of model=beta_tcvae",
+    "dataset_size": "is the training set's size N of model=beta_tcvae",
 }
 
 
@@ -97,6 +101,8 @@ class VAE(GenerativeModel):
             f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, "
             f"got {list(widths)}",
         )
+        if net.kind == "conv":
+            cls.check_conv_net(net, widths, cfg.data.image_shape)
         check_likelihood(model_cfg.likelihood, cfg.data.get("num_levels"))
         posterior = model_cfg.get("posterior", "diagonal")
         require(posterior in ("diagonal", "full"), f"model.posterior must be diagonal or full, got {posterior!r}")
@@ -111,6 +117,24 @@ class VAE(GenerativeModel):
         require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
         for key, where in VARIANT_KEYS.items():
             require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
+
+    @staticmethod
+    def check_conv_net(net: DictConfig, channels, image_shape) -> None:
+        """The optional ``kernel`` and ``dense`` of a conv net, and images large enough for its
+        stride-2 convolutions (a 4x4 kernel halves the size, so n convolutions need 2^n pixels)."""
+        kernel = net.get("kernel", 3)
+        require(kernel in (3, 4), f"net.kernel must be 3 or 4, got {kernel!r}")
+        dense = net.get("dense") or []
+        require(
+            is_list(dense) and all(is_int(w) and w >= 1 for w in dense),
+            f"net.dense must be a list of positive integers, got {plain(dense)}",
+        )
+        smallest = 2 ** len(channels) if kernel == 4 else 1
+        require(
+            min(image_shape[1:]) >= smallest,
+            f"the net's {len(channels)} stride-2 4x4 convolutions need images of at least {smallest}x{smallest}, "
+            f"but data.image_shape is {list(image_shape)}; use larger images or fewer net.channels",
+        )
 
     # ---- the model -------------------------------------------------------------------
     def posterior(self, x: Tensor):

@@ -1,0 +1,126 @@
+"""β-TCVAE (Chen et al. 2018, "Isolating Sources of Disentanglement in Variational Autoencoders")."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from vaelab import objectives
+from vaelab.checks import is_int, is_number, require
+from vaelab.errors import UserError
+from vaelab.models.vae import VAE
+
+
+class BetaTCVAE(VAE):
+    """loss = recon + alpha * MI + beta * TC + gamma * dwKL: the KL term split into the index-code
+    mutual information, the total correlation of the aggregate posterior q(z) and the KL of each
+    of its marginals to the prior, each with its own weight (see ``vaelab.objectives``). alpha =
+    beta = gamma = 1 is the VAE's loss with the KL estimated from the sample (its expectation is the
+    closed-form KL). ``beta`` here weighs the total correlation only, not the whole KL as in
+    ``BetaVAE``.
+
+    The three terms need log q(z), a sum over the whole training set, estimated on each minibatch
+    by ``sampling``: ``mws`` (minibatch-weighted) or ``mss`` (minibatch stratified); see
+    ``objectives.aggregate_posterior_log_densities`` (MWS shifts the logged values by constants of
+    log N). ``dataset_size`` is N, the training split's size; None reads it from the trainer's data
+    module when training starts. It is kept in the checkpoint (buffer ``train_set_size``). Under DDP
+    each process estimates log q(z) from its own share of the global batch, with N the whole
+    training set: the estimates (not N) then depend on the number of processes, as they do on the
+    batch size, and validation's, on ``data.eval_batch_size`` batches, differ from training's.
+
+    Logged beside loss, recon and kl: ``mi``, ``tc``, ``dwkl`` (batch means, in nats). ``elbo`` is
+    the true bound -(recon + kl) with the closed-form KL, whatever the weights."""
+
+    def __init__(
+        self,
+        *args,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+        sampling: str = "mws",
+        dataset_size: int | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if sampling not in ("mws", "mss"):
+            raise ValueError(f"sampling must be mws or mss, got {sampling!r}")
+        self.alpha, self.gamma, self.sampling = alpha, gamma, sampling
+        self.given_dataset_size = dataset_size
+        self.dataset_size = dataset_size  # N once known
+        # N travels with the weights, so a model loaded from a checkpoint estimates as it trained.
+        self.register_buffer("train_set_size", torch.tensor(dataset_size or 0, dtype=torch.long))
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        super().check_config(model_cfg, cfg)
+        for key in ("alpha", "gamma"):
+            value = model_cfg[key]
+            require(is_number(value) and value >= 0, f"model.{key} must be a number ≥ 0, got {value!r}")
+        sampling = model_cfg.sampling
+        require(sampling in ("mws", "mss"), f"model.sampling must be mws or mss, got {sampling!r}")
+        size = model_cfg.dataset_size
+        require(
+            size is None or (is_int(size) and size >= 1),
+            f"model.dataset_size must be null (the training split's size) or a whole number ≥ 1, got {size!r}",
+        )
+        require(
+            model_cfg.posterior == "diagonal",
+            "model=beta_tcvae needs model.posterior=diagonal (q(z) is estimated dimension by dimension)",
+        )
+        require(
+            model_cfg.estimator == "reparam",
+            "model=beta_tcvae trains with reparameterized gradients; set model.estimator=reparam",
+        )
+
+    # ---- N, the training set's size ------------------------------------------------------
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.given_dataset_size is None:
+            self.dataset_size = self.dataset_size_from_data()
+        self.train_set_size.fill_(self.dataset_size)
+
+    def dataset_size_from_data(self) -> int:
+        """The training split's size, from the trainer's data module (every process holds the whole
+        split, so under DDP too this is the whole training set)."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        splits = getattr(datamodule, "splits", None) or {}
+        if "train" not in splits:
+            raise UserError(
+                "model=beta_tcvae could not read the training set's size from the data module; "
+                "set model.dataset_size=<N>"
+            )
+        return len(splits["train"])
+
+    def known_dataset_size(self) -> int:
+        """N: given, read at the start of training, or from a loaded checkpoint's buffer."""
+        if self.dataset_size is None:
+            saved = int(self.train_set_size)
+            if saved == 0 and self._trainer is None:
+                raise ValueError("BetaTCVAE needs the training set's size: pass dataset_size=N")
+            self.dataset_size = saved or self.dataset_size_from_data()
+        return self.dataset_size
+
+    # ---- the objective --------------------------------------------------------------------
+    def objective(self, x: Tensor) -> dict[str, Tensor]:
+        q = self.posterior(x)
+        z = q.rsample()
+        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        kl_per_dim = q.kl_to_standard_normal_per_dim()
+        kl = kl_per_dim.sum(-1)
+        log_q = objectives.log_density_matrix(z, q.mu, q.logvar)  # [B, B, L]
+        log_qz, log_prod_qzd = objectives.aggregate_posterior_log_densities(
+            log_q, self.known_dataset_size(), self.sampling
+        )
+        parts = objectives.kl_decomposition(q.log_prob(z), log_qz, log_prod_qzd, self.prior.log_prob(z))
+        penalty = self.alpha * parts["mi"] + self.beta * parts["tc"] + self.gamma * parts["dwkl"]
+        return {
+            "loss": (-log_px_given_z + penalty).mean(),
+            "log_px_given_z": log_px_given_z,
+            "kl": kl,
+            "kl_per_dim": kl_per_dim,
+            "elbo": objectives.elbo(log_px_given_z, kl),
+            **parts,
+        }
+
+    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {name: terms[name].mean() for name in ("mi", "tc", "dwkl")}
