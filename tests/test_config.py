@@ -459,6 +459,7 @@ EVAL_BAD_VALUES = [
     (["seed=abc"], "seed must be an integer, got 'abc'"),
     (["pictures=maybe"], "pictures must be true or false, got 'maybe'"),
     (["progress=maybe"], "progress must be true or false, got 'maybe'"),
+    (["disentanglement=maybe"], "disentanglement must be auto, true or false, got 'maybe'"),
     (["data.download=maybe"], "data.download must be true, false or null, got 'maybe'"),
     (
         ["data.image_shape=[1,8]"],

@@ -201,6 +201,8 @@ def test_eval_bad_inputs(tmp_path):
         run(f"ckpt_path={best}", "k=0")
     with pytest.raises(UserError, match="split must be test or val"):
         run(f"ckpt_path={best}", "split=train")
+    with pytest.raises(UserError, match="disentanglement=true but data synthetic has no ground-truth factors"):
+        run(f"ckpt_path={best}", "disentanglement=true")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="device=cuda but no GPU is visible; use device=cpu"):
             run(f"ckpt_path={best}", "device=cuda")
@@ -214,6 +216,59 @@ def test_eval_bad_inputs(tmp_path):
         UserError, match=r"the data has images of shape \[1, 4, 4\] but the checkpoint's model takes \[1, 8, 8\]"
     ):
         run(f"ckpt_path={best}", "data.image_shape=[1,4,4]")
+
+
+class LitPixel:
+    """Ground truth for 8x8 images: one pixel lit at (row, column), and a colour that never changes."""
+
+    def __init__(self):
+        self.factor_names, self.factor_sizes = ["colour", "row", "column"], [1, 8, 8]
+
+    def sample_factors(self, n, generator):
+        return torch.stack([torch.zeros(n, dtype=torch.long), *torch.randint(8, (2, n), generator=generator)], 1)
+
+    def observations(self, factors):
+        images = torch.zeros(len(factors), 1, 8, 8)
+        images[torch.arange(len(factors)), 0, factors[:, 1], factors[:, 2]] = 1.0
+        return images
+
+
+def test_eval_scores_disentanglement_when_the_data_has_ground_truth(tmp_path, monkeypatch, capsys):
+    import functools
+
+    import vaelab.eval
+    from vaelab.disentanglement import disentanglement_metrics, posterior_means
+
+    small = {"num_train": 300, "num_test": 200, "num_variance_estimate": 500, "num_votes_train": 100}
+    monkeypatch.setattr(
+        vaelab.eval, "disentanglement_metrics", functools.partial(disentanglement_metrics, **small, num_votes_eval=50)
+    )
+    build_data = vaelab.eval.build_data
+
+    def with_ground_truth(*args):
+        datamodule = build_data(*args)
+        datamodule.ground_truth = LitPixel()
+        return datamodule
+
+    train(compose_config([*QUICK, "trainer.max_epochs=1", "test=false", "size.latent_dim=4"], tmp_path / "run"))
+    best = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    monkeypatch.setattr(vaelab.eval, "build_data", with_ground_truth)
+    overrides = [f"ckpt_path={best}", "k=2", "pictures=false"]
+    cfg = compose_config([*overrides, "seed=4"], tmp_path / "eval", config_name="eval")
+    capsys.readouterr()
+    metrics = evaluate_checkpoint(cfg)
+    assert "disentanglement: MIG" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(best))
+    expected = disentanglement_metrics(LitPixel(), posterior_means(model), seed=4, **small, num_votes_eval=50)
+    assert {key: saved[f"disentanglement/{key}"] for key in expected} == pytest.approx(expected)
+    assert saved["disentanglement/factor_names"] == ["colour", "row", "column"]
+    information = torch.tensor(saved["disentanglement/mutual_information"])
+    assert information.shape == (metrics["latent_dim"], 3) and (information[:, 0] == 0).all()
+    off = compose_config([*overrides, "disentanglement=false"], tmp_path / "off", config_name="eval")
+    assert not any(key.startswith("disentanglement/") for key in evaluate_checkpoint(off))
 
 
 def test_psnr_is_the_mean_over_images_of_each_images_psnr():

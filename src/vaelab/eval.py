@@ -1,8 +1,9 @@
 """Evaluation entry point: ``python eval.py ckpt_path=PATH`` or ``vaelab-eval``.
 
 Loads a checkpoint with the config it was trained with, measures the split (see
-``vaelab.metrics``), writes ``metrics.json`` and pictures into a new eval folder, sends them to
-the configured loggers and prints a one-screen summary."""
+``vaelab.metrics``) and, on data with ground-truth factors, the disentanglement of the posterior
+means (``vaelab.disentanglement``), writes ``metrics.json`` and pictures into a new eval folder,
+sends them to the configured loggers and prints a one-screen summary."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.checks import check_loggers, flag, is_int, is_list, plain, require
 from vaelab.config import CONFIG_DIR
 from vaelab.data.in_memory import SPLIT_NOISE
+from vaelab.disentanglement import disentanglement_metrics, mutual_information, posterior_means
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
 
@@ -53,6 +55,10 @@ def check_eval_config(cfg: DictConfig) -> None:
     flag(cfg.pictures, "pictures")
     flag(cfg.progress, "progress")
     require(
+        cfg.disentanglement == "auto" or isinstance(cfg.disentanglement, bool),
+        f"disentanglement must be auto, true or false, got {cfg.disentanglement!r}",
+    )
+    require(
         cfg.data.download in (None, True, False),
         f"data.download must be true, false or null, got {cfg.data.download!r}",
     )
@@ -62,6 +68,42 @@ def check_eval_config(cfg: DictConfig) -> None:
         f"data.image_shape must be null or [channels, height, width] of positive integers, got {plain(shape)}",
     )
     check_loggers(cfg.get("logger"))
+
+
+def ground_truth_to_score(cfg: DictConfig, datamodule, model, is_vq: bool):
+    """The data's ground truth (its ``ground_truth`` attribute) when the disentanglement metrics
+    are to be computed: with ``disentanglement=auto`` whenever the data has one and the model has
+    a posterior to take the means of; ``true`` insists on both."""
+    truth = getattr(datamodule, "ground_truth", None)
+    scorable = not is_vq and hasattr(model, "posterior")
+    if cfg.disentanglement is True:
+        require(
+            truth is not None,
+            f"disentanglement=true but data {datamodule.name} has no ground-truth factors; evaluate on data "
+            "generated from known factors (such as dSprites) or set disentanglement=auto",
+        )
+        require(
+            scorable,
+            "disentanglement=true but the model has no posterior q(z|x) to take the means of (a VQ-VAE); "
+            "set disentanglement=auto",
+        )
+    return truth if cfg.disentanglement is not False and scorable else None
+
+
+def evaluate_disentanglement(model, truth, cfg: DictConfig) -> dict:
+    """``disentanglement/<metric>`` for each score of ``disentanglement_metrics`` on the posterior
+    means, the factors' names and the mutual information [latent][factor] of each latent with each
+    factor (on the points MIG is scored on), which names the factor a latent is about."""
+    if cfg.progress:
+        print("disentanglement metrics (MIG, FactorVAE, DCI, SAP) ...", file=sys.stderr, flush=True)
+    represent = posterior_means(model, cfg.batch_size)
+    scores = disentanglement_metrics(truth, represent, seed=cfg.seed)
+    information = mutual_information(truth, represent, torch.Generator().manual_seed(cfg.seed))
+    return {
+        **{f"disentanglement/{name}": value for name, value in scores.items()},
+        "disentanglement/factor_names": list(truth.factor_names),
+        "disentanglement/mutual_information": information.tolist(),
+    }
 
 
 def evaluate_checkpoint(cfg: DictConfig) -> dict:
@@ -83,6 +125,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
     is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
+    truth = ground_truth_to_score(cfg, datamodule, model, is_vq)
     if is_vq:
         results = evaluate_vq_split(
             model,
@@ -107,6 +150,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
+    if truth is not None:
+        metrics.update(evaluate_disentanglement(model, truth, cfg))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if not cfg.pictures:
         images = {}
@@ -191,6 +236,18 @@ def summary(m: dict, out: Path) -> str:
             f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
             f"  active units:   {m['active_units']} of {m['latent_dim']}",
             f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
+            *(
+                [
+                    f"  disentanglement: MIG {m['disentanglement/mig']:.3f}  "
+                    f"FactorVAE {m['disentanglement/factor_vae']:.3f}  "
+                    f"DCI D {m['disentanglement/dci_disentanglement']:.3f} "
+                    f"C {m['disentanglement/dci_completeness']:.3f} "
+                    f"I {m['disentanglement/dci_informativeness_test']:.3f}  "
+                    f"SAP {m['disentanglement/sap']:.3f}"
+                ]
+                if "disentanglement/mig" in m
+                else []
+            ),
             f"  written to:     {out}",
         ]
     )
