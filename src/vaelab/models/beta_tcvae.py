@@ -37,7 +37,7 @@ class BetaTCVAE(VAE):
         *args,
         alpha: float = 1.0,
         gamma: float = 1.0,
-        sampling: str = "mws",
+        sampling: str = "mss",
         dataset_size: int | None = None,
         **kwargs,
     ):
