@@ -262,3 +262,52 @@ def test_the_latent_map_takes_factor_labels(tmp_path):
     labels = DSpritesFactors(32, 6, 20, 16).sample_factors(200, torch.Generator().manual_seed(0))
     pictures.latent_map(torch.randn(200, 10), labels, tmp_path / "map.png")  # coloured by the shape
     assert (tmp_path / "map.png").stat().st_size > 0
+
+
+def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
+    """callbacks=[default,disentanglement]: the scores in test_metrics.json are those of the best
+    checkpoint's posterior means, and validation logs them every epoch."""
+    import csv
+    import json
+
+    from vaelab.building import instantiate_plain
+    from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
+    from vaelab.config import compose_config
+    from vaelab.disentanglement import disentanglement_metrics, posterior_means
+    from vaelab.train import train
+
+    overrides = [
+        "data=dsprites_small",
+        "data.batch_size=64",
+        "model=beta_vae",
+        "model.beta=4",
+        "size.latent_dim=4",
+        "callbacks=[default,disentanglement]",
+        "callbacks.disentanglement.every_n_epochs=1",
+        "callbacks.disentanglement.num_points=600",
+        "callbacks.disentanglement.dci_points=200",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=20",
+        "trainer.limit_val_batches=5",
+        "trainer.limit_test_batches=5",
+        "trainer.enable_progress_bar=false",
+    ]
+    cfg = compose_config(overrides, tmp_path)
+    train(cfg)
+    logged = json.loads((tmp_path / "test_metrics.json").read_text())
+    model = model_from_checkpoint(load_checkpoint(logged["ckpt_path"]))
+    expected = disentanglement_metrics(
+        instantiate_plain(cfg.data).ground_truth,
+        posterior_means(model),
+        seed=0,
+        num_train=600,
+        num_test=300,
+        num_variance_estimate=600,
+        num_votes_train=600,
+        num_votes_eval=300,
+        dci_points=200,
+    )
+    for name, value in expected.items():
+        assert logged[f"test/{name}"] == pytest.approx(value, abs=1e-6), name
+    rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if r.get("val/mig")]
+    assert len(rows) == 2 and all(0 <= float(r["val/mig"]) <= 1 for r in rows)

@@ -17,7 +17,7 @@ from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
 from vaelab.metrics import ReconstructionQuality, evaluate_split, evaluate_vq_split
 from vaelab.models import VAE
-from vaelab.pictures import grid, manifold, slerp, traversals, upscale_factor
+from vaelab.pictures import factor_labels, grid, manifold, save_labelled_rows, slerp, traversals, upscale_factor
 from vaelab.report import main as report_main
 from vaelab.train import train
 
@@ -254,7 +254,7 @@ def test_eval_scores_disentanglement_when_the_data_has_ground_truth(tmp_path, mo
     best = tmp_path / "run" / "checkpoints" / "last.ckpt"
     monkeypatch.setattr(vaelab.eval, "build_data", with_ground_truth)
     overrides = [f"ckpt_path={best}", "k=2", "pictures=false"]
-    cfg = compose_config([*overrides, "seed=4"], tmp_path / "eval", config_name="eval")
+    cfg = compose_config([*overrides, "seed=4", "pictures=true"], tmp_path / "eval", config_name="eval")
     capsys.readouterr()
     metrics = evaluate_checkpoint(cfg)
     assert "disentanglement: MIG" in capsys.readouterr().out
@@ -267,6 +267,7 @@ def test_eval_scores_disentanglement_when_the_data_has_ground_truth(tmp_path, mo
     assert saved["disentanglement/factor_names"] == ["colour", "row", "column"]
     information = torch.tensor(saved["disentanglement/mutual_information"])
     assert information.shape == (metrics["latent_dim"], 3) and (information[:, 0] == 0).all()
+    assert (tmp_path / "eval" / "images" / "traversals_by_factor.png").is_file()
     off = compose_config([*overrides, "disentanglement=false"], tmp_path / "off", config_name="eval")
     assert not any(key.startswith("disentanglement/") for key in evaluate_checkpoint(off))
 
@@ -389,3 +390,16 @@ def test_an_evaluation_composes_with_every_logger(tmp_path):
         cfg = compose_config([f"logger={logger}", "ckpt_path=x.ckpt"], tmp_path, config_name="eval")
         if cfg.logger:
             OmegaConf.to_container(cfg.logger, resolve=True)
+
+
+def test_traversal_rows_are_labelled_with_the_factor_each_latent_tracks(tmp_path):
+    import math
+
+    from PIL import Image
+
+    # Latent 0 carries all of pos_x (log 32 nats), latent 2 most of shape, latent 1 nothing.
+    information = torch.tensor([[0.0, math.log(32)], [0.01, 0.02], [0.9 * math.log(3), 0.1]])
+    labels = factor_labels([5.0, 0.01, 2.0], information, ["shape", "pos_x"], [3, 32], num_dims=3)
+    assert labels == ["z0  KL 5.00  pos_x (1.00)", "z2  KL 2.00  shape (0.90)", "z1  KL 0.01  none"]
+    save_labelled_rows(torch.rand(3, 3 * 66 + 2, 5 * 66 + 2), labels, tmp_path / "rows.png")
+    assert Image.open(tmp_path / "rows.png").size[0] > 5 * 66  # the grid and its labels

@@ -1,4 +1,5 @@
-"""Callbacks that write what a person looks at: image grids every validation epoch."""
+"""Callbacks that write what a person looks at: image grids every validation epoch, and the
+disentanglement scores on data with ground-truth factors."""
 
 from __future__ import annotations
 
@@ -116,3 +117,48 @@ def training_batch(datamodule, n: int) -> torch.Tensor:
     dataset = datamodule.dataset("train", train=True)
     n = min(n, len(dataset))
     return dataset[BatchRef(torch.arange(n), 0, 0, n)][0].cpu()
+
+
+class DisentanglementScores(L.Callback):
+    """On data with ground-truth factors (the data module's ``ground_truth``, e.g. dSprites): the
+    disentanglement scores of the posterior means (``vaelab.disentanglement``), logged as
+    ``test/mig``, ``test/factor_vae``, ``test/dci_disentanglement``, ... in the test after fitting
+    (so in test_metrics.json and in a sweep's report), and as ``val/...`` every ``every_n_epochs``
+    validations (0: never). ``num_points``: MIG/DCI/SAP training points (half as many test points,
+    and FactorVAE votes); ``dci_points``: the subset DCI's trees learn from (their cost dominates).
+    Every process computes the same numbers from the same seed."""
+
+    def __init__(
+        self, every_n_epochs: int = 0, num_points: int = 10_000, dci_points: int | None = 2_000, seed: int = 0
+    ):
+        self.every_n_epochs, self.num_points, self.dci_points, self.seed = every_n_epochs, num_points, dci_points, seed
+
+    def scores(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from vaelab.disentanglement import disentanglement_metrics, posterior_means
+
+        truth = getattr(trainer.datamodule, "ground_truth", None)
+        if truth is None or not hasattr(pl_module, "posterior"):
+            return {}
+        return disentanglement_metrics(
+            truth,
+            posterior_means(pl_module),
+            seed=self.seed,
+            num_train=self.num_points,
+            num_test=self.num_points // 2,
+            num_variance_estimate=self.num_points,
+            num_votes_train=self.num_points,
+            num_votes_eval=self.num_points // 2,
+            dci_points=self.dci_points,
+        )
+
+    def log_scores(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        scores = self.scores(trainer, pl_module)
+        pl_module.log_dict({f"{stage}/{name}": float(value) for name, value in scores.items()}, on_epoch=True)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        every = self.every_n_epochs
+        if every and not trainer.sanity_checking and (trainer.current_epoch + 1) % every == 0:
+            self.log_scores("val", trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.log_scores("test", trainer, pl_module)

@@ -159,6 +159,14 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         images = draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
     else:
         images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
+        if truth is not None and cfg.pictures:
+            labels = pictures.factor_labels(
+                results["kl_per_dim"],
+                torch.tensor(metrics["disentanglement/mutual_information"]),
+                list(truth.factor_names),
+                list(truth.factor_sizes),
+            )
+            pictures.save_labelled_rows(images["traversals"], labels, out / "images" / "traversals_by_factor.png")
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)

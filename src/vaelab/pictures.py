@@ -91,6 +91,36 @@ def traversals(
     return grid(decode(model, z.flatten(0, 1)), nrow=steps)
 
 
+def factor_labels(
+    kl_per_dim: list[float], information: Tensor, factor_names: list[str], factor_sizes: list[int], num_dims: int = 10
+) -> list[str]:
+    """One label per row of ``traversals`` (latents by decreasing KL): the latent, its KL, and the
+    factor it tells most about with that information as a share of the factor's entropy
+    (I(z; v) / H(v), H(v) = log of the factor's number of values), or "none" below 0.1.
+    ``information``: I(z_i; v_j) in nats [L, F] (``vaelab.disentanglement.mutual_information``)."""
+    entropy = torch.tensor([math.log(n) if n > 1 else math.inf for n in factor_sizes])
+    share = information / entropy  # [L, F]
+    labels = []
+    for dim in torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims].tolist():
+        best = int(share[dim].argmax())
+        tracked = f"{factor_names[best]} ({share[dim, best]:.2f})" if share[dim, best] >= 0.1 else "none"
+        labels.append(f"z{dim}  KL {kl_per_dim[dim]:.2f}  {tracked}")
+    return labels
+
+
+def save_labelled_rows(image: Tensor, labels: list[str], path: Path) -> None:
+    """A grid image [C, H, W] whose rows are ``labels`` (top to bottom), saved with the labels
+    written left of the rows."""
+    height, width = image.shape[1:]
+    fig, ax = plt.subplots(figsize=(3 + width / 100, height / 100 + 0.3), dpi=100)
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).cpu().numpy(), interpolation="nearest")
+    ax.set_yticks([(row + 0.5) * height / len(labels) for row in range(len(labels))], labels, fontsize=9)
+    ax.set_xticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 @torch.no_grad()
 def manifold(model, steps: int = 15) -> Tensor:
     """For a 2-D latent: images decoded on a grid of prior quantiles (AEVB paper, fig. 4)."""
