@@ -54,8 +54,10 @@ SMALL_BINARY_IMAGES = ["data=synthetic", "data.image_shape=[1,32,32]"]
 
 
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
-    if (group, option) in (("net", "betavae_conv"), ("experiment", "dsprites_beta_sweep")):
+    if (group, option) == ("net", "betavae_conv"):
         return SMALL_BINARY_IMAGES
+    if (group, option) == ("experiment", "dsprites_beta_sweep"):  # its own data (dsprites_small), scored cheaply
+        return ["callbacks.disentanglement.num_points=600", "callbacks.disentanglement.dci_points=100"]
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
     if group == "experiment":
@@ -120,6 +122,8 @@ def test_every_option_composes_and_runs(group, option, tmp_path, data_files, mon
     ]
     if group == "debug":
         overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]
+    if (group, option) == ("callbacks", "disentanglement"):  # needs data with ground-truth factors
+        overrides += ["data=dsprites_small", "callbacks.disentanglement.num_points=600"]
     if (group, option) in (("data", "fashion_mnist"), ("data", "image_folder")):
         overrides.append("trainer.max_epochs=4")  # their test files are noise: the bound improves more slowly
     cfg = compose_config(overrides, tmp_path / "run")
@@ -289,6 +293,18 @@ BAD_VALUES = [
     (
         ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=-1"],
         "callbacks.early_stopping.patience must be a whole number ≥ 0",
+    ),
+    (
+        ["callbacks=[default,disentanglement]", "callbacks.disentanglement.num_points=10"],
+        "callbacks.disentanglement.num_points must be a whole number ≥ 200, got 10",
+    ),
+    (
+        ["callbacks=[default,disentanglement]", "callbacks.disentanglement.dci_points=1"],
+        "callbacks.disentanglement.dci_points must be null (all points) or a whole number ≥ 20, got 1",
+    ),
+    (
+        ["callbacks=[default,disentanglement]", "callbacks.disentanglement.every_n_epochs=-1"],
+        "callbacks.disentanglement.every_n_epochs must be a whole number ≥ 0",
     ),
     (["optimized_metric=elbo"], "optimized_metric must name a logged metric such as val/elbo, got 'elbo'"),
     (["optimized_metric=test/elbo", "test=false"], "optimized_metric=test/elbo is measured on the test split"),

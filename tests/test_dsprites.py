@@ -311,3 +311,13 @@ def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
         assert logged[f"test/{name}"] == pytest.approx(value, abs=1e-6), name
     rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if r.get("val/mig")]
     assert len(rows) == 2 and all(0 <= float(r["val/mig"]) <= 1 for r in rows)
+
+
+def test_the_disentanglement_callback_on_data_without_factors_is_refused_before_training(tmp_path):
+    from vaelab.config import compose_config
+    from vaelab.train import train
+
+    overrides = ["data=digits", "callbacks=[default,disentanglement]", "trainer.enable_progress_bar=false"]
+    with pytest.raises(UserError, match="needs data with ground-truth factors"):
+        train(compose_config(overrides, tmp_path))
+    assert not (tmp_path / "checkpoints").exists()  # refused before the first epoch

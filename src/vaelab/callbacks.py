@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import save_image
 
+from vaelab.checks import require
 from vaelab.pictures import grid as image_grid
 
 
@@ -124,8 +125,9 @@ class DisentanglementScores(L.Callback):
     disentanglement scores of the posterior means (``vaelab.disentanglement``), logged as
     ``test/mig``, ``test/factor_vae``, ``test/dci_disentanglement``, ... in the test after fitting
     (so in test_metrics.json and in a sweep's report), and as ``val/...`` every ``every_n_epochs``
-    validations (0: never). ``num_points``: MIG/DCI/SAP training points (half as many test points,
-    and FactorVAE votes); ``dci_points``: the subset DCI's trees learn from (their cost dominates).
+    validations (0: never). ``num_points``: MIG/DCI/SAP training points and FactorVAE training votes
+    (half as many test points and evaluation votes); ``dci_points``: the subset DCI's trees learn
+    from (their cost dominates).
     Every process computes the same numbers from the same seed."""
 
     def __init__(
@@ -133,15 +135,26 @@ class DisentanglementScores(L.Callback):
     ):
         self.every_n_epochs, self.num_points, self.dci_points, self.seed = every_n_epochs, num_points, dci_points, seed
 
-    def scores(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
-        from vaelab.disentanglement import disentanglement_metrics, posterior_means
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before any training: a run that asked for the scores must be able to get them.
+        name = type(trainer.datamodule).__name__
+        require(
+            getattr(trainer.datamodule, "ground_truth", None) is not None,
+            f"callbacks=[...,disentanglement] needs data with ground-truth factors (such as data=dsprites); "
+            f"{name} has none: drop the callback",
+        )
+        require(
+            hasattr(pl_module, "posterior"),
+            "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
+            "(a VQ-VAE): drop the callback",
+        )
 
-        truth = getattr(trainer.datamodule, "ground_truth", None)
-        if truth is None or not hasattr(pl_module, "posterior"):
-            return {}
+    def scores(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, posterior_means
+
         return disentanglement_metrics(
-            truth,
-            posterior_means(pl_module),
+            trainer.datamodule.ground_truth,
+            posterior_means(pl_module, dequantize_levels=dequantize_levels(trainer.datamodule)),
             seed=self.seed,
             num_train=self.num_points,
             num_test=self.num_points // 2,

@@ -399,6 +399,16 @@ def check_callbacks(callbacks) -> None:
         )
         positive_int(node.batch_size, "callbacks.encoder_gradient_variance.batch_size")
         positive_int(node.every_n_epochs, "callbacks.encoder_gradient_variance.every_n_epochs")
+    if callbacks.get("disentanglement") is not None:
+        node = callbacks.disentanglement
+        whole_number(node.every_n_epochs, "callbacks.disentanglement.every_n_epochs", 0)
+        # Fewer points leave some factor value unsampled (MIG needs every factor to vary).
+        whole_number(node.num_points, "callbacks.disentanglement.num_points", 200)
+        require(
+            node.dci_points is None or (is_int(node.dci_points) and node.dci_points >= 20),
+            f"callbacks.disentanglement.dci_points must be null (all points) or a whole number ≥ 20, got "
+            f"{node.dci_points!r}",
+        )
     if callbacks.get("early_stopping") is not None:
         node = callbacks.early_stopping
         require(

@@ -504,14 +504,27 @@ def disentanglement_metrics(
     }
 
 
-def posterior_means(model, batch_size: int = 256) -> Represent:
+def dequantize_levels(datamodule) -> int | None:
+    """The data's top pixel value when the model sees dequantized pixels (a continuous
+    likelihood), else None; see ``posterior_means``."""
+    if not getattr(datamodule, "dequantize", False):
+        return None
+    return int(datamodule.splits["train"].levels) if getattr(datamodule, "splits", None) else 1
+
+
+def posterior_means(model, batch_size: int = 256, dequantize_levels: int | None = None) -> Represent:
     """A model's representation: the means of q(z|x) (``model.posterior(x).mu``), computed in
-    batches on the model's device with the model in eval mode, returned on the CPU."""
+    batches on the model's device with the model in eval mode, returned on the CPU.
+    ``dequantize_levels``: a model with a continuous likelihood trained on dequantized pixels
+    (x + u) / (levels + 1), u ~ U[0, 1); it is shown the observations x in [0, 1] (x * levels the
+    integers) at the middle of their interval, (x * levels + 1/2) / (levels + 1), what it saw."""
     device = next(model.parameters()).device
 
     @torch.no_grad()
     def represent(observations: Tensor) -> Tensor:
         model.eval()
+        if dequantize_levels is not None:
+            observations = (observations * dequantize_levels + 0.5) / (dequantize_levels + 1)
         return torch.cat([model.posterior(x.to(device)).mu.float().cpu() for x in observations.split(batch_size)])
 
     return represent

@@ -23,7 +23,7 @@ from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.checks import check_loggers, flag, is_int, is_list, plain, require
 from vaelab.config import CONFIG_DIR
 from vaelab.data.in_memory import SPLIT_NOISE
-from vaelab.disentanglement import disentanglement_metrics, mutual_information, posterior_means
+from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, mutual_information, posterior_means
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
 
@@ -74,7 +74,12 @@ def ground_truth_to_score(cfg: DictConfig, datamodule, model, is_vq: bool):
     """The data's ground truth (its ``ground_truth`` attribute) when the disentanglement metrics
     are to be computed: with ``disentanglement=auto`` whenever the data has one and the model has
     a posterior to take the means of; ``true`` insists on both."""
-    truth = getattr(datamodule, "ground_truth", None)
+    try:
+        truth = getattr(datamodule, "ground_truth", None)
+    except UserError:  # a file holding part of the factor grid: nothing to sample factors from
+        if cfg.disentanglement is True:
+            raise
+        truth = None
     scorable = not is_vq and hasattr(model, "posterior")
     if cfg.disentanglement is True:
         require(
@@ -90,13 +95,13 @@ def ground_truth_to_score(cfg: DictConfig, datamodule, model, is_vq: bool):
     return truth if cfg.disentanglement is not False and scorable else None
 
 
-def evaluate_disentanglement(model, truth, cfg: DictConfig) -> dict:
+def evaluate_disentanglement(model, truth, datamodule, cfg: DictConfig) -> dict:
     """``disentanglement/<metric>`` for each score of ``disentanglement_metrics`` on the posterior
     means, the factors' names and the mutual information [latent][factor] of each latent with each
     factor (on the points MIG is scored on), which names the factor a latent is about."""
     if cfg.progress:
         print("disentanglement metrics (MIG, FactorVAE, DCI, SAP) ...", file=sys.stderr, flush=True)
-    represent = posterior_means(model, cfg.batch_size)
+    represent = posterior_means(model, cfg.batch_size, dequantize_levels=dequantize_levels(datamodule))
     scores = disentanglement_metrics(truth, represent, seed=cfg.seed)
     information = mutual_information(truth, represent, torch.Generator().manual_seed(cfg.seed))
     return {
@@ -151,7 +156,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
     if truth is not None:
-        metrics.update(evaluate_disentanglement(model, truth, cfg))
+        metrics.update(evaluate_disentanglement(model, truth, datamodule, cfg))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if not cfg.pictures:
         images = {}
