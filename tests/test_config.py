@@ -476,6 +476,7 @@ EVAL_BAD_VALUES = [
     (["pictures=maybe"], "pictures must be true or false, got 'maybe'"),
     (["progress=maybe"], "progress must be true or false, got 'maybe'"),
     (["disentanglement=maybe"], "disentanglement must be auto, true or false, got 'maybe'"),
+    (["dci_points=5"], "dci_points must be null (all points) or a whole number ≥ 20, got 5"),
     (["data.download=maybe"], "data.download must be true, false or null, got 'maybe'"),
     (
         ["data.image_shape=[1,8]"],

@@ -58,6 +58,11 @@ def check_eval_config(cfg: DictConfig) -> None:
         cfg.disentanglement == "auto" or isinstance(cfg.disentanglement, bool),
         f"disentanglement must be auto, true or false, got {cfg.disentanglement!r}",
     )
+    dci_points = cfg.get("dci_points")
+    require(
+        dci_points is None or (is_int(dci_points) and dci_points >= 20),
+        f"dci_points must be null (all points) or a whole number ≥ 20, got {dci_points!r}",
+    )
     require(
         cfg.data.download in (None, True, False),
         f"data.download must be true, false or null, got {cfg.data.download!r}",
@@ -102,7 +107,7 @@ def evaluate_disentanglement(model, truth, datamodule, cfg: DictConfig) -> dict:
     if cfg.progress:
         print("disentanglement metrics (MIG, FactorVAE, DCI, SAP) ...", file=sys.stderr, flush=True)
     represent = posterior_means(model, cfg.batch_size, dequantize_levels=dequantize_levels(datamodule))
-    scores = disentanglement_metrics(truth, represent, seed=cfg.seed)
+    scores = disentanglement_metrics(truth, represent, seed=cfg.seed, dci_points=cfg.get("dci_points"))
     information = mutual_information(truth, represent, torch.Generator().manual_seed(cfg.seed))
     return {
         **{f"disentanglement/{name}": value for name, value in scores.items()},
