@@ -398,8 +398,14 @@ def test_traversal_rows_are_labelled_with_the_factor_each_latent_tracks(tmp_path
     from PIL import Image
 
     # Latent 0 carries all of pos_x (log 32 nats), latent 2 most of shape, latent 1 nothing.
-    information = torch.tensor([[0.0, math.log(32)], [0.01, 0.02], [0.9 * math.log(3), 0.1]])
-    labels = factor_labels([5.0, 0.01, 2.0], information, ["shape", "pos_x"], [3, 32], num_dims=3)
-    assert labels == ["z0  KL 5.00  pos_x (1.00)", "z2  KL 2.00  shape (0.90)", "z1  KL 0.01  none"]
+    # Latent 3 is collapsed (KL 0.001) though its mean follows pos_x.
+    information = torch.tensor([[0.0, math.log(32)], [0.01, 0.02], [0.9 * math.log(3), 0.1], [0.0, 2.0]])
+    labels = factor_labels([5.0, 0.01, 2.0, 0.001], information, ["shape", "pos_x"], [3, 32], num_dims=4)
+    assert labels == [
+        "z0  KL 5.00  pos_x (1.00)",
+        "z2  KL 2.00  shape (0.90)",
+        "z1  KL 0.01  none",
+        "z3  KL 0.00  inactive",
+    ]
     save_labelled_rows(torch.rand(3, 3 * 66 + 2, 5 * 66 + 2), labels, tmp_path / "rows.png")
     assert Image.open(tmp_path / "rows.png").size[0] > 5 * 66  # the grid and its labels

@@ -96,7 +96,9 @@ def factor_labels(
 ) -> list[str]:
     """One label per row of ``traversals`` (latents by decreasing KL): the latent, its KL, and the
     factor it tells most about with that information as a share of the factor's entropy
-    (I(z; v) / H(v), H(v) = log of the factor's number of values), or "none" below 0.1.
+    (I(z; v) / H(v), H(v) = log of the factor's number of values), or "none" below 0.1; a latent
+    with KL below 0.01 nats is "inactive" (its mean may still follow a factor, but the decoder
+    cannot use what q(z|x) does not carry beyond the prior).
     ``information``: I(z_i; v_j) in nats [L, F] (``vaelab.disentanglement.mutual_information``)."""
     entropy = torch.tensor([math.log(n) if n > 1 else math.inf for n in factor_sizes])
     share = information / entropy  # [L, F]
@@ -104,6 +106,8 @@ def factor_labels(
     for dim in torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims].tolist():
         best = int(share[dim].argmax())
         tracked = f"{factor_names[best]} ({share[dim, best]:.2f})" if share[dim, best] >= 0.1 else "none"
+        if kl_per_dim[dim] < 0.01:
+            tracked = "inactive"
         labels.append(f"z{dim}  KL {kl_per_dim[dim]:.2f}  {tracked}")
     return labels
 
