@@ -79,10 +79,55 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str) -> str | None:
     return ckpt_path
 
 
+# What a shipped model keeps of a checkpoint: enough for eval.py and model_from_checkpoint, nothing
+# for resuming (optimizer and scheduler state, loops, callbacks, which would triple the file).
+WEIGHTS_ONLY_KEYS = ("state_dict", "hyper_parameters", "vaelab", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def export_weights(ckpt_path: str, out_path: str) -> dict:
+    """Write the weights and run config of a checkpoint (no optimizer state) to ``out_path``, for
+    shipping a trained model; ``eval.py ckpt_path=<out_path>`` evaluates it. Returns what was written."""
+    checkpoint = load_checkpoint(ckpt_path)
+    out = Path(out_path)
+    require(
+        out.resolve() != Path(ckpt_path).resolve(),
+        f"the weights would overwrite {ckpt_path}; give another output path",
+    )
+    require(not out.exists(), f"{out} exists; remove it or give another output path (nothing is overwritten)")
+    weights = {key: checkpoint[key] for key in WEIGHTS_ONLY_KEYS if key in checkpoint}
+    weights["vaelab"] = {**weights["vaelab"], "weights_only": True, "exported_from": str(ckpt_path)}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(weights, out)
+    return weights
+
+
+def export_main(argv: list[str] | None = None) -> None:
+    """``vaelab-export-weights RUN/checkpoints/best.ckpt results/<experiment>/model.ckpt``"""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description=export_weights.__doc__)
+    parser.add_argument("checkpoint", help="a .ckpt written by train.py")
+    parser.add_argument("out", help="where to write the weights-only file")
+    args = parser.parse_args(argv)
+    try:
+        weights = export_weights(args.checkpoint, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"{args.out}: weights and run config of epoch {weights.get('epoch')} ({size:.1f} MiB)")
+
+
 def check_resume_checkpoint(path: str, config: dict) -> None:
     """The checkpoint must come from the same model as the one configured, with epochs left."""
     checkpoint = load_checkpoint(path)
     saved = checkpoint["vaelab"]
+    require(
+        not saved.get("weights_only"),
+        f"{path} holds weights only (no optimizer state), for eval.py; resume from the run's own "
+        "checkpoints/last.ckpt, or start a new run",
+    )
     max_epochs = config["trainer"].get("max_epochs")
     if max_epochs not in (None, -1) and checkpoint.get("epoch", 0) >= max_epochs:
         raise UserError(
