@@ -57,7 +57,7 @@ def data_overrides(group: str, option: str, files: dict) -> list[str]:
     if (group, option) == ("net", "betavae_conv"):
         return SMALL_BINARY_IMAGES
     if (group, option) == ("experiment", "dsprites_beta_sweep"):  # its own data (dsprites_small), scored cheaply
-        return ["callbacks.disentanglement.num_points=600", "callbacks.disentanglement.dci_points=100"]
+        return ["callbacks.disentanglement.num_points=200", "callbacks.disentanglement.dci_points=50"]
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
     if group == "experiment":
@@ -123,7 +123,11 @@ def test_every_option_composes_and_runs(group, option, tmp_path, data_files, mon
     if group == "debug":
         overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2"]
     if (group, option) == ("callbacks", "disentanglement"):  # needs data with ground-truth factors
-        overrides += ["data=dsprites_small", "callbacks.disentanglement.num_points=600"]
+        overrides += [
+            "data=dsprites_small",
+            "callbacks.disentanglement.num_points=200",
+            "callbacks.disentanglement.dci_points=50",
+        ]
     if (group, option) in (("data", "fashion_mnist"), ("data", "image_folder")):
         overrides.append("trainer.max_epochs=4")  # their test files are noise: the bound improves more slowly
     cfg = compose_config(overrides, tmp_path / "run")
