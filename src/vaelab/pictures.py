@@ -76,13 +76,19 @@ def interpolations(model, x_a: Tensor, x_b: Tensor, steps: int = 10, spherical: 
     return grid(decode(model, z.flatten(0, 1)), nrow=steps)
 
 
+def traversal_order(kl_per_dim: list[float], num_dims: int) -> Tensor:
+    """The latents a traversal shows, one per row: the ``num_dims`` with the highest KL, highest
+    first (``traversals`` draws them, ``factor_labels`` names them)."""
+    return torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims]
+
+
 @torch.no_grad()
 def traversals(
     model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11, limit: float = 3.0
 ) -> Tensor:
     """Rows: the ``num_dims`` latents with the highest KL (most informative first), each swept
     from -limit to limit while the others stay at the posterior mean of ``x`` (one image)."""
-    order = torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims]
+    order = traversal_order(kl_per_dim, num_dims)
     base = model.posterior(x[:1].to(model.device)).mu[0]
     values = torch.linspace(-limit, limit, steps, device=base.device)
     z = base.repeat(len(order), steps, 1)
@@ -103,7 +109,7 @@ def factor_labels(
     entropy = torch.tensor([math.log(n) if n > 1 else math.inf for n in factor_sizes])
     share = information / entropy  # [L, F]
     labels = []
-    for dim in torch.tensor(kl_per_dim).argsort(descending=True)[:num_dims].tolist():
+    for dim in traversal_order(kl_per_dim, num_dims).tolist():
         best = int(share[dim].argmax())
         tracked = f"{factor_names[best]} ({share[dim, best]:.2f})" if share[dim, best] >= 0.1 else "none"
         if kl_per_dim[dim] < 0.01:
