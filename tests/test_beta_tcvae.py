@@ -9,6 +9,7 @@ import torch
 from torch.distributions import Normal
 
 from conftest import run_cli
+from vaelab.errors import UserError
 from vaelab.models import VAE, BetaTCVAE
 from vaelab.objectives import (
     aggregate_posterior_log_densities,
@@ -188,6 +189,17 @@ def test_unit_weights_give_the_vae_loss_with_the_sampled_kl(sampling):
             differences.append(loss - vae.objective(x)["loss"])
     differences = torch.stack(differences)
     assert abs(differences.mean()) < 4 * differences.std() / math.sqrt(len(differences))
+
+
+def test_a_batch_larger_than_n_plus_one_is_refused_in_one_line_by_mss_only():
+    """MSS spreads the N training examples over the B - 1 others of a batch; a model evaluated on a
+    bigger batch (as eval.py may do) says what to change instead of failing inside the weights."""
+    x = torch.bernoulli(torch.full((8, 1, 4, 4), 0.4))
+    with pytest.raises(UserError, match=r"^model.sampling=mss needs batches of at most N \+ 1 = 4 examples") as err:
+        bernoulli_model(BetaTCVAE, sampling="mss", dataset_size=3).objective(x)
+    assert "\n" not in str(err.value) and "batch of 8" in str(err.value)
+    assert bernoulli_model(BetaTCVAE, sampling="mss", dataset_size=7).objective(x)["loss"].isfinite()
+    assert bernoulli_model(BetaTCVAE, sampling="mws", dataset_size=3).objective(x)["loss"].isfinite()
 
 
 # ---- a training run ---------------------------------------------------------------------------

@@ -257,6 +257,16 @@ BAD_VALUES = [
     ),
     (["model=beta_tcvae", "model.posterior=full"], "model=beta_tcvae needs model.posterior=diagonal"),
     (["model=beta_tcvae", "model.estimator=score_function"], "model=beta_tcvae trains with reparameterized"),
+    (
+        # 64 training examples, evaluated in batches of 128: MSS stratifies N over a batch's others.
+        ["model=beta_tcvae", "data=synthetic", "data.num_train=64", "data.batch_size=32"],
+        "model.sampling=mss needs batches of at most N + 1 = 65 examples (N: the training set's size), "
+        "but this run has a batch of 128; lower data.batch_size or data.eval_batch_size, or set model.sampling=mws",
+    ),
+    (
+        ["model=beta_tcvae", "data=synthetic", "model.dataset_size=10"],
+        "model.sampling=mss needs batches of at most N + 1 = 11 examples",
+    ),
     (["+model.alpha=1"], "model.alpha weighs the mutual information of model=beta_tcvae (this is model=VAE)"),
     (
         ["net=betavae_conv"],

@@ -78,6 +78,25 @@ class BetaTCVAE(VAE):
         if self.given_dataset_size is None:
             self.dataset_size = self.dataset_size_from_data()
         self.train_set_size.fill_(self.dataset_size)
+        if self.sampling == "mss":
+            self.check_stratified_batches(self.largest_batch_of_the_run(), "data.batch_size or data.eval_batch_size")
+
+    def largest_batch_of_the_run(self) -> int:
+        """The most examples one process gets in a training, validation or test batch of this run
+        (from the data module's own batch samplers: shares under DDP, folded last batches)."""
+        datamodule = self._trainer.datamodule
+        loaders = (datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader())
+        return max(len(batch.indices) for loader in loaders for batch in loader.sampler)
+
+    def check_stratified_batches(self, batch_size: int, what_to_lower: str) -> None:
+        """Minibatch stratified sampling stratifies the N training examples over the B - 1 others of
+        a batch: a batch can hold at most N + 1 examples."""
+        n = self.known_dataset_size()
+        if batch_size > n + 1:
+            raise UserError(
+                f"model.sampling=mss needs batches of at most N + 1 = {n + 1} examples (N: the training set's "
+                f"size), but this run has a batch of {batch_size}; lower {what_to_lower}, or set model.sampling=mws"
+            )
 
     def dataset_size_from_data(self) -> int:
         """The training split's size, from the trainer's data module (every process holds the whole
@@ -107,6 +126,8 @@ class BetaTCVAE(VAE):
         log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
         kl_per_dim = q.kl_to_standard_normal_per_dim()
         kl = kl_per_dim.sum(-1)
+        if self.sampling == "mss":
+            self.check_stratified_batches(len(x), "the batch size")
         log_q = objectives.log_density_matrix(z, q.mu, q.logvar)  # [B, B, L]
         log_qz, log_prod_qzd = objectives.aggregate_posterior_log_densities(
             log_q, self.known_dataset_size(), self.sampling
