@@ -30,7 +30,7 @@ print("| command-line mistake | message |")
 print("|---|---|")
 for overrides, _ in BAD_VALUES:
     with tempfile.TemporaryDirectory() as out:
-        text = message(lambda: train(compose_config(overrides, out)))
+        text = message(lambda: train(compose_config(overrides, out))).replace(out, "<run dir>")
     print(f"| `{' '.join(overrides)}` | {text.replace('|', '/')} |")
 for overrides, _ in EVAL_BAD_VALUES:  # with a checkpoint path unless the row gives one
     ckpt = [] if any(o.startswith("ckpt_path=") for o in overrides) else ["ckpt_path=/nonexistent/model.ckpt"]

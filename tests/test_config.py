@@ -545,3 +545,12 @@ def test_a_new_run_never_writes_into_an_existing_run(tmp_path):
     with pytest.raises(UserError, match="already holds a run's checkpoints; resume it with ckpt_path=last"):
         train(compose_config(QUICK, tmp_path))
     assert (tmp_path / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_docs_errors_lists_every_mistake_of_these_tables():
+    """docs/errors.md is printed by benchmarks/error_table.py from the two tables above; a row added
+    here without re-running it leaves users without the message."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    missing = [" ".join(o) for o, _ in BAD_VALUES if f"| `{' '.join(o)}` |" not in docs]
+    missing += [" ".join(o) for o, _ in EVAL_BAD_VALUES if f" {' '.join(o)}` |" not in docs]
+    assert not missing, f"run benchmarks/error_table.py and paste its table into docs/errors.md: {missing}"
