@@ -209,6 +209,71 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert too_few.returncode == 2 and "nothing is left to train; raise trainer.max_epochs" in too_few.stderr
 
 
+SIGTERM_AT_STEP = '''
+import os
+import signal
+import sys
+
+from vaelab.models import VAE
+
+STEP = int(os.environ["SIGTERM_AT_STEP"])
+
+
+def on_train_batch_start(self, batch, batch_idx):
+    """A pre-emption signal at a fixed place in the middle of an epoch (not at a wall-clock time)."""
+    if self.global_step == STEP and not os.environ.get("SIGTERM_SENT"):
+        os.environ["SIGTERM_SENT"] = "1"
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+VAE.on_train_batch_start = on_train_batch_start
+from vaelab.train import main
+
+main()
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accumulate", [1, 3])
+def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate):
+    """SIGTERM in the middle of an epoch (8 batches an epoch; with accumulation over 3 batches the
+    signal lands inside a group), then ckpt_path=last: the resumed run takes the rest of that epoch's
+    batches with their noise, not the epoch again from its start, and ends where the uninterrupted run
+    ends; the interrupted epoch's logged training means are those of all its batches."""
+    args = [*QUICK, "trainer.max_epochs=4", "seed=3", f"trainer.accumulate_grad_batches={accumulate}"]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
+    script = tmp_path / "preempted_train.py"
+    script.write_text(SIGTERM_AT_STEP)
+    step = 11 if accumulate == 1 else 4  # epoch 1, batch 3: the second batch of a group of 3
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SIGTERM_AT_STEP": str(step)}
+    first = subprocess.run(
+        [sys.executable, str(script), *args, f"hydra.run.dir={stopped}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert first.returncode == 3 and "received SIGTERM" in first.stderr, first.stderr[-2000:]
+    saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert (
+        saved["epoch"] == 1 and 0 < saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] < 8
+    )
+    resumed = run_cli([*args, f"hydra.run.dir={stopped}", "ckpt_path=last"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = final_metrics(whole), final_metrics(stopped)
+    for key in ("test/loss", "test/elbo", "test/recon", "test/kl"):
+        assert b[key] == pytest.approx(a[key], rel=1e-6), key
+
+    def epoch_means(run):
+        rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+        return {int(r["epoch"]): float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")}
+
+    assert epoch_means(stopped) == pytest.approx(epoch_means(whole), rel=1e-6)
+    assert sorted(epoch_means(stopped)) == [0, 1, 2, 3]
+
+
 POISON_RANK_1 = '''
 import sys
 from vaelab.models import VAE

@@ -65,7 +65,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class PreemptionCheckpoint(L.Callback):
     """On SIGTERM or SIGUSR1 (how SLURM and most schedulers announce pre-emption), finishes the
-    current step, saves ``<dirpath>/last.ckpt`` and stops with a message naming the resume command."""
+    current step (the optimizer step of a gradient-accumulation group), saves ``<dirpath>/last.ckpt``
+    and stops with a message naming the resume command. Resuming from it continues the epoch where
+    it stopped (``data.in_memory.TrainLoader``)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -84,6 +86,9 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.received is None:
             return
+        group = getattr(pl_module, "accumulation_group", None)
+        if group is not None and batch_idx + 1 < sum(group(batch_idx)):
+            return  # inside a gradient-accumulation group: its gradients are in no checkpoint
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         name = signal.Signals(self.received).name

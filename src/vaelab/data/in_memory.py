@@ -119,6 +119,7 @@ class ShardedBatchSampler(Sampler):
         self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
         self.seed, self.rank, self.world_size, self.noise = seed, rank, world_size, noise
         self.epoch = 0
+        self.skip_batches = 0  # of the next epoch's, trained before a mid-epoch resume (TrainLoader)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -144,7 +145,10 @@ class ShardedBatchSampler(Sampler):
         return derive_seed(self.noise, batch_number)  # the same every epoch and for every run
 
     def __iter__(self):
+        skip, self.skip_batches = self.skip_batches, 0
         for number, batch in enumerate(self._global_batches()):
+            if number < skip:
+                continue  # its number stays: the later batches keep their noise seeds
             shares = batch.tensor_split(self.world_size)
             share = shares[self.rank]
             if len(share):
@@ -153,6 +157,24 @@ class ShardedBatchSampler(Sampler):
 
     def __len__(self) -> int:
         return sum(1 for b in self._global_batches() if len(b.tensor_split(self.world_size)[self.rank]))
+
+
+class TrainLoader(DataLoader):
+    """The training loader, resumable where an epoch was stopped: Lightning saves ``state_dict()``
+    in every checkpoint and, on resume, calls ``load_state_dict``, so that a run stopped mid-epoch
+    (a pre-emption signal) trains the rest of that epoch's batches, in their order and with their
+    noise, instead of the epoch again from its start."""
+
+    trainer: L.Trainer | None = None
+
+    def state_dict(self) -> dict:
+        """The number of this epoch's batches trained so far (all of them at an epoch's end)."""
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current if self.trainer else None
+        return {"batches_done": int(progress.processed) if progress else 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        done = int(state.get("batches_done", 0))
+        self.sampler.skip_batches = done if done < len(self.sampler) else 0
 
 
 class InMemoryDataModule(L.LightningDataModule):
@@ -290,7 +312,7 @@ class InMemoryDataModule(L.LightningDataModule):
         # Its own generator: a DataLoader draws a seed for its workers from the global generator
         # every time it is iterated, which would shift the model's random stream between an
         # uninterrupted run and a resumed one.
-        return DataLoader(
+        loader = (TrainLoader if train else DataLoader)(
             dataset,
             sampler=sampler,
             batch_size=None,
@@ -299,6 +321,9 @@ class InMemoryDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+        if train:
+            loader.trainer = trainer
+        return loader
 
     def dataset(self, split: str, train: bool = False) -> BatchDataset:
         """The split as the model sees it, indexed by ``BatchRef``s."""

@@ -36,6 +36,24 @@ class WeightedSums:
             self.sums += values
         self.count += batch_size
 
+    def state(self, reduce) -> dict | None:
+        """What a checkpoint keeps of the sums: summed over processes (every process must call
+        this), so that the process that writes the file keeps all of them."""
+        if self.sums is None:
+            return None
+        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
+        return {"names": self.names, "sums": totals[:-1].cpu(), "count": int(totals[-1])}
+
+    @classmethod
+    def from_state(cls, state: dict, device, holds_them: bool) -> WeightedSums:
+        """The sums of ``state`` on the process that ``holds_them``, zeros on the others (their
+        sum over processes is then the saved one)."""
+        sums = cls()
+        sums.names = list(state["names"])
+        sums.sums = state["sums"].to(device) if holds_them else torch.zeros_like(state["sums"], device=device)
+        sums.count = state["count"] if holds_them else 0
+        return sums
+
     def means(self, reduce) -> dict[str, Tensor]:
         """Means over the epoch; ``reduce(tensor, reduce_op="sum")`` sums across processes."""
         if self.sums is None:
@@ -156,8 +174,13 @@ class GenerativeModel(L.LightningModule):
         return math.ceil(int(batches) / self.accumulate_grad_batches)
 
     def on_fit_start(self) -> None:
-        # Reset each epoch; created here too because a mid-epoch resume starts without that hook.
-        self.train_epoch_sums = WeightedSums()
+        # Reset each epoch; created here too because a mid-epoch resume starts without that hook,
+        # with the sums of the epoch's batches trained before the checkpoint.
+        saved, self._saved_epoch_sums = getattr(self, "_saved_epoch_sums", None), None
+        if saved is None:
+            self.train_epoch_sums = WeightedSums()
+        else:
+            self.train_epoch_sums = WeightedSums.from_state(saved, self.device, self.trainer.is_global_zero)
 
     def images(self, batch) -> Tensor:
         """The images of a (images, labels) batch, in the model's memory layout."""
@@ -334,6 +357,15 @@ class GenerativeModel(L.LightningModule):
         and check that a file is one of ours. (No generator state: a step's random numbers are a
         function of its place in the run, see ``reliability.RandomStreams``.)"""
         checkpoint["vaelab"] = {"version": vaelab.__version__, "config": self.run_config}
+        if self._trainer is not None and self.trainer.training and hasattr(self, "train_epoch_sums"):
+            # The current epoch's sums and the skipped steps so far, for a resume mid-epoch.
+            checkpoint["vaelab"]["train_epoch_sums"] = self.train_epoch_sums.state(self.trainer.strategy.reduce)
+            checkpoint["vaelab"]["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("vaelab", {})
+        self._saved_epoch_sums = saved.get("train_epoch_sums")
+        self.skipped_steps = saved.get("skipped_steps", 0)
 
     def configure_optimizers(self):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
