@@ -531,7 +531,7 @@ def test_bad_eval_values_fail_before_evaluating_with_one_line(overrides, message
 def test_a_kl_schedule_given_in_steps_does_not_look_at_its_epochs(tmp_path):
     """kl_schedule=capacity spreads over trainer.max_epochs unless its steps are given: with them,
     a run without an epoch limit is fine."""
-    from vaelab.checks import check_config
+    from vaelab.config import check_config
 
     cfg = compose_config(
         ["model=beta_vae", "kl_schedule=capacity", "kl_schedule.steps=100", "trainer.max_epochs=-1"], tmp_path

@@ -1,11 +1,12 @@
 """Checks of a composed config, run before anything is loaded or built, so a user's mistake
-costs seconds and reads as one sentence (a ``UserError``) rather than a traceback. The checks
-every run shares are here, with helpers (``require``, ``positive_int``, ...) for the rest: each
-model checks its own settings in its class's ``check_config`` (``vaelab.models.base``)."""
+costs seconds and reads as one sentence (a ``UserError``) rather than a traceback. The checks of
+what every run shares (data, trainer, likelihood, optimizer, callbacks, loggers, ...) are here,
+with helpers (``require``, ``positive_int``, ...) for the rest: each model checks its own settings
+in its class's ``check_config`` (``vaelab.models.base``), and ``vaelab.config.check_config`` runs
+them all. This module imports no model, so the models can use its helpers."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import torch
@@ -188,42 +189,6 @@ def check_likelihood(lik: DictConfig, data_levels: int | None = None) -> None:
             lik.learn_sigma in ("none", "global", "pixel"),
             f"likelihood.learn_sigma must be none, global or pixel, got {lik.learn_sigma!r}",
         )
-
-
-def model_class(target) -> type:
-    """The model class ``model._target_`` names, with a one-line error for anything else."""
-    from vaelab.models.base import GenerativeModel  # here: the models use this module's helpers
-
-    module_name, _, name = str(target).rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name) if module_name else None
-    except ModuleNotFoundError as e:
-        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
-            raise  # the module exists but imports something missing: its traceback says what
-        cls = None
-    except AttributeError:
-        cls = None
-    require(
-        cls is not None,
-        f"model._target_={target} cannot be imported; give module.Class of a model, "
-        "with the folder of its module on PYTHONPATH",
-    )
-    require(
-        isinstance(cls, type) and issubclass(cls, GenerativeModel),
-        f"model._target_={target} is not a model: it must name a subclass of vaelab.models.base.GenerativeModel",
-    )
-    return cls
-
-
-def check_model(cfg: DictConfig) -> None:
-    """The settings every model has, then the model's own (its class's ``check_config``)."""
-    model = cfg.model
-    check_optimizer(model.optimizer)
-    check_scheduler(model.get("scheduler"))
-    for key in ("compile", "channels_last"):
-        if key in model:
-            flag(model[key], f"model.{key}")
-    model_class(model.get("_target_")).check_config(model, cfg)
 
 
 def check_kl_schedule(spec: DictConfig) -> None:
@@ -465,28 +430,3 @@ def check_extras(cfg: DictConfig) -> None:
         f"tags must be a list of words, e.g. tags=[baseline,mnist], got {plain(tags)!r}",
     )
     flag((cfg.get("extras") or {}).get("print_config", False), "extras.print_config")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Every check of a training config; raises the first ``UserError`` found."""
-    check_seed(cfg.seed)
-    check_extras(cfg)
-    flag(cfg.test, "test")
-    require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
-    metric = cfg.get("optimized_metric")
-    require(
-        metric is None or (isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test")),
-        f"optimized_metric must name a logged metric such as val/elbo, got {metric!r}; "
-        "the metrics are train/<name>, val/<name> and test/<name>",
-    )
-    require(
-        not (metric or "").startswith("test/") or cfg.test,
-        f"optimized_metric={metric} is measured on the test split, which test=false skips; "
-        "set test=true or optimize a val/ metric",
-    )
-    check_data(cfg.data)
-    check_model(cfg)
-    check_trainer(cfg.trainer, cfg.model)
-    check_callbacks(cfg.get("callbacks"))
-    check_loggers(cfg.get("logger"))
-    check_ckpt_path(cfg.get("ckpt_path"))

@@ -1,9 +1,11 @@
 """The run's config: where vaelab's YAML files are, composing a config outside a Hydra app (tests,
-benchmarks, notebooks), what is settled before anything is built (the seed, the prior stage's
-data), and the copies of it a run keeps."""
+benchmarks, notebooks), checking it (``check_config``: the shared checks of ``vaelab.checks``, then
+the model's own), what is settled before anything is built (the seed, the prior stage's data), and
+the copies of it a run keeps."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.resources
 import os
 import re
@@ -15,7 +17,22 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from vaelab.checkpoints import load_checkpoint, resolve_ckpt_path
+from vaelab.checks import (
+    check_callbacks,
+    check_ckpt_path,
+    check_data,
+    check_extras,
+    check_loggers,
+    check_optimizer,
+    check_scheduler,
+    check_seed,
+    check_trainer,
+    flag,
+    require,
+)
 from vaelab.errors import UserError
+from vaelab.models.base import GenerativeModel
+from vaelab.models.prior import load_vqvae
 
 
 def find_config_dir() -> str:
@@ -72,8 +89,6 @@ def use_vqvae_data(cfg: DictConfig) -> None:
     """The prior stage trains on the data set its VQ-VAE was trained on, with the user's loader
     settings (``LOADER_KEYS`` given on the command line) and seed; any other change to ``data`` is
     refused. (A missing path is left to check_config, which says what to give.)"""
-    from vaelab.models.prior import load_vqvae
-
     path = cfg.model.vqvae_ckpt
     if not (path and Path(path).is_file()):
         return
@@ -135,3 +150,65 @@ def print_config_tree(cfg: DictConfig) -> None:
         text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
         tree.add(key).add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
     rich_print(tree)
+
+
+# -- checking it, before anything is loaded or built ----------------------------------------------
+
+
+def model_class(target) -> type:
+    """The model class ``model._target_`` names, with a one-line error for anything else."""
+    module_name, _, name = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name) if module_name else None
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise  # the module exists but imports something missing: its traceback says what
+        cls = None
+    except AttributeError:
+        cls = None
+    require(
+        cls is not None,
+        f"model._target_={target} cannot be imported; give module.Class of a model, "
+        "with the folder of its module on PYTHONPATH",
+    )
+    require(
+        isinstance(cls, type) and issubclass(cls, GenerativeModel),
+        f"model._target_={target} is not a model: it must name a subclass of vaelab.models.base.GenerativeModel",
+    )
+    return cls
+
+
+def check_model(cfg: DictConfig) -> None:
+    """The settings every model has, then the model's own (its class's ``check_config``)."""
+    model = cfg.model
+    check_optimizer(model.optimizer)
+    check_scheduler(model.get("scheduler"))
+    for key in ("compile", "channels_last"):
+        if key in model:
+            flag(model[key], f"model.{key}")
+    model_class(model.get("_target_")).check_config(model, cfg)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every check of a training config; raises the first ``UserError`` found."""
+    check_seed(cfg.seed)
+    check_extras(cfg)
+    flag(cfg.test, "test")
+    require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
+    metric = cfg.get("optimized_metric")
+    require(
+        metric is None or (isinstance(metric, str) and metric.split("/")[0] in ("train", "val", "test")),
+        f"optimized_metric must name a logged metric such as val/elbo, got {metric!r}; "
+        "the metrics are train/<name>, val/<name> and test/<name>",
+    )
+    require(
+        not (metric or "").startswith("test/") or cfg.test,
+        f"optimized_metric={metric} is measured on the test split, which test=false skips; "
+        "set test=true or optimize a val/ metric",
+    )
+    check_data(cfg.data)
+    check_model(cfg)
+    check_trainer(cfg.trainer, cfg.model)
+    check_callbacks(cfg.get("callbacks"))
+    check_loggers(cfg.get("logger"))
+    check_ckpt_path(cfg.get("ckpt_path"))

@@ -21,9 +21,9 @@ from omegaconf import DictConfig
 
 from vaelab.building import build_model, build_trainer, finish_wandb, instantiate_plain, log_run_config
 from vaelab.checkpoints import check_output_dir, check_resume_checkpoint, resolve_ckpt_path
-from vaelab.checks import check_config
 from vaelab.config import (
     CONFIG_DIR,
+    check_config,
     choose_seed,
     command_line_overrides,
     print_config_tree,

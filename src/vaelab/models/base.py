@@ -109,7 +109,7 @@ class GenerativeModel(L.LightningModule):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        """Checks of this model's own settings, run by ``vaelab.checks.check_config`` before
+        """Checks of this model's own settings, run by ``vaelab.config.check_config`` before
         anything is loaded or built, on the class named by ``model._target_``. ``model_cfg`` is
         the run's ``model`` node, ``cfg`` the whole run config (for what the model's settings
         must agree with, such as ``cfg.data``).
