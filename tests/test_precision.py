@@ -1,8 +1,13 @@
 """Mixed precision and torch.compile."""
 
+import csv
+
 import pytest
 import torch
+import torch._inductor.config
+from torch._dynamo.utils import counters
 
+from vaelab.building import build_model
 from vaelab.config import compose_config
 from vaelab.models import VAE
 from vaelab.quantizer import VectorQuantizer
@@ -54,17 +59,15 @@ def test_compiled_networks_train_and_their_checkpoints_load_uncompiled(tmp_path)
 
 
 @pytest.mark.slow
-def test_the_compiled_step_is_the_eager_step_and_a_changing_beta_does_not_recompile_it(tmp_path, monkeypatch):
-    import csv
+def test_the_compiled_step_is_the_eager_step_and_a_changing_beta_does_not_recompile_it(tmp_path):
+    # The compiled graph draws the same random numbers as eager code, so the runs can be compared;
+    # past the recompile limit torch.compile gives up and runs eagerly, which would hide one graph
+    # per beta. (config.patch, not monkeypatch: undoing a monkeypatch deletes these settings.)
+    with torch._inductor.config.patch(fallback_random=True), torch._dynamo.config.patch(recompile_limit=64):
+        compiled_then_eager(tmp_path)
 
-    from torch._dynamo.utils import counters
 
-    from vaelab.building import build_model
-
-    # The compiled graph draws the same random numbers as eager code, so the runs can be compared.
-    monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    # Past the limit torch.compile gives up and runs eagerly, which would hide one graph per beta.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 64)
+def compiled_then_eager(tmp_path):
     overrides = [
         "data=digits",
         "trainer.enable_progress_bar=false",
@@ -131,3 +134,45 @@ def test_the_bf16_unit_detector_reads_the_cpu_flags(monkeypatch, tmp_path):
         building, "Path", lambda p: real_path(tmp_path / "sapphire") if p == "/proc/cpuinfo" else real_path(p)
     )
     assert building.cpu_has_bf16_matrix_units()
+
+
+@pytest.mark.parametrize(
+    "model_name,extra",
+    [("iwae", {"k": 5, "dreg": True}), ("beta_tcvae", {"beta": 6.0, "sampling": "mss", "dataset_size": 1000})],
+)
+def test_compiled_step_of_other_objectives_gives_the_eager_loss_and_gradients(model_name, extra):
+    """model.compile=true compiles each VAE-family model's whole step (its objective included): for
+    IWAE with DReG gradients (the stop-gradient surrogate) and the β-TCVAE's B x B x L estimate of
+    log q(z), the compiled step's loss, logged means and every parameter's gradient are the eager
+    step's on the same batch and random numbers."""
+    from vaelab.models import IWAE, BetaTCVAE
+
+    cls = {"iwae": IWAE, "beta_tcvae": BetaTCVAE}[model_name]
+    net = {"kind": "mlp", "hidden_dims": [32], "activation": "tanh"}
+    adam = {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3}
+
+    def step(compiled: bool):
+        torch.manual_seed(0)
+        model = cls([1, 8, 8], 4, net, {"name": "bernoulli"}, adam, **extra)
+        if compiled:
+            model.compile_computation()
+            assert hasattr(model.step_metrics, "_torchdynamo_orig_callable")
+        x = torch.bernoulli(torch.full((32, 1, 8, 8), 0.3), generator=torch.Generator().manual_seed(1))
+        torch.manual_seed(2)
+        loss, metrics = model.step_metrics(x)
+        loss.backward()
+        return loss.detach(), metrics, {n: p.grad for n, p in model.named_parameters()}
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager_loss, eager_metrics, eager_grads = step(compiled=False)
+    with torch._inductor.config.patch(fallback_random=True):  # the eager step's random draws
+        loss, metrics, grads = step(compiled=True)
+    assert counters["stats"]["unique_graphs"] >= 1  # it did run compiled
+    torch.testing.assert_close(loss, eager_loss, rtol=1e-5, atol=1e-5)
+    assert metrics.keys() == eager_metrics.keys()
+    for name, value in eager_metrics.items():
+        torch.testing.assert_close(metrics[name], value, rtol=1e-5, atol=1e-5, msg=name)
+    for name, grad in eager_grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name  # every parameter is trained
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
