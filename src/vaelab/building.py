@@ -9,6 +9,7 @@ import os
 import platform
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning as L
@@ -22,8 +23,11 @@ from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS
 from vaelab.reliability import AtomicCheckpointIO, PreemptionCheckpoint, RandomStreams
 from vaelab.sweeps import in_multirun
 
+if TYPE_CHECKING:
+    from vaelab.models.base import GenerativeModel
 
-def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
+
+def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra) -> Any:
     """Build ``node._target_`` from the resolved node as plain Python values (so a
     LightningModule's saved hyperparameters are plain too), leaving out the keys ``exclude``."""
     kwargs = OmegaConf.to_container(node, resolve=True)
@@ -33,12 +37,12 @@ def instantiate_plain(node: DictConfig, exclude: tuple[str, ...] = (), **extra):
     return target(**kwargs, **extra)
 
 
-def instantiate_model(node: DictConfig):
+def instantiate_model(node: DictConfig) -> GenerativeModel:
     """The model of a ``model`` config node, without its run-only settings (build_model applies those)."""
     return instantiate_plain(node, exclude=RUN_ONLY_MODEL_KEYS)
 
 
-def build_model(cfg: DictConfig):
+def build_model(cfg: DictConfig) -> GenerativeModel:
     """The configured model, set up for this run: memory format, compiled networks, and the
     trainer settings that its manual optimization carries out (see GenerativeModel.set_run_options)."""
     model = instantiate_model(cfg.model)

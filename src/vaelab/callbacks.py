@@ -4,6 +4,7 @@ disentanglement scores on data with ground-truth factors."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -12,6 +13,13 @@ from torchvision.utils import save_image
 
 from vaelab.checks import require
 from vaelab.pictures import grid as image_grid
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from lightning.pytorch.loggers import Logger
+
+    from vaelab.data.in_memory import InMemoryDataModule
 
 
 class ImageGrids(L.Callback):
@@ -77,7 +85,7 @@ def read_png(path: Path) -> torch.Tensor:
     return read_image(str(path), mode=ImageReadMode.RGB).float() / 255
 
 
-def log_image(loggers, key: str, grid: torch.Tensor, step: int) -> None:
+def log_image(loggers: Iterable[Logger], key: str, grid: torch.Tensor, step: int) -> None:
     """Send an image grid to the loggers that take images (W&B, TensorBoard)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
@@ -109,7 +117,7 @@ class EncoderGradientVariance(L.Callback):
         )
 
 
-def training_batch(datamodule, n: int) -> torch.Tensor:
+def training_batch(datamodule: InMemoryDataModule, n: int) -> torch.Tensor:
     """The first ``n`` training images as the model trains on them (binarized, or dequantized for a
     continuous likelihood: ``vaelab.data.in_memory``), with the same fixed noise every time (its
     own seed: the run's random stream is left as it was)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
@@ -12,6 +13,9 @@ import torch
 import vaelab
 from vaelab.checks import check_file, require
 from vaelab.errors import UserError
+
+if TYPE_CHECKING:
+    import lightning as L
 
 # Settings of how a model runs, not of what it is: a checkpoint resumes and loads either way.
 RUN_ONLY_MODEL_KEYS = ("compile", "channels_last")
@@ -38,7 +42,7 @@ def load_checkpoint(path: str) -> dict:
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict):
+def model_from_checkpoint(checkpoint: dict) -> L.LightningModule:
     """The checkpoint's model with its weights (on the CPU, in training mode)."""
     config = checkpoint["vaelab"]["config"]
     likelihood = checkpoint["hyper_parameters"].get("likelihood") or {}
@@ -166,7 +170,7 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         )
 
 
-def check_schedule_length(ours: dict, theirs: dict, max_epochs, their_max_epochs) -> None:
+def check_schedule_length(ours: dict, theirs: dict, max_epochs: int | None, their_max_epochs: int | None) -> None:
     """A KL schedule whose length follows trainer.max_epochs changes when a run is extended: say
     how to keep the run's own schedule (or to start anew for a stretched one)."""
     for key in ("epochs", "total_epochs", "warmup_epochs"):

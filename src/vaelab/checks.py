@@ -8,6 +8,7 @@ them all. This module imports no model, so the models can use its helpers."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -20,38 +21,38 @@ def require(ok: bool, message: str) -> None:
         raise UserError(message)
 
 
-def is_int(value) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def is_number(value) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def whole_number(value, key: str, minimum: int = 1) -> None:
+def whole_number(value: Any, key: str, minimum: int = 1) -> None:
     require(
         is_int(value) and value >= minimum, f"{key} must be a whole number ≥ {minimum}, got {value!r}; set {key}=<N>"
     )
 
 
-def positive_int(value, key: str) -> None:
+def positive_int(value: Any, key: str) -> None:
     whole_number(value, key, 1)
 
 
-def flag(value, key: str) -> None:
+def flag(value: Any, key: str) -> None:
     require(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
 
 
-def is_list(value) -> bool:
+def is_list(value: Any) -> bool:
     return isinstance(value, (list, ListConfig))
 
 
-def is_target(value) -> bool:
+def is_target(value: Any) -> bool:
     """A config Hydra instantiates (``_target_``): a user's own strategy, profiler, ... object."""
     return OmegaConf.is_dict(value) and "_target_" in value
 
 
-def check_file(path, key: str, what: str) -> None:
+def check_file(path: Path | str, key: str, what: str) -> None:
     """``key`` names a file: a folder and a missing path each get their own message."""
     require(
         not Path(path).is_dir(),
@@ -138,7 +139,7 @@ def check_optimizer(optimizer: DictConfig) -> None:
         flag(optimizer.fused, "model.optimizer.fused")
 
 
-def check_scheduler(scheduler) -> None:
+def check_scheduler(scheduler: DictConfig | None) -> None:
     if scheduler is None:
         return
     require(
@@ -166,7 +167,7 @@ def check_scheduler(scheduler) -> None:
         positive_int(lr_lambda.stages, "model.scheduler.lr_lambda.stages")
 
 
-def plain(value):
+def plain(value: Any) -> Any:
     """A config value as the user wrote it, for a message."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
@@ -223,7 +224,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-t
 OTHER_PRECISIONS = (64, 32, 16, "64", "32", "16", "bf16", "transformer-engine", "transformer-engine-float16")
 
 
-def check_devices(devices, accelerator) -> None:
+def check_devices(devices: Any, accelerator: Any) -> None:
     require(
         devices == "auto"
         or (is_int(devices) and (devices >= 1 or devices == -1))
@@ -342,7 +343,7 @@ def check_trainer(trainer: DictConfig, model: DictConfig) -> None:
     )
 
 
-def check_callbacks(callbacks) -> None:
+def check_callbacks(callbacks: DictConfig | None) -> None:
     callbacks = callbacks or {}
     if callbacks.get("model_checkpoint") is not None:
         node = callbacks.model_checkpoint
@@ -391,7 +392,7 @@ def check_callbacks(callbacks) -> None:
         whole_number(callbacks.progress_bar.get("refresh_rate", 1), "callbacks.progress_bar.refresh_rate", 0)
 
 
-def check_loggers(loggers) -> None:
+def check_loggers(loggers: DictConfig | None) -> None:
     """The logger group of train.py and eval.py."""
     loggers = loggers or {}
     if loggers.get("wandb") is not None:
@@ -408,13 +409,13 @@ def check_loggers(loggers) -> None:
         flag(loggers.tensorboard.get("default_hp_metric", True), "logger.tensorboard.default_hp_metric")
 
 
-def check_ckpt_path(ckpt_path) -> None:
+def check_ckpt_path(ckpt_path: str | None) -> None:
     if ckpt_path in (None, "last"):
         return
     check_file(ckpt_path, "ckpt_path", "a .ckpt file")
 
 
-def check_seed(seed) -> None:
+def check_seed(seed: Any) -> None:
     """An integer seed, or null for one drawn at random (vaelab.config.choose_seed draws it
     before this check runs, so a null never reaches the run)."""
     require(

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities import rank_zero_only
@@ -155,7 +156,7 @@ def print_config_tree(cfg: DictConfig) -> None:
 # -- checking it, before anything is loaded or built ----------------------------------------------
 
 
-def model_class(target) -> type:
+def model_class(target: Any) -> type:
     """The model class ``model._target_`` names, with a one-line error for anything else."""
     module_name, _, name = str(target).rpartition(".")
     try:

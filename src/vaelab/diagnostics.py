@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
+if TYPE_CHECKING:
+    from vaelab.models.vae import VAE
 
-def encoder_gradient_samples(model, x: Tensor, num_draws: int) -> Tensor:
+
+def encoder_gradient_samples(model: VAE, x: Tensor, num_draws: int) -> Tensor:
     """The encoder's gradient of the training loss on the fixed batch ``x``, once per fresh draw
     of the latent samples: [num_draws, P]. Uses the model's own estimator (``model.estimator``)
     and leaves the model's parameters, gradients and baseline as they were."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,11 @@ from torch import Tensor
 
 from vaelab.data.factors import GroundTruth
 from vaelab.errors import UserError
+
+if TYPE_CHECKING:
+    import lightning as L
+
+    from vaelab.models.vae import VAE
 
 NUM_BINS = 20  # disentanglement_lib's histogram_discretizer for MIG
 PRUNE_THRESHOLD = 0.05  # FactorVAE: a dimension whose standard deviation is below this is collapsed
@@ -504,7 +510,7 @@ def disentanglement_metrics(
     }
 
 
-def dequantize_levels(datamodule) -> int | None:
+def dequantize_levels(datamodule: L.LightningDataModule) -> int | None:
     """The data's top pixel value when the model sees dequantized pixels (a continuous
     likelihood), else None; see ``posterior_means``."""
     if not getattr(datamodule, "dequantize", False):
@@ -512,7 +518,7 @@ def dequantize_levels(datamodule) -> int | None:
     return int(datamodule.splits["train"].levels) if getattr(datamodule, "splits", None) else 1
 
 
-def posterior_means(model, batch_size: int = 256, dequantize_levels: int | None = None) -> Represent:
+def posterior_means(model: VAE, batch_size: int = 256, dequantize_levels: int | None = None) -> Represent:
     """A model's representation: the means of q(z|x) (``model.posterior(x).mu``), computed in
     batches on the model's device with the model in eval mode, returned on the CPU.
     ``dequantize_levels``: a model with a continuous likelihood trained on dequantized pixels

@@ -8,10 +8,14 @@ and is computed in float32 even when the networks run in reduced precision.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -203,7 +207,13 @@ class GaussianLikelihood(Likelihood):
     -log P(x) <= -E_u[log p(y)] + D log(num_levels), so bits/dim add log(num_levels) per dimension.
     """
 
-    def __init__(self, sigma: float = 1.0, learn_sigma: str = "none", image_shape=None, num_levels: int = 256):
+    def __init__(
+        self,
+        sigma: float = 1.0,
+        learn_sigma: str = "none",
+        image_shape: Sequence[int] | None = None,
+        num_levels: int = 256,
+    ):
         super().__init__()
         self.bpd_offset_nats_per_dim = math.log(num_levels)
         log_sigma = torch.tensor(math.log(sigma))
@@ -228,7 +238,7 @@ class GaussianLikelihood(Likelihood):
 
 
 def build_likelihood(
-    name: str, image_shape, sigma: float = 1.0, learn_sigma: str = "none", num_levels: int = 256
+    name: str, image_shape: Sequence[int] | None, sigma: float = 1.0, learn_sigma: str = "none", num_levels: int = 256
 ) -> Likelihood:
     if name == "bernoulli":
         return BernoulliLikelihood()

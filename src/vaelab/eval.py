@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import hydra
 import torch
@@ -27,8 +28,16 @@ from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, m
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
 
+if TYPE_CHECKING:
+    from vaelab.data.factors import GroundTruth
+    from vaelab.data.in_memory import InMemoryDataModule, Split
+    from vaelab.models.base import GenerativeModel
+    from vaelab.models.prior import CodePrior
+    from vaelab.models.vae import VAE
+    from vaelab.models.vqvae import VQVAE
 
-def build_data(checkpoint: dict, cfg: DictConfig, model):
+
+def build_data(checkpoint: dict, cfg: DictConfig, model: GenerativeModel) -> InMemoryDataModule:
     data_cfg = OmegaConf.create(checkpoint["vaelab"]["config"]["data"])
     for key, value in cfg.data.items():
         if value is not None:
@@ -75,7 +84,9 @@ def check_eval_config(cfg: DictConfig) -> None:
     check_loggers(cfg.get("logger"))
 
 
-def ground_truth_to_score(cfg: DictConfig, datamodule, model, is_vq: bool):
+def ground_truth_to_score(
+    cfg: DictConfig, datamodule: InMemoryDataModule, model: GenerativeModel, is_vq: bool
+) -> GroundTruth | None:
     """The data's ground truth (its ``ground_truth`` attribute) when the disentanglement metrics
     are to be computed: with ``disentanglement=auto`` whenever the data has one and the model has
     a posterior to take the means of; ``true`` insists on both."""
@@ -100,7 +111,7 @@ def ground_truth_to_score(cfg: DictConfig, datamodule, model, is_vq: bool):
     return truth if cfg.disentanglement is not False and scorable else None
 
 
-def evaluate_disentanglement(model, truth, datamodule, cfg: DictConfig) -> dict:
+def evaluate_disentanglement(model: VAE, truth: GroundTruth, datamodule: InMemoryDataModule, cfg: DictConfig) -> dict:
     """``disentanglement/<metric>`` for each score of ``disentanglement_metrics`` on the posterior
     means, the factors' names and the mutual information [latent][factor] of each latent with each
     factor (on the points MIG is scored on), which names the factor a latent is about."""
@@ -188,7 +199,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     return metrics
 
 
-def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed: int) -> dict:
+def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images: int, seed: int) -> dict:
     """Writes the pictures under ``out/images`` and returns the grids by name."""
     folder = out / "images"
     folder.mkdir(exist_ok=True)
@@ -210,7 +221,7 @@ def draw_pictures(model, split, results: dict, out: Path, num_images: int, seed:
     return images
 
 
-def draw_vq_pictures(model, split, out: Path, num_images: int, seed: int) -> dict:
+def draw_vq_pictures(model: VQVAE | CodePrior, split: Split, out: Path, num_images: int, seed: int) -> dict:
     """Samples (from the learned prior, or uniform codes for a first-stage VQ-VAE),
     reconstructions and the codebook usage."""
     from vaelab.callbacks import read_png, usage_histogram

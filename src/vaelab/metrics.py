@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -13,6 +14,13 @@ from tqdm import tqdm
 
 from vaelab.data.in_memory import TEST_NOISE, BatchDataset, ShardedBatchSampler, Split
 from vaelab.objectives import bits_per_dim
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from vaelab.models.prior import CodePrior
+    from vaelab.models.vae import VAE
+    from vaelab.models.vqvae import VQVAE
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # Burda et al. 2016, sec. 5.2
 
@@ -32,7 +40,7 @@ class ReconstructionQuality:
     over batches; each is the mean over images of the image's value (PSNR_i = 10 log10(1 / MSE_i)),
     as PSNR is usually reported, not the PSNR of the MSE pooled over the split."""
 
-    def __init__(self, image_shape, device):
+    def __init__(self, image_shape: Sequence[int], device: torch.device | str):
         _, height, width = image_shape
         self.psnr = PeakSignalNoiseRatio(data_range=1.0, dim=(1, 2, 3)).to(device)  # per image, then the mean
         self.ssim = StructuralSimilarityIndexMeasure(data_range=1.0, sigma=ssim_sigma(height, width)).to(device)
@@ -54,7 +62,9 @@ class ReconstructionQuality:
         }
 
 
-def model_inputs(split: Split, batch_size: int, dequantize: bool, device, noise: int = TEST_NOISE):
+def model_inputs(
+    split: Split, batch_size: int, dequantize: bool, device: torch.device | str, noise: int = TEST_NOISE
+) -> Iterator[Tensor]:
     """The split's images in batches as the model sees them: in [0, 1], or uniformly dequantized
     with the fixed noise of the ``noise`` stream for a continuous likelihood, as the evaluation
     loaders of training cut them (``vaelab.data.in_memory``)."""
@@ -88,7 +98,7 @@ class Progress:
 
 @torch.no_grad()
 def evaluate_split(
-    model,
+    model: VAE,
     split: Split,
     k: int = 5000,
     chunk: int = 500,
@@ -155,7 +165,7 @@ def evaluate_split(
 
 @torch.no_grad()
 def evaluate_vq_split(
-    model,
+    model: VQVAE | CodePrior,
     split: Split,
     batch_size: int = 100,
     dequantize: bool = False,

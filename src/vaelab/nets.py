@@ -41,7 +41,9 @@ def mlp(sizes: Sequence[int], act: str) -> nn.Sequential:
 class MLPEncoder(nn.Module):
     """Flatten -> hidden layers -> ``num_params`` outputs; the AEVB/IWAE-paper encoder."""
 
-    def __init__(self, image_shape, num_params: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+    def __init__(
+        self, image_shape: Sequence[int], num_params: int, hidden_dims: Sequence[int], activation: str = "tanh"
+    ):
         super().__init__()
         self.net = mlp([math.prod(image_shape), *hidden_dims], activation)
         self.act = ACTIVATIONS[activation]()
@@ -54,7 +56,9 @@ class MLPEncoder(nn.Module):
 class MLPDecoder(nn.Module):
     """L -> hidden layers (reversed) -> C*H*W outputs reshaped to the image."""
 
-    def __init__(self, image_shape, latent_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"):
+    def __init__(
+        self, image_shape: Sequence[int], latent_dim: int, hidden_dims: Sequence[int], activation: str = "tanh"
+    ):
         super().__init__()
         self.image_shape = tuple(image_shape)
         self.net = mlp([latent_dim, *reversed(hidden_dims), math.prod(image_shape)], activation)
@@ -69,7 +73,7 @@ def conv_output_size(size: int, kernel: int = 3) -> int:
     return (size + 2 - kernel) // 2 + 1
 
 
-def conv_sizes(image_shape, num_convs: int, kernel: int = 3) -> list[tuple[int, int]]:
+def conv_sizes(image_shape: Sequence[int], num_convs: int, kernel: int = 3) -> list[tuple[int, int]]:
     """(H, W) of the image and after each of ``num_convs`` stride-2 convolutions."""
     sizes = [tuple(image_shape[1:])]
     for _ in range(num_convs):
@@ -91,7 +95,7 @@ class ConvEncoder(nn.Module):
 
     def __init__(
         self,
-        image_shape,
+        image_shape: Sequence[int],
         num_params: int,
         channels: Sequence[int],
         activation: str = "relu",
@@ -124,7 +128,7 @@ class ConvDecoder(nn.Module):
 
     def __init__(
         self,
-        image_shape,
+        image_shape: Sequence[int],
         latent_dim: int,
         channels: Sequence[int],
         activation: str = "relu",
@@ -160,7 +164,7 @@ class ConvDecoder(nn.Module):
 
 
 def build_networks(
-    net: dict, image_shape, latent_dim: int, num_params: int | None = None
+    net: dict, image_shape: Sequence[int], latent_dim: int, num_params: int | None = None
 ) -> tuple[nn.Module, nn.Module]:
     """Encoder (to ``num_params`` outputs, default 2L) and decoder for
     ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}; a conv net may also give

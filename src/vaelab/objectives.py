@@ -56,7 +56,7 @@ def log_density_matrix(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     return -0.5 * (math.log(2 * math.pi) + logvar + (z - mu) ** 2 * torch.exp(-logvar))
 
 
-def mss_log_weights(batch_size: int, dataset_size: int, device=None) -> Tensor:
+def mss_log_weights(batch_size: int, dataset_size: int, device: torch.device | str | None = None) -> Tensor:
     """log w_ij [B, B] of minibatch stratified sampling (Chen et al. 2018, appendix C.2), with
     M = B - 1 examples besides the sample's own:
 

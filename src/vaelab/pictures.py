@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -15,6 +16,10 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 from torchvision.utils import make_grid
+
+if TYPE_CHECKING:
+    from vaelab.models.base import GenerativeModel
+    from vaelab.models.vae import VAE
 
 MIN_SIDE = 64  # pixels: the shorter side of every image in a grid is scaled up to at least this
 
@@ -40,17 +45,17 @@ def grid(images: Tensor, nrow: int) -> Tensor:
 
 
 @torch.no_grad()
-def decode(model, z: Tensor) -> Tensor:
+def decode(model: VAE, z: Tensor) -> Tensor:
     return model.likelihood.mean(model.decoder(z.to(model.device)))
 
 
 @torch.no_grad()
-def samples(model, num: int = 64, seed: int = 0) -> Tensor:
+def samples(model: GenerativeModel, num: int = 64, seed: int = 0) -> Tensor:
     return grid(model.sample(num, generator=torch.Generator().manual_seed(seed)), nrow=8)
 
 
 @torch.no_grad()
-def reconstructions(model, x: Tensor) -> Tensor:
+def reconstructions(model: GenerativeModel, x: Tensor) -> Tensor:
     """Each input beside its reconstruction (at the posterior mean)."""
     pairs = torch.stack([x.to(model.device), model.reconstruct(x.to(model.device))], dim=1).flatten(0, 1)
     return grid(pairs, nrow=8)
@@ -65,7 +70,7 @@ def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def interpolations(model, x_a: Tensor, x_b: Tensor, steps: int = 10, spherical: bool = False) -> Tensor:
+def interpolations(model: VAE, x_a: Tensor, x_b: Tensor, steps: int = 10, spherical: bool = False) -> Tensor:
     """One row per pair (x_a[i], x_b[i]): decoded points between their posterior means."""
     mu_a, mu_b = model.posterior(x_a.to(model.device)).mu, model.posterior(x_b.to(model.device)).mu
     t = torch.linspace(0, 1, steps, device=mu_a.device)
@@ -84,7 +89,7 @@ def traversal_order(kl_per_dim: list[float], num_dims: int) -> Tensor:
 
 @torch.no_grad()
 def traversals(
-    model, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11, limit: float = 3.0
+    model: VAE, x: Tensor, kl_per_dim: list[float], num_dims: int = 10, steps: int = 11, limit: float = 3.0
 ) -> Tensor:
     """Rows: the ``num_dims`` latents with the highest KL (most informative first), each swept
     from -limit to limit while the others stay at the posterior mean of ``x`` (one image)."""
@@ -132,7 +137,7 @@ def save_labelled_rows(image: Tensor, labels: list[str], path: Path) -> None:
 
 
 @torch.no_grad()
-def manifold(model, steps: int = 15) -> Tensor:
+def manifold(model: VAE, steps: int = 15) -> Tensor:
     """For a 2-D latent: images decoded on a grid of prior quantiles (AEVB paper, fig. 4)."""
     u = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps)
     z1, z2 = torch.meshgrid(

@@ -7,12 +7,16 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from vaelab.data.in_memory import derive_seed
+
+if TYPE_CHECKING:
+    from types import FrameType
 
 # Stream names for derive_seed (the data's own streams are 0-3, in vaelab.data.in_memory).
 MODEL_TRAIN_NOISE, MODEL_EVAL_NOISE = 10, 11
@@ -41,12 +45,16 @@ class RandomStreams(L.Callback):
     def __init__(self, seed: int):
         self.seed = seed
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         seed_generators(
             derive_seed(MODEL_TRAIN_NOISE, self.seed, trainer.current_epoch, batch_idx, trainer.global_rank)
         )
 
-    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         seed_generators(derive_seed(MODEL_EVAL_NOISE, self.seed, batch_idx, trainer.global_rank))
 
     on_test_batch_start = on_validation_batch_start
@@ -56,7 +64,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes a checkpoint to a temporary name in the same folder, then renames it: a crash while
     saving leaves the previous file complete, so ``last.ckpt`` is always loadable."""
 
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Path | str, storage_options: Any | None = None) -> None:
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
         super().save_checkpoint(checkpoint, partial, storage_options)
@@ -76,14 +84,16 @@ class PreemptionCheckpoint(L.Callback):
         self.received: int | None = None
         self._previous = {}
 
-    def on_train_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for sig in self.SIGNALS:  # installed after Lightning's own handlers, so these take over
             self._previous[sig] = signal.signal(sig, self._handle)
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = signum
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.received is None:
             return
         group = getattr(pl_module, "accumulation_group", None)
@@ -97,7 +107,7 @@ class PreemptionCheckpoint(L.Callback):
             f"python train.py hydra.run.dir={self.dirpath.parent} ckpt_path=last"
         )
 
-    def teardown(self, trainer, pl_module, stage) -> None:
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()

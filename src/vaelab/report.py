@@ -14,8 +14,13 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
+
+if TYPE_CHECKING:
+    from hydra.core.utils import JobReturn
+    from omegaconf import DictConfig
 
 METRIC_FILES = ("test_metrics.json", "metrics.json", "FAILED")
 
@@ -52,7 +57,7 @@ def read_run(run: Path) -> tuple[dict, dict]:
     return overrides, metrics
 
 
-def as_number(value: str):
+def as_number(value: str) -> float | None:
     try:
         return float(value)
     except ValueError:
@@ -110,26 +115,26 @@ class MultirunSummary:
     """A Hydra callback: when a sweep ends, its folder gets report.md and report.csv with every
     job's overrides and final metrics, failed jobs included."""
 
-    def on_multirun_start(self, config, **kwargs) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         pass
 
-    def on_multirun_end(self, config, **kwargs) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         runs = find_runs([sweep_dir]) if sweep_dir.exists() else []
         if runs:
             for path in write_report(runs, sweep_dir, None, None):
                 print(f"sweep summary: {path}")
 
-    def on_run_start(self, config, **kwargs) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
         pass
 
-    def on_run_end(self, config, **kwargs) -> None:
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
         pass
 
-    def on_job_start(self, config, **kwargs) -> None:
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
         pass
 
-    def on_job_end(self, config, job_return, **kwargs) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
         pass
 
 

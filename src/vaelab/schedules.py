@@ -7,6 +7,11 @@ A KL schedule is called with the global step and returns ``(beta, capacity)``: t
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 
 class ConstantBeta:
     """beta(t) = beta."""
@@ -61,7 +66,7 @@ KL_SCHEDULES = {
 }
 
 
-def build_kl_schedule(spec: dict, beta: float, steps_per_epoch: int = 1):
+def build_kl_schedule(spec: dict, beta: float, steps_per_epoch: int = 1) -> Callable[[int], tuple[float, float | None]]:
     """From config {name, ...}. A length may be given in epochs (``warmup_epochs``,
     ``total_epochs``, ``epochs``); it is turned into steps unless the steps are given."""
     spec = dict(spec)

@@ -25,7 +25,7 @@ class DigitsDataModule(InMemoryDataModule):
 
     name = "digits"
 
-    def load(self):
+    def load(self) -> dict[str, Split]:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
@@ -48,7 +48,7 @@ class SyntheticDataModule(InMemoryDataModule):
         self.sizes = [num_train, num_eval, num_eval]
         self.num_prototypes, self.flip = num_prototypes, flip
 
-    def load(self):
+    def load(self) -> dict[str, Split]:
         g = torch.Generator().manual_seed(0)
         prototypes = (torch.rand(self.num_prototypes, *self.image_shape, generator=g) < 0.5).float()
         n = sum(self.sizes)
@@ -107,7 +107,7 @@ class BinarizedMNISTDataModule(InMemoryDataModule):
         super().__init__(**kwargs)
         self.path, self.download = Path(path), download
 
-    def load(self):
+    def load(self) -> dict[str, Split]:
         if self.path.suffix == ".npz":
             if not self.path.is_file():
                 raise UserError(
@@ -184,7 +184,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         super().__init__(**kwargs)
         self.name, self.root, self.download, self.val_size = name, Path(root), download, val_size
 
-    def load(self):
+    def load(self) -> dict[str, Split]:
         if self.name == "fashion_mnist" and find_idx(self.root, "train-images-idx3-ubyte"):
             train, test = self._read_idx_folder()
         elif self.name == "celeba":
@@ -205,7 +205,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         }
 
     def _read_idx_folder(self):
-        def pair(prefix):
+        def pair(prefix: str):
             x = read_idx(find_idx(self.root, f"{prefix}-images-idx3-ubyte"), 3).unsqueeze(1)
             label_file = find_idx(self.root, f"{prefix}-labels-idx1-ubyte")
             y = read_idx(label_file, 1).long() if label_file else no_labels(len(x))
@@ -269,7 +269,7 @@ class ImageFolderDataModule(InMemoryDataModule):
         super().__init__(**kwargs)
         self.path, self.val_fraction, self.test_fraction = Path(path), val_fraction, test_fraction
 
-    def load(self):
+    def load(self) -> dict[str, Split]:
         import torchvision.transforms.v2.functional as TF
         from PIL import Image, UnidentifiedImageError
 

@@ -79,12 +79,12 @@ class DrawnImages:
             raise ValueError("drawn images are selected along the first dimension only")
         return self.source.draw(self.factors.index_select(0, index))
 
-    def __getitem__(self, key) -> Tensor:
+    def __getitem__(self, key: int | slice | Tensor) -> Tensor:
         if isinstance(key, int):
             return self.source.draw(self.factors[key : key + 1 or None])[0]
         return self.source.draw(self.factors[key])
 
-    def to(self, device, *args, **kwargs) -> DrawnImages:
+    def to(self, device: torch.device | str, *args, **kwargs) -> DrawnImages:
         device = torch.device(device)
         self.source.keep_on(device)
         return DrawnImages(self.factors.to(device), self.source)

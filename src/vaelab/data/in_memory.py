@@ -18,7 +18,7 @@ draws the same noise as an uninterrupted one without any saved state.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import lightning as L
 import numpy as np
@@ -27,6 +27,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 @dataclass
@@ -195,7 +198,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        image_shape,
+        image_shape: Sequence[int],
         batch_size: int = 100,
         eval_batch_size: int | None = None,
         binarize: str = "auto",
@@ -338,14 +341,14 @@ class InMemoryDataModule(L.LightningDataModule):
         images = torch.bernoulli(s.images.float() / s.levels, generator=g).to(torch.uint8)
         return Split(images, s.labels, levels=1)
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.batch_size, train=True)
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> DataLoader:
         self._freeze_eval_splits()
         return self._loader("val", self.eval_batch_size, train=False)
 
-    def test_dataloader(self):
+    def test_dataloader(self) -> DataLoader:
         self._freeze_eval_splits()
         return self._loader("test", self.eval_batch_size, train=False)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning as L
@@ -18,6 +19,12 @@ from torch import Tensor
 import vaelab
 from vaelab.errors import UserError
 from vaelab.reliability import TrainingStopped
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from torch.optim import Optimizer
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 
 class WeightedSums:
@@ -36,7 +43,7 @@ class WeightedSums:
             self.sums += values
         self.count += batch_size
 
-    def state(self, reduce) -> dict | None:
+    def state(self, reduce: Callable[..., Tensor]) -> dict | None:
         """What a checkpoint keeps of the sums: summed over processes (every process must call
         this), so that the process that writes the file keeps all of them."""
         if self.sums is None:
@@ -45,7 +52,7 @@ class WeightedSums:
         return {"names": self.names, "sums": totals[:-1].cpu(), "count": int(totals[-1])}
 
     @classmethod
-    def from_state(cls, state: dict, device, holds_them: bool) -> WeightedSums:
+    def from_state(cls, state: dict, device: torch.device | str, holds_them: bool) -> WeightedSums:
         """The sums of ``state`` on the process that ``holds_them``, zeros on the others (their
         sum over processes is then the saved one)."""
         sums = cls()
@@ -54,7 +61,7 @@ class WeightedSums:
         sums.count = state["count"] if holds_them else 0
         return sums
 
-    def means(self, reduce) -> dict[str, Tensor]:
+    def means(self, reduce: Callable[..., Tensor]) -> dict[str, Tensor]:
         """Means over the epoch; ``reduce(tensor, reduce_op="sum")`` sums across processes."""
         if self.sums is None:
             return {}
@@ -182,12 +189,12 @@ class GenerativeModel(L.LightningModule):
         else:
             self.train_epoch_sums = WeightedSums.from_state(saved, self.device, self.trainer.is_global_zero)
 
-    def images(self, batch) -> Tensor:
+    def images(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         """The images of a (images, labels) batch, in the model's memory layout."""
         x, _ = batch
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_step(self, batch, batch_idx):
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x = self.images(batch)
         loss, metrics = self.step_metrics(x)
         optimizer = self.optimizers()
@@ -231,7 +238,7 @@ class GenerativeModel(L.LightningModule):
         # Listed once: walking the module tree every step costs more than the check itself.
         self.trained_parameters = [p for p in self.parameters() if p.requires_grad]
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         # Lightning calls this after unscaling the gradients (16-bit mixed precision), so the
         # limit applies to the true gradients.
         if self.gradient_clip_val:
@@ -318,7 +325,7 @@ class GenerativeModel(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._validated_this_epoch = True
 
-    def step_on_plateau(self, scheduler) -> None:
+    def step_on_plateau(self, scheduler: ReduceLROnPlateau) -> None:
         """ReduceLROnPlateau steps with its monitored metric, in epochs that validated (the metric of
         an epoch that did not is the last validation's, not a new measurement)."""
         value = self.trainer.callback_metrics.get(self.scheduler_monitor)
@@ -330,7 +337,7 @@ class GenerativeModel(L.LightningModule):
                 f"{sorted(self.trainer.callback_metrics)}"
             )
 
-    def _eval_step(self, batch, stage: str) -> None:
+    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
         x = self.images(batch)
         _, metrics = self.step_metrics(x)
         metrics.update(self.eval_metrics(x, stage))
@@ -346,10 +353,10 @@ class GenerativeModel(L.LightningModule):
         """Scalars computed only in validation or test (costly ones)."""
         return {}
 
-    def validation_step(self, batch, batch_idx):
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch, batch_idx):
+    def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -367,7 +374,7 @@ class GenerativeModel(L.LightningModule):
         self._saved_epoch_sums = saved.get("train_epoch_sums")
         self.skipped_steps = saved.get("skipped_steps", 0)
 
-    def configure_optimizers(self):
+    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -9,6 +11,9 @@ from torch import Tensor
 from vaelab.checks import check_kl_schedule, is_number, require
 from vaelab.models.vae import VAE
 from vaelab.schedules import build_kl_schedule
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class BetaVAE(VAE):
@@ -42,7 +47,7 @@ class BetaVAE(VAE):
         self._schedule = build_kl_schedule(self.kl_schedule_spec, self.beta, self.optimizer_steps_per_epoch())
 
     @property
-    def schedule(self):
+    def schedule(self) -> Callable[[int], tuple[float, float | None]]:
         """The KL schedule of this run. Outside training (the sanity check before it, a loaded
         checkpoint) it is only needed at the step the model is at; a length given in epochs is
         then read from the trainer if it knows the epoch's length."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -10,6 +12,9 @@ from torch.func import functional_call
 from vaelab import objectives
 from vaelab.checks import flag, positive_int, require
 from vaelab.models.vae import VAE
+
+if TYPE_CHECKING:
+    from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 
 
 def detached_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
@@ -60,7 +65,7 @@ class IWAE(VAE):
             "elbo": objectives.elbo(log_px_mean, kl),
         }
 
-    def dreg_surrogate(self, x: Tensor, q, z: Tensor, log_w: Tensor) -> Tensor:
+    def dreg_surrogate(self, x: Tensor, q: DiagonalGaussian | FullCovGaussian, z: Tensor, log_w: Tensor) -> Tensor:
         """Zero in value; its gradient is DReG's: for the encoder sum_k w~_k^2 d log w_k / dz * dz/dphi
         (log q's own parameters held fixed), for the decoder sum_k w~_k d log w_k / dtheta, with
         w~ the normalised weights (Tucker et al. 2018, eq. 8)."""

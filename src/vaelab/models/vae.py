@@ -12,6 +12,7 @@ model from the checkpoint alone.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -22,6 +23,11 @@ from vaelab.checks import check_likelihood, is_int, is_list, is_number, plain, p
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import ACTIVATIONS, build_networks
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 
 # Settings of this package's variants, refused by a model whose constructor does not take them,
 # with where they belong.
@@ -119,7 +125,7 @@ class VAE(GenerativeModel):
             require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
 
     @staticmethod
-    def check_conv_net(net: DictConfig, channels, image_shape) -> None:
+    def check_conv_net(net: DictConfig, channels: Sequence[int], image_shape: Sequence[int]) -> None:
         """The optional ``kernel`` and ``dense`` of a conv net, and images large enough for its
         stride-2 convolutions (a 4x4 kernel halves the size, so n convolutions need 2^n pixels)."""
         kernel = net.get("kernel", 3)
@@ -137,7 +143,7 @@ class VAE(GenerativeModel):
         )
 
     # ---- the model -------------------------------------------------------------------
-    def posterior(self, x: Tensor):
+    def posterior(self, x: Tensor) -> DiagonalGaussian | FullCovGaussian:
         """q(z|x) for images x [B, C, H, W]."""
         return self.posterior_family.from_params(self.encoder(x))
 

@@ -9,6 +9,7 @@ KL(q || p) = H' W' log K, so the ELBO is -recon - H' W' log K (logged as ``elbo`
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -19,6 +20,9 @@ from vaelab.checks import check_likelihood, flag, is_int, is_number, positive_in
 from vaelab.distributions import build_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.quantizer import VectorQuantizer
+
+if TYPE_CHECKING:
+    from torch.optim import Optimizer
 
 
 class ResidualBlock(nn.Module):
@@ -119,11 +123,11 @@ class VQVAE(GenerativeModel):
         )
         check_likelihood(model_cfg.likelihood, cfg.data.get("num_levels"))
 
-    def on_before_optimizer_step(self, optimizer) -> None:
+    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)
         self.forget_restarted_codes(optimizer)
 
-    def forget_restarted_codes(self, optimizer) -> None:
+    def forget_restarted_codes(self, optimizer: Optimizer) -> None:
         """Zero the optimizer's per-element state of the codes restarted in this step's forward
         (update=loss: Adam's exp_avg and exp_avg_sq rows, or a momentum buffer's), before the step
         reads it: a code re-seeded on an encoder output is not pushed on by the momentum of the
