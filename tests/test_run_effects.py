@@ -73,7 +73,7 @@ def test_kl_schedules_given_in_epochs_run_over_those_epochs(schedule, overrides,
 
 
 # ---- checkpoint selection ----------------------------------------------------------------
-def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_elbo(tmp_path):
+def test_the_best_checkpoint_is_the_best_validation_elbo_and_last_the_last_epoch(tmp_path):
     """Under capacity control val/loss measures |KL - C(t)| for a moving C(t), not how good the model
     is: in this run it is lowest after epoch 1 while the bound is best after epoch 0. The bound
     (val/elbo) is what is selected, for every model."""
@@ -94,6 +94,10 @@ def test_the_best_checkpoint_is_the_epoch_with_the_best_validation_elbo(tmp_path
     chosen = json.loads((tmp_path / "test_metrics.json").read_text())["ckpt_path"]
     assert Path(chosen).name == "best.ckpt"
     assert torch.load(chosen, weights_only=False)["epoch"] == best_epoch, val_elbo
+    # last.ckpt (what ckpt_path=last resumes) is the last epoch's, also when it was not the best
+    # (Lightning 2.6's save_last writes it only beside a new best).
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert best_epoch < 3 and last["epoch"] == 3, (best_epoch, last["epoch"])
 
 
 # ---- bits/dim of a continuous likelihood on discrete data -------------------------------------
