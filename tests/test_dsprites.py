@@ -266,7 +266,8 @@ def test_the_latent_map_takes_factor_labels(tmp_path):
 
 def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
     """callbacks=[default,disentanglement]: the scores in test_metrics.json are those of the best
-    checkpoint's posterior means, and validation logs them every epoch."""
+    checkpoint's posterior means, and validation logs them every epoch. "Best" is made the first
+    epoch (the lowest val/elbo, mode=min), so scores of the last weights would not pass."""
     import csv
     import json
 
@@ -291,22 +292,30 @@ def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
         "trainer.limit_val_batches=5",
         "trainer.limit_test_batches=5",
         "trainer.enable_progress_bar=false",
+        "callbacks.model_checkpoint.mode=min",
     ]
     cfg = compose_config(overrides, tmp_path)
     train(cfg)
     logged = json.loads((tmp_path / "test_metrics.json").read_text())
-    model = model_from_checkpoint(load_checkpoint(logged["ckpt_path"]))
-    expected = disentanglement_metrics(
-        instantiate_plain(cfg.data).ground_truth,
-        posterior_means(model),
-        seed=0,
-        num_train=200,
-        num_test=100,
-        num_variance_estimate=200,
-        num_votes_train=200,
-        num_votes_eval=100,
-        dci_points=50,
-    )
+    best = load_checkpoint(logged["ckpt_path"])
+    last = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+    assert (best["epoch"], last["epoch"]) == (0, 1)
+
+    def scores(checkpoint):
+        return disentanglement_metrics(
+            instantiate_plain(cfg.data).ground_truth,
+            posterior_means(model_from_checkpoint(checkpoint)),
+            seed=0,
+            num_train=200,
+            num_test=100,
+            num_variance_estimate=200,
+            num_votes_train=200,
+            num_votes_eval=100,
+            dci_points=50,
+        )
+
+    expected, of_last = scores(best), scores(last)
+    assert expected["mig"] != pytest.approx(of_last["mig"], abs=1e-6)  # the test can tell them apart
     for name, value in expected.items():
         assert logged[f"test/{name}"] == pytest.approx(value, abs=1e-6), name
     rows = [r for r in csv.DictReader(open(tmp_path / "csv" / "metrics.csv")) if r.get("val/mig")]
