@@ -78,13 +78,17 @@ class BetaTCVAE(VAE):
         if self.given_dataset_size is None:
             self.dataset_size = self.dataset_size_from_data()
         self.train_set_size.fill_(self.dataset_size)
-        if self.sampling == "mss":
-            self.check_stratified_batches(self.largest_batch_of_the_run(), "data.batch_size or data.eval_batch_size")
+        largest = self.largest_batch_of_the_run() if self.sampling == "mss" else None
+        if largest is not None:
+            self.check_stratified_batches(largest, "data.batch_size or data.eval_batch_size")
 
-    def largest_batch_of_the_run(self) -> int:
+    def largest_batch_of_the_run(self) -> int | None:
         """The most examples one process gets in a training, validation or test batch of this run
-        (from the data module's own batch samplers: shares under DDP, folded last batches)."""
+        (from the data module's own batch samplers: shares under DDP, folded last batches); None
+        for a data module of another kind, whose batches the objective then checks one by one."""
         datamodule = self._trainer.datamodule
+        if not hasattr(datamodule, "splits"):
+            return None
         loaders = (datamodule.train_dataloader(), datamodule.val_dataloader(), datamodule.test_dataloader())
         return max(len(batch.indices) for loader in loaders for batch in loader.sampler)
 
