@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
@@ -31,6 +33,13 @@ class BetaTCVAE(VAE):
 
     Logged beside loss, recon and kl: ``mi``, ``tc``, ``dwkl`` (batch means, in nats). ``elbo`` is
     the true bound -(recon + kl) with the closed-form KL, whatever the weights."""
+
+    own_settings: ClassVar[dict[str, str]] = {
+        "alpha": "weighs the mutual information of model=beta_tcvae",
+        "gamma": "weighs the dimension-wise KL of model=beta_tcvae",
+        "sampling": "is the estimator of q(z) of model=beta_tcvae",
+        "dataset_size": "is the training set's size N of model=beta_tcvae",
+    }
 
     def __init__(
         self,

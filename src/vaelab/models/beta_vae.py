@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from omegaconf import DictConfig
@@ -22,6 +22,8 @@ class BetaVAE(VAE):
 
     ``free_bits`` (Kingma et al. 2016): each latent dimension's batch-averaged KL counts as at
     least ``free_bits`` nats, so the objective stops pushing a dimension below that."""
+
+    own_settings: ClassVar[dict[str, str]] = dict.fromkeys(("kl_schedule", "free_bits"), "needs model=beta_vae")
 
     def __init__(self, *args, kl_schedule: dict | None = None, free_bits: float = 0.0, **kwargs):
         super().__init__(*args, **kwargs)

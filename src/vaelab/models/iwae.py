@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from omegaconf import DictConfig
@@ -26,6 +26,10 @@ class IWAE(VAE):
     """loss = -L_k, L_k = log (1/k) sum_k p(x, z_k) / q(z_k|x) with z_k ~ q(z|x), the k-sample bound
     (k in training, ``k_eval`` in validation and test). ``dreg``: the doubly reparameterized
     gradient for the encoder (Tucker et al. 2018), which has lower variance for large k."""
+
+    own_settings: ClassVar[dict[str, str]] = dict.fromkeys(
+        ("k", "k_eval", "dreg"), "belongs to the IWAE bound; use model=iwae"
+    )
 
     def __init__(self, *args, k: int = 5, k_eval: int = 50, dreg: bool = False, **kwargs):
         super().__init__(*args, **kwargs)

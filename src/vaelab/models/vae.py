@@ -12,7 +12,7 @@ model from the checkpoint alone.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from omegaconf import DictConfig
@@ -29,19 +29,13 @@ if TYPE_CHECKING:
 
     from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 
-# Settings of this package's variants, refused by a model whose constructor does not take them,
-# with where they belong.
-VARIANT_KEYS = {
-    "k": "belongs to the IWAE bound; use model=iwae",
-    "k_eval": "belongs to the IWAE bound; use model=iwae",
-    "dreg": "belongs to the IWAE bound; use model=iwae",
-    "kl_schedule": "needs model=beta_vae",
-    "free_bits": "needs model=beta_vae",
-    "alpha": "weighs the mutual information of model=beta_tcvae",
-    "gamma": "weighs the dimension-wise KL of model=beta_tcvae",
-    "sampling": "is the estimator of q(z) of model=beta_tcvae",
-    "dataset_size": "is the training set's size N of model=beta_tcvae",
-}
+
+def variants_of(cls: type) -> list[type]:
+    """Every subclass of ``cls`` imported so far, depth first."""
+    found = []
+    for subclass in cls.__subclasses__():
+        found += [subclass, *variants_of(subclass)]
+    return found
 
 
 class VAE(GenerativeModel):
@@ -49,6 +43,10 @@ class VAE(GenerativeModel):
     ``estimator``: the encoder's gradient, ``reparam`` (pathwise) or ``score_function``
     (likelihood ratio with a moving-average baseline, decay ``baseline_decay``).
     ``test_k`` > 0 also reports the k-sample importance-weighted bound at test time."""
+
+    # The settings only this variant takes, each with what it is: given to another model, the
+    # check says where it belongs (e.g. "model.k belongs to the IWAE bound; use model=iwae").
+    own_settings: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -121,8 +119,10 @@ class VAE(GenerativeModel):
         require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
         test_k = model_cfg.get("test_k", 0)
         require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
-        for key, where in VARIANT_KEYS.items():
-            require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
+        # A setting of another variant, refused with where it belongs (each variant lists its own).
+        for variant in variants_of(VAE):
+            for key, where in variant.own_settings.items():
+                require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
 
     @staticmethod
     def check_conv_net(net: DictConfig, channels: Sequence[int], image_shape: Sequence[int]) -> None:
