@@ -217,11 +217,13 @@ import sys
 from vaelab.models import VAE
 
 STEP = int(os.environ["SIGTERM_AT_STEP"])
+RANK = int(os.environ.get("SIGTERM_RANK", 0))
 
 
 def on_train_batch_start(self, batch, batch_idx):
-    """A pre-emption signal at a fixed place in the middle of an epoch (not at a wall-clock time)."""
-    if self.global_step == STEP and not os.environ.get("SIGTERM_SENT"):
+    """A pre-emption signal at a fixed place in the middle of an epoch (not at a wall-clock time),
+    to the process of rank RANK only."""
+    if self.global_step == STEP and self.global_rank == RANK and not os.environ.get("SIGTERM_SENT"):
         os.environ["SIGTERM_SENT"] = "1"
         os.kill(os.getpid(), signal.SIGTERM)
 
@@ -234,18 +236,22 @@ main()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("accumulate", [1, 3])
-def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate):
-    """SIGTERM in the middle of an epoch (8 batches an epoch; with accumulation over 3 batches the
-    signal lands inside a group), then ckpt_path=last: the resumed run takes the rest of that epoch's
-    batches with their noise, not the epoch again from its start, and ends where the uninterrupted run
-    ends; the interrupted epoch's logged training means are those of all its batches."""
+# (accumulated batches, the optimizer step at whose first batch the signal comes, (epoch, batches
+# done) of the checkpoint): 8 batches an epoch. Step 11: epoch 1, batch 3. Step 4: epoch 1, batch
+# 3, the first of the group 3-5, saved after batch 5. Step 5: epoch 1, batch 6, in the last group
+# (6-7); its end is the epoch's last batch, so the save waits for epoch 2's first group.
+@pytest.mark.parametrize("accumulate,step,saved_at", [(1, 11, (1, 4)), (3, 4, (1, 6)), (3, 5, (2, 3))])
+def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate, step, saved_at):
+    """SIGTERM in the middle of an epoch, then ckpt_path=last: the resumed run takes the rest of that
+    epoch's batches with their noise, not the epoch again from its start, and ends where the
+    uninterrupted run ends; the interrupted epoch's logged training means are those of all its
+    batches. With accumulation the save waits for the group's optimizer step, and a save that would
+    fall on an epoch's last batch (resumed by Lightning as a finished epoch) for the next step."""
     args = [*QUICK, "trainer.max_epochs=4", "seed=3", f"trainer.accumulate_grad_batches={accumulate}"]
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
     script = tmp_path / "preempted_train.py"
     script.write_text(SIGTERM_AT_STEP)
-    step = 11 if accumulate == 1 else 4  # epoch 1, batch 3: the second batch of a group of 3
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "SIGTERM_AT_STEP": str(step)}
     first = subprocess.run(
         [sys.executable, str(script), *args, f"hydra.run.dir={stopped}"],
@@ -257,9 +263,8 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate):
     )
     assert first.returncode == 3 and "received SIGTERM" in first.stderr, first.stderr[-2000:]
     saved = torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert (
-        saved["epoch"] == 1 and 0 < saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] < 8
-    )
+    progress = saved["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+    assert (saved["epoch"], progress) == saved_at
     resumed = run_cli([*args, f"hydra.run.dir={stopped}", "ckpt_path=last"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = final_metrics(whole), final_metrics(stopped)
@@ -459,3 +464,51 @@ def test_a_skipped_batch_leaves_no_gradient_behind_under_accumulation(tmp_path, 
     monkeypatch.setattr(building, "build_callbacks", lambda c: [*original(c), Gradients()])
     train(compose_config(overrides, tmp_path))
     assert seen == [[1.5], [2.0]]
+
+
+@pytest.mark.slow
+def test_under_ddp_a_signal_to_one_process_stops_all_at_the_same_step(tmp_path):
+    """SIGTERM to the process of rank 1 only: both processes save and stop at the same step (the
+    checkpoint is a collective: a process saving alone would wait for the other forever)."""
+    script = tmp_path / "preempted_train.py"
+    script.write_text(SIGTERM_AT_STEP)
+    run = tmp_path / "run"
+    args = [*QUICK, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_epochs=4", f"hydra.run.dir={run}"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "SIGTERM_AT_STEP": "11", "SIGTERM_RANK": "1"}
+    first = subprocess.run(
+        [sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=150
+    )
+    assert first.returncode == 3 and "received SIGTERM at step 12" in first.stderr, first.stderr[-2000:]
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert (saved["epoch"], saved["global_step"]) == (1, 12)
+
+
+def test_the_training_loader_resumes_after_the_batches_done_with_their_noise():
+    """TrainLoader's state is the epoch's batches trained so far, none at an epoch's end (also when
+    trainer.limit_train_batches trains fewer than the sampler has); loaded, the next iteration
+    starts after them, each batch with the noise seed of the uninterrupted epoch."""
+    from types import SimpleNamespace
+
+    from vaelab.data.in_memory import ShardedBatchSampler, TrainLoader
+
+    def loader_at(processed: int, num_training_batches: int) -> TrainLoader:
+        loader = TrainLoader(
+            list(range(100)), sampler=ShardedBatchSampler(100, 10, True, True, seed=1), batch_size=None
+        )
+        progress = SimpleNamespace(current=SimpleNamespace(processed=processed))
+        loader.trainer = SimpleNamespace(
+            num_training_batches=num_training_batches,
+            fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        )
+        return loader
+
+    assert loader_at(3, 10).state_dict() == {"batches_done": 3}
+    assert loader_at(10, 10).state_dict() == {"batches_done": 0}
+    assert loader_at(5, 5).state_dict() == {"batches_done": 0}  # limit_train_batches=0.5
+    whole = list(loader_at(0, 10).sampler)
+    resumed = loader_at(0, 10)
+    resumed.load_state_dict({"batches_done": 3})
+    rest = list(resumed.sampler)
+    assert [b.noise_seed for b in rest] == [b.noise_seed for b in whole[3:]]
+    assert all(torch.equal(a.indices, b.indices) for a, b in zip(rest, whole[3:]))
+    assert len(list(resumed.sampler)) == 10  # the skip is for the resumed epoch only

@@ -73,9 +73,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 class PreemptionCheckpoint(L.Callback):
     """On SIGTERM or SIGUSR1 (how SLURM and most schedulers announce pre-emption), finishes the
-    current step (the optimizer step of a gradient-accumulation group), saves ``<dirpath>/last.ckpt``
-    and stops with a message naming the resume command. Resuming from it continues the epoch where
-    it stopped (``data.in_memory.TrainLoader``)."""
+    current step (the optimizer step of a gradient-accumulation group; at an epoch's last batch, the
+    epoch and the next step), saves ``<dirpath>/last.ckpt`` and stops with a message naming the
+    resume command; under DDP every process stops at the same step. Resuming from it continues the
+    epoch where it stopped (``data.in_memory.TrainLoader``)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -94,14 +95,23 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.received is None:
-            return
         group = getattr(pl_module, "accumulation_group", None)
         if group is not None and batch_idx + 1 < sum(group(batch_idx)):
             return  # inside a gradient-accumulation group: its gradients are in no checkpoint
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # Lightning resumes a checkpoint of an epoch's last batch as a finished epoch, skipping
+            # its validation and epoch end: the save waits for the next epoch's first step.
+            return
+        received = self.received is not None
+        if trainer.world_size > 1:
+            # Processes get the signal at different steps; all save at the same one (the checkpoint
+            # is a collective), at the first step where any process has it.
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
-        name = signal.Signals(self.received).name
+        name = signal.Signals(self.received or signal.SIGTERM).name
         raise TrainingStopped(
             f"received {name} at step {trainer.global_step}: saved {path}; resume with "
             f"python train.py hydra.run.dir={self.dirpath.parent} ckpt_path=last"

@@ -171,9 +171,13 @@ class TrainLoader(DataLoader):
     trainer: L.Trainer | None = None
 
     def state_dict(self) -> dict:
-        """The number of this epoch's batches trained so far (all of them at an epoch's end)."""
-        progress = self.trainer.fit_loop.epoch_loop.batch_progress.current if self.trainer else None
-        return {"batches_done": int(progress.processed) if progress else 0}
+        """The number of this epoch's batches trained so far; 0 once the epoch's batches are all
+        trained (with ``trainer.limit_train_batches`` that is fewer than the sampler's)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {"batches_done": 0}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {"batches_done": done if done < trainer.num_training_batches else 0}
 
     def load_state_dict(self, state: dict) -> None:
         done = int(state.get("batches_done", 0))

@@ -364,7 +364,8 @@ class GenerativeModel(L.LightningModule):
         and check that a file is one of ours. (No generator state: a step's random numbers are a
         function of its place in the run, see ``reliability.RandomStreams``.)"""
         checkpoint["vaelab"] = {"version": vaelab.__version__, "config": self.run_config}
-        if self._trainer is not None and self.trainer.training and hasattr(self, "train_epoch_sums"):
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
+        if fitting and hasattr(self, "train_epoch_sums"):  # also at validation end (the epoch's checkpoints)
             # The current epoch's sums and the skipped steps so far, for a resume mid-epoch.
             checkpoint["vaelab"]["train_epoch_sums"] = self.train_epoch_sums.state(self.trainer.strategy.reduce)
             checkpoint["vaelab"]["skipped_steps"] = self.skipped_steps
