@@ -512,3 +512,30 @@ def test_the_training_loader_resumes_after_the_batches_done_with_their_noise():
     assert [b.noise_seed for b in rest] == [b.noise_seed for b in whole[3:]]
     assert all(torch.equal(a.indices, b.indices) for a, b in zip(rest, whole[3:]))
     assert len(list(resumed.sampler)) == 10  # the skip is for the resumed epoch only
+
+
+def test_an_epochs_checkpoint_keeps_its_training_sums_for_a_resume(tmp_path):
+    """last.ckpt holds the epoch's metric sums so far, also when it is written at the end of a
+    validation (here twice an epoch, so at the end of validation, not of the training epoch): at
+    the epoch's end, over all its 512 training examples."""
+    train(compose_config([*QUICK, "trainer.max_epochs=1", "test=false", "+trainer.val_check_interval=0.5"], tmp_path))
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["vaelab"]
+    sums = saved["train_epoch_sums"]
+    assert sums["count"] == 512 and "loss" in sums["names"] and saved["skipped_steps"] == 0
+
+
+def test_a_run_resumed_at_an_epochs_end_logs_the_next_epochs_means_from_its_batches_only(tmp_path):
+    """Resuming last.ckpt of a finished epoch (Lightning does not call on_train_epoch_start for the
+    epoch after it): the next epoch's logged training means are the uninterrupted run's, not mixed
+    with the saved epoch's sums."""
+
+    def epoch_means(run):
+        rows = csv.DictReader(open(run / "csv" / "metrics.csv"))
+        return {int(r["epoch"]): float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")}
+
+    args = [*QUICK, "test=false", "seed=5"]
+    train(compose_config([*args, "trainer.max_epochs=3"], tmp_path / "whole"))
+    train(compose_config([*args, "trainer.max_epochs=2"], tmp_path / "resumed"))
+    train(compose_config([*args, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path / "resumed"))
+    whole, resumed = epoch_means(tmp_path / "whole"), epoch_means(tmp_path / "resumed")
+    assert resumed[2] == pytest.approx(whole[2], rel=1e-6)
