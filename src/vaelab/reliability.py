@@ -95,6 +95,8 @@ class PreemptionCheckpoint(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.received is None and trainer.world_size == 1:
+            return  # the common case, at every step: nothing more to look at
         group = getattr(pl_module, "accumulation_group", None)
         if group is not None and batch_idx + 1 < sum(group(batch_idx)):
             return  # inside a gradient-accumulation group: its gradients are in no checkpoint
