@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -235,6 +236,9 @@ main()
 '''
 
 
+UNINTERRUPTED: dict[int, Path] = {}  # the uninterrupted run of each accumulation, shared by its cases
+
+
 @pytest.mark.slow
 # (accumulated batches, the optimizer step at whose first batch the signal comes, (epoch, batches
 # done) of the checkpoint): 8 batches an epoch. Step 11: epoch 1, batch 3. Step 4: epoch 1, batch
@@ -247,9 +251,11 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate, step, sav
     uninterrupted run ends; the interrupted epoch's logged training means are those of all its
     batches. With accumulation the save waits for the group's optimizer step, and a save that would
     fall on an epoch's last batch (resumed by Lightning as a finished epoch) for the next step."""
-    args = [*QUICK, "trainer.max_epochs=4", "seed=3", f"trainer.accumulate_grad_batches={accumulate}"]
-    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
-    assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
+    args = [*QUICK, "trainer.max_epochs=3", "seed=3", f"trainer.accumulate_grad_batches={accumulate}"]
+    whole, stopped = UNINTERRUPTED.get(accumulate), tmp_path / "stopped"
+    if whole is None:  # one uninterrupted run for each accumulation, shared by its cases
+        whole = UNINTERRUPTED[accumulate] = tmp_path / "whole"
+        assert run_cli([*args, f"hydra.run.dir={whole}"], cwd=tmp_path).returncode == 0
     script = tmp_path / "preempted_train.py"
     script.write_text(SIGTERM_AT_STEP)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "SIGTERM_AT_STEP": str(step)}
@@ -276,7 +282,7 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(tmp_path, accumulate, step, sav
         return {int(r["epoch"]): float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")}
 
     assert epoch_means(stopped) == pytest.approx(epoch_means(whole), rel=1e-6)
-    assert sorted(epoch_means(stopped)) == [0, 1, 2, 3]
+    assert sorted(epoch_means(stopped)) == [0, 1, 2]
 
 
 POISON_RANK_1 = '''
