@@ -370,11 +370,7 @@ def check_callbacks(callbacks: DictConfig | None) -> None:
         whole_number(node.every_n_epochs, "callbacks.disentanglement.every_n_epochs", 0)
         # Fewer points leave some factor value unsampled (MIG needs every factor to vary).
         whole_number(node.num_points, "callbacks.disentanglement.num_points", 200)
-        require(
-            node.dci_points is None or (is_int(node.dci_points) and node.dci_points >= 20),
-            f"callbacks.disentanglement.dci_points must be null (all points) or a whole number ≥ 20, got "
-            f"{node.dci_points!r}",
-        )
+        check_dci_points(node.dci_points, "callbacks.disentanglement.dci_points")
     if callbacks.get("early_stopping") is not None:
         node = callbacks.early_stopping
         require(
@@ -390,6 +386,14 @@ def check_callbacks(callbacks: DictConfig | None) -> None:
         whole_number(callbacks.model_summary.get("max_depth", 1), "callbacks.model_summary.max_depth", -1)
     if callbacks.get("progress_bar") is not None:
         whole_number(callbacks.progress_bar.get("refresh_rate", 1), "callbacks.progress_bar.refresh_rate", 0)
+
+
+def check_dci_points(value: Any, key: str) -> None:
+    """The points DCI's trees learn from: null (all) or enough for a train/test split."""
+    require(
+        value is None or (is_int(value) and value >= 20),
+        f"{key} must be null (all points) or a whole number ≥ 20, got {value!r}",
+    )
 
 
 def check_loggers(loggers: DictConfig | None) -> None:

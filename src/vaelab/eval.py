@@ -21,7 +21,7 @@ from vaelab import pictures
 from vaelab.building import build_loggers, instantiate_plain
 from vaelab.callbacks import log_image
 from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
-from vaelab.checks import check_loggers, flag, is_int, is_list, plain, require
+from vaelab.checks import check_dci_points, check_loggers, flag, is_int, is_list, plain, require
 from vaelab.config import CONFIG_DIR
 from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, mutual_information, posterior_means
@@ -67,11 +67,7 @@ def check_eval_config(cfg: DictConfig) -> None:
         cfg.disentanglement == "auto" or isinstance(cfg.disentanglement, bool),
         f"disentanglement must be auto, true or false, got {cfg.disentanglement!r}",
     )
-    dci_points = cfg.get("dci_points")
-    require(
-        dci_points is None or (is_int(dci_points) and dci_points >= 20),
-        f"dci_points must be null (all points) or a whole number ≥ 20, got {dci_points!r}",
-    )
+    check_dci_points(cfg.get("dci_points"), "dci_points")
     require(
         cfg.data.download in (None, True, False),
         f"data.download must be true, false or null, got {cfg.data.download!r}",

@@ -43,13 +43,19 @@ class WeightedSums:
             self.sums += values
         self.count += batch_size
 
+    def totals(self, reduce: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
+        """The sums and the number of examples over all processes, in one ``reduce(tensor,
+        reduce_op="sum")`` (every process must call this)."""
+        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
+        return totals[:-1], totals[-1]
+
     def state(self, reduce: Callable[..., Tensor]) -> dict | None:
-        """What a checkpoint keeps of the sums: summed over processes (every process must call
-        this), so that the process that writes the file keeps all of them."""
+        """What a checkpoint keeps of the sums: their totals over processes, so that the process
+        that writes the file keeps all of them."""
         if self.sums is None:
             return None
-        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
-        return {"names": self.names, "sums": totals[:-1].cpu(), "count": int(totals[-1])}
+        sums, count = self.totals(reduce)
+        return {"names": self.names, "sums": sums.cpu(), "count": int(count)}
 
     @classmethod
     def from_state(cls, state: dict, device: torch.device | str, holds_them: bool) -> WeightedSums:
@@ -62,11 +68,11 @@ class WeightedSums:
         return sums
 
     def means(self, reduce: Callable[..., Tensor]) -> dict[str, Tensor]:
-        """Means over the epoch; ``reduce(tensor, reduce_op="sum")`` sums across processes."""
+        """Means over the epoch and over all processes (every process must call this)."""
         if self.sums is None:
             return {}
-        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
-        return dict(zip(self.names, totals[:-1] / totals[-1]))
+        sums, count = self.totals(reduce)
+        return dict(zip(self.names, sums / count))
 
 
 class GenerativeModel(L.LightningModule):
