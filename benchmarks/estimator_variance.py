@@ -17,7 +17,7 @@ import torch
 from vaelab.building import instantiate_model, instantiate_plain
 from vaelab.config import compose_config
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
-from vaelab.train import train
+from vaelab.training import train
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ The model is the IWAE paper's VAE (tanh MLP 784-200-200-50, Bernoulli output) on
 MNIST, batch 100, Adam 1e-3. The plain loops are written here from scratch (no vaelab code): "plain" is the
 textbook loop with torch's default Adam, "plain+fused" the same with Adam(fused=True), the
 optimizer vaelab uses by default, so that line shows the framework's own overhead. Ours is
-`vaelab.train.train` with its default callbacks (progress bar included) and CSV logger, exactly as
+`vaelab.training.train` with its default callbacks (progress bar included) and CSV logger, exactly as
 `python train.py data=binarized_mnist` runs it.
 
 This machine's speed drifts by ±15% from one minute to the next, more than the difference being
@@ -133,7 +133,7 @@ def main() -> None:
 
     import vaelab.building as building
     from vaelab.config import compose_config
-    from vaelab.train import train
+    from vaelab.training import train
 
     data = load(args.data)
     timer = PairedTimer(

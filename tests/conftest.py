@@ -36,10 +36,13 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
     raw.mkdir(parents=True)
     fashion = root / "fashion"
     fashion.mkdir()
+    # Grey images around four prototypes (a model can learn them, as it can a real data set's).
+    prototypes = rng.integers(0, 2, (4, 28, 28)) * 200
     for folder, compress in ((raw, False), (fashion, True)):
         for prefix, n in (("train", 80), ("t10k", 20)):
             suffix = ".gz" if compress else ""
-            write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)), compress)
+            images = prototypes[rng.integers(0, 4, n)] + rng.integers(0, 56, (n, 28, 28))
+            write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, compress)
             write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (n,)), compress)
     images = root / "images"
     images.mkdir()

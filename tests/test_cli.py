@@ -170,7 +170,7 @@ def test_a_failed_job_does_not_end_the_sweep(tmp_path):
 
 CRASHING_TRAIN = '''"""train.py whose training step crashes, as running out of memory does, when model.beta is 2."""
 from vaelab.models import VAE
-from vaelab.train import main
+from vaelab.training import main
 
 step = VAE.training_step
 
@@ -230,7 +230,7 @@ NOISELESS_TRAIN = """
 from vaelab.distributions import DiagonalGaussian
 
 DiagonalGaussian.rsample = lambda self, num_samples=None: self.mu  # z = mu: no sampling noise
-from vaelab.train import main
+from vaelab.training import main
 
 main()
 """
@@ -250,8 +250,9 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         "trainer.enable_progress_bar=false",
         "seed=3",
         "test=false",
+        "trainer.log_every_n_steps=4",
     ]
-    elbo = {}
+    elbo, per_step = {}, {}
     for devices in (1, 2):
         run = tmp_path / f"d{devices}"
         result = run_cli(
@@ -262,7 +263,10 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         assert result.returncode == 0, result.stderr[-2000:]
         rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
         elbo[devices] = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]
+        # The per-step curve is the global batch's mean, not rank 0's half of it.
+        per_step[devices] = {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
         steps = [int(r["step"]) for r in rows if r.get("val/elbo")][-1]
         assert steps == 3 * 512 // 64 - 1  # the same number of optimizer steps: the batch is global
     assert elbo[1][-1] > elbo[1][0] + 1  # it trained
     assert elbo[2] == pytest.approx(elbo[1], abs=1e-3), elbo
+    assert len(per_step[1]) == 6 and per_step[2] == pytest.approx(per_step[1], abs=1e-3), per_step

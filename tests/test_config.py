@@ -11,7 +11,7 @@ import yaml
 import vaelab.building as building
 from vaelab.config import compose_config
 from vaelab.errors import UserError
-from vaelab.train import train
+from vaelab.training import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = [
@@ -62,12 +62,15 @@ def data_overrides(group: str, option: str, files: dict) -> list[str]:
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE
     if group == "experiment":
         # The IWAE-paper experiments evaluate with k = 5000 on the test split: cut for the test.
+        # Each experiment's data set is the tests' own small file of its format, never a data set
+        # installed on the machine (a fresh clone has none).
         extra = ["model.test_k=5"] if option.startswith("iwae_paper") else []
-        return (
-            [f"data.path={files['binarized_mnist']}", *extra]
-            if "path" in compose_config([f"experiment={option}"], "/tmp/unused").data
-            else extra
-        )
+        data = compose_config([f"experiment={option}"], "/tmp/unused").data
+        if "path" in data:
+            return [f"data.path={files['binarized_mnist']}", *extra]
+        if "root" in data:
+            return [*data_overrides("data", data.name, files), *extra]
+        return extra
     if (group, option) == ("data", "binarized_mnist"):
         return [f"data.path={files['binarized_mnist']}"]
     if (group, option) == ("data", "mnist"):
@@ -128,7 +131,7 @@ def test_every_option_composes_and_runs(group, option, tmp_path, data_files, mon
             "callbacks.disentanglement.num_points=200",
             "callbacks.disentanglement.dci_points=50",
         ]
-    if (group, option) in (("data", "fashion_mnist"), ("data", "image_folder")):
+    if any(o in overrides for o in (f"data.root={data_files['fashion']}", f"data.path={data_files['images']}")):
         overrides.append("trainer.max_epochs=4")  # their test files are noise: the bound improves more slowly
     cfg = compose_config(overrides, tmp_path / "run")
     if (group, option) in NEEDS_DOWNLOAD:
@@ -407,7 +410,7 @@ BAD_VALUES = [
         ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,interval:batch}"],
         "model.scheduler.interval must be epoch or step, got 'batch'",
     ),
-    (["+trainer.gradient_clip_algorithm=abs"], "trainer.gradient_clip_algorithm must be norm or value, got 'abs'"),
+    (["trainer.gradient_clip_algorithm=abs"], "trainer.gradient_clip_algorithm must be norm or value, got 'abs'"),
     (["callbacks.image_grids.num_images=1"], "callbacks.image_grids.num_images must be a whole number ≥ 2, got 1"),
     (
         ["callbacks.image_grids.every_n_epochs=0"],
@@ -479,6 +482,317 @@ BAD_VALUES = [
     (
         ["model=beta_vae", "kl_schedule=capacity", "trainer.max_epochs=-1"],
         "kl_schedule.epochs must be > 0, got -1 (it follows trainer.max_epochs); set kl_schedule.steps=<N>",
+    ),
+    # A setting that cannot change the run: refused, naming what reads it.
+    (
+        ["kl_schedule=linear"],
+        "kl_schedule=linear has no effect on model=vae: only model=beta_vae reads kl_schedule; "
+        "use model=beta_vae kl_schedule=linear, or leave kl_schedule at its default (kl_schedule=constant)",
+    ),
+    (["model=iwae", "kl_schedule=cyclical"], "kl_schedule=cyclical has no effect on model=iwae: only model=beta_vae"),
+    (["model=beta_tcvae", "kl_schedule=capacity"], "kl_schedule=capacity has no effect on model=beta_tcvae"),
+    (["model=vqvae", "kl_schedule=linear"], "kl_schedule=linear has no effect on model=vqvae"),
+    (
+        ["experiment=reproduce_mnist_vae", "model=iwae"],
+        "kl_schedule=linear has no effect on model=iwae: only model=beta_vae reads kl_schedule",
+    ),
+    (
+        ["model=iwae", "model.beta=8"],
+        "model.beta has no effect on model=iwae: the importance-weighted bound has no KL term to weigh; "
+        "drop model.beta (model=beta_vae weighs the KL)",
+    ),
+    (
+        ["model=beta_vae", "kl_schedule=capacity", "model.beta=8"],
+        "model.beta has no effect with kl_schedule=capacity, whose KL weight is kl_schedule.gamma; "
+        "drop model.beta or set kl_schedule.gamma=<weight>",
+    ),
+    (
+        ["model.baseline_decay=0.9"],
+        "model.baseline_decay has no effect with model.estimator=reparam: it is the score-function estimator's "
+        "baseline; set model.estimator=score_function or drop model.baseline_decay",
+    ),
+    (
+        ["model=iwae", "model.baseline_decay=0.9"],
+        "model.baseline_decay has no effect on model=iwae, which trains with reparameterized gradients only; "
+        "drop model.baseline_decay",
+    ),
+    (
+        ["model=beta_tcvae", "model.baseline_decay=0.9"],
+        "model.baseline_decay has no effect on model=beta_tcvae, which trains with reparameterized gradients only",
+    ),
+    (
+        ["prior.vqvae_ckpt=/tmp/vqvae.ckpt"],
+        "prior.vqvae_ckpt=/tmp/vqvae.ckpt has no effect on model=vae: only model=vqvae_prior reads prior.vqvae_ckpt; "
+        "drop prior.vqvae_ckpt=/tmp/vqvae.ckpt or use model=vqvae_prior",
+    ),
+    (
+        ["model=vqvae", "net=conv"],
+        "net=conv has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae and vae read net; "
+        "use net=conv with model=beta_tcvae, beta_vae, iwae or vae, or leave net at its default (net=mlp)",
+    ),
+    (
+        ["model=vqvae", "size.latent_dim=8"],
+        "size.latent_dim=8 has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae and vae read "
+        "size.latent_dim; drop size.latent_dim=8 or use one of them",
+    ),
+    (
+        ["size.vq_hidden=100"],
+        "size.vq_hidden=100 has no effect on model=vae: only model=vqvae reads size.vq_hidden; "
+        "drop size.vq_hidden=100 or use model=vqvae",
+    ),
+    (
+        ["net=conv", "size.hidden_dims=[64]"],
+        "size.hidden_dims=[64] has no effect on net=conv: only net=mlp reads size.hidden_dims",
+    ),
+    (
+        ["net=betavae_conv", "data=synthetic", "data.image_shape=[1,32,32]", "size.channels=[8,8]"],
+        "size.channels=[8, 8] has no effect on net=betavae_conv: only net=conv reads size.channels",
+    ),
+    (
+        ["paths.data_dir=/tmp/elsewhere"],
+        "paths.data_dir=/tmp/elsewhere has no effect on data=digits: only data=binarized_mnist, celeba, cifar10, "
+        "fashion_mnist and mnist read paths.data_dir",
+    ),
+    (
+        ["data=mnist", "data.root=/tmp", "paths.data_dir=/tmp/elsewhere"],
+        "paths.data_dir=/tmp/elsewhere has no effect on data=mnist: this run gives data.root itself, which "
+        "data=mnist reads from paths.data_dir otherwise; drop paths.data_dir=/tmp/elsewhere",
+    ),
+    (
+        ["+likelihood.sigma=0.5"],
+        "likelihood.sigma has no effect with likelihood=bernoulli: it is a setting of likelihood=gaussian; "
+        "drop likelihood.sigma or choose likelihood=gaussian",
+    ),
+    (
+        ["likelihood=gaussian", "+likelihood.temperature=2"],
+        "likelihood.temperature is not a setting of likelihood=gaussian (it takes sigma, learn_sigma and "
+        "num_levels); drop it",
+    ),
+    (
+        ["+net.kernel=4"],
+        "net.kernel has no effect with net.kind=mlp (it takes hidden_dims and activation); "
+        "drop net.kernel or choose net=conv",
+    ),
+    (
+        ["net=conv", "+net.hidden_dims=[10]"],
+        "net.hidden_dims has no effect with net.kind=conv (it takes channels, activation, kernel and dense); "
+        "drop net.hidden_dims or choose net=mlp",
+    ),
+    (
+        ["model=beta_vae", "kl_schedule=linear", "kl_schedule.warmup_steps=100", "kl_schedule.warmup_epochs=5"],
+        "kl_schedule.warmup_epochs has no effect when kl_schedule.warmup_steps is set; "
+        "give one of them (kl_schedule.warmup_epochs=null)",
+    ),
+    (
+        ["model=beta_vae", "+kl_schedule.warmup_steps=10"],
+        "kl_schedule.warmup_steps is not a setting of kl_schedule=constant, which takes none; drop it",
+    ),
+    (
+        ["model=beta_vae", "kl_schedule=cyclical", "+kl_schedule.warmup_steps=10"],
+        "kl_schedule.warmup_steps is not a setting of kl_schedule=cyclical (it takes total_steps, total_epochs, "
+        "cycles and ratio); drop it",
+    ),
+    (
+        ["data=celeba", "data.val_size=100"],
+        "data.val_size has no effect on data=celeba, which has its own validation split; drop data.val_size",
+    ),
+    (
+        ["data=dsprites", "data.path=/tmp/dsprites.npz", "data.num_scales=3"],
+        "data.num_scales has no effect with data.path set: the file's factors make the grid; "
+        "drop data.num_scales, or set data.path=null to draw the images",
+    ),
+    (
+        ["likelihood=gaussian", "data.binarize=dynamic"],
+        "data.binarize=dynamic has no effect with likelihood=gaussian: a continuous likelihood sees dequantized "
+        "pixels; drop data.binarize or choose likelihood=bernoulli",
+    ),
+    (
+        ["data=synthetic", "data.binarize=dynamic"],
+        "data.binarize=dynamic has no effect on binary images (data.num_levels=2); drop data.binarize",
+    ),
+    (
+        ["data.likelihood=gaussian"],
+        "data.likelihood=gaussian but likelihood.name=bernoulli: the data must be prepared for the model's "
+        "likelihood; drop data.likelihood (it follows likelihood.name)",
+    ),
+    (
+        ["model=vqvae", "model.quantizer.update=loss", "model.quantizer.decay=0.9"],
+        "model.quantizer.decay has no effect with model.quantizer.update=loss (it is the rate of the EMA codebook "
+        "updates); drop it or set model.quantizer.update=ema",
+    ),
+    (
+        ["model=vqvae", "model.quantizer.kmeans_init=false", "model.quantizer.kmeans_iterations=3"],
+        "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
+        "drop it or set model.quantizer.kmeans_init=true",
+    ),
+    (
+        ["callbacks.encoder_gradient_variance.batch_size=10"],
+        "callbacks.encoder_gradient_variance.batch_size has no effect while "
+        "callbacks.encoder_gradient_variance.num_draws=0 (off); set callbacks.encoder_gradient_variance.num_draws=<N>",
+    ),
+    (
+        ["callbacks=[default,disentanglement]", "data=dsprites_small", "test=false"],
+        "callbacks.disentanglement scores the test split after fitting, which test=false skips; "
+        "set test=true or callbacks.disentanglement.every_n_epochs=<N>",
+    ),
+    (
+        ["model.test_k=5", "test=false"],
+        "model.test_k reports a bound on the test split, which test=false skips; set test=true or model.test_k=0",
+    ),
+    (
+        ["callbacks.learning_rate_monitor.logging_interval=step"],
+        "callbacks.learning_rate_monitor.logging_interval has no effect without model.scheduler "
+        "(the monitor is left out when there is no schedule to follow); set model.scheduler or drop it",
+    ),
+    (
+        ["trainer.enable_progress_bar=false", "callbacks.progress_bar.refresh_rate=1"],
+        "callbacks.progress_bar.refresh_rate has no effect with trainer.enable_progress_bar=false; "
+        "drop it or set trainer.enable_progress_bar=true",
+    ),
+    (
+        ["trainer.enable_model_summary=false", "callbacks.model_summary.max_depth=2"],
+        "callbacks.model_summary.max_depth has no effect with trainer.enable_model_summary=false",
+    ),
+    (
+        ["trainer.gradient_clip_algorithm=value"],
+        "trainer.gradient_clip_algorithm has no effect without trainer.gradient_clip_val; "
+        "set trainer.gradient_clip_val=<limit> or drop it",
+    ),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,monitor:val/loss}"],
+        "model.scheduler.monitor has no effect on StepLR: only ReduceLROnPlateau follows a metric; "
+        "drop model.scheduler.monitor",
+    ),
+    (
+        ["trainer.use_distributed_sampler=true"],
+        "trainer.use_distributed_sampler=true would shard batches that the data modules already share out "
+        "across processes; leave it false",
+    ),
+    (["callbacks.image_grids.dirpath=5"], "callbacks.image_grids.dirpath must be a string, got 5"),
+    (
+        ["experiment=reproduce_mnist_vae", "model.scheduler.T_max=abc"],
+        "model.scheduler.T_max must be a whole number, got 'abc'",
+    ),
+    (["+data.batchsize=10"], "data.batchsize is not a setting of data=digits (did you mean data.batch_size?); drop it"),
+    (["+data.colour=true"], "data.colour is not a setting of data=digits; drop it"),
+    (["+model.latentdim=3"], "model.latentdim is not a setting of model=vae (did you mean model.latent_dim?); drop it"),
+    (["model=vqvae", "+model.test_k=5"], "model.test_k is not a setting of model=vqvae; drop it"),
+    # A _target_ that cannot be imported, and arguments its class does not take, before anything is built.
+    (
+        ["model.optimizer._target_=torch.optim.Adamm"],
+        "model.optimizer._target_=torch.optim.Adamm cannot be imported (torch.optim has no Adamm; "
+        "did you mean Adam?); give the module.name of a class or function",
+    ),
+    (
+        ["model.optimizer._target_=nosuchpackage.Adam"],
+        "model.optimizer._target_=nosuchpackage.Adam cannot be imported (there is no module nosuchpackage)",
+    ),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLRR,_partial_:true,step_size:1}"],
+        "model.scheduler._target_=torch.optim.lr_scheduler.StepLRR cannot be imported "
+        "(torch.optim.lr_scheduler has no StepLRR; did you mean StepLR?)",
+    ),
+    (
+        ["experiment=iwae_paper", "model.scheduler.lr_lambda._target_=vaelab.schedules.IWAELR"],
+        "model.scheduler.lr_lambda._target_=vaelab.schedules.IWAELR cannot be imported",
+    ),
+    (
+        ["callbacks.image_grids._target_=vaelab.callbacks.ImageGrid"],
+        "callbacks.image_grids._target_=vaelab.callbacks.ImageGrid cannot be imported "
+        "(vaelab.callbacks has no ImageGrid; did you mean ImageGrids?)",
+    ),
+    (
+        ["logger.csv._target_=lightning.pytorch.loggers.CSVLoggerr"],
+        "logger.csv._target_=lightning.pytorch.loggers.CSVLoggerr cannot be imported",
+    ),
+    (["data._target_=vaelab.data.Digits"], "data._target_=vaelab.data.Digits cannot be imported"),
+    (["trainer._target_=lightning.Trainerr"], "trainer._target_=lightning.Trainerr cannot be imported"),
+    (
+        ["+model.optimizer.momentum=0.9"],
+        "model.optimizer.momentum is not an argument of torch.optim.Adam; drop it",
+    ),
+    (
+        ["model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma_:2}"],
+        "model.scheduler.gamma_ is not an argument of torch.optim.lr_scheduler.StepLR "
+        "(did you mean model.scheduler.gamma?); drop it",
+    ),
+    (
+        ["+likelihood.temperature=2"],
+        "likelihood.temperature is not a setting of likelihood=bernoulli, which takes none; drop it",
+    ),
+    # Lightning's trainer arguments (+trainer.<name>=...), checked against lightning.Trainer.
+    (
+        ["+trainer.max_epoch=3"],
+        "trainer.max_epoch is not an argument of lightning.Trainer (did you mean trainer.max_epochs?); drop it",
+    ),
+    (["+trainer.min_epochs=abc"], "trainer.min_epochs must be a whole number or null, got 'abc'"),
+    (["+trainer.benchmark=maybe"], "trainer.benchmark must be true, false or null, got 'maybe'"),
+    (["+trainer.sync_batchnorm=maybe"], "trainer.sync_batchnorm must be true or false, got 'maybe'"),
+    (["+trainer.num_sanity_val_steps=-5"], "trainer.num_sanity_val_steps must be a whole number ≥ -1, got -5"),
+    (
+        ["+trainer.reload_dataloaders_every_n_epochs=-1"],
+        "trainer.reload_dataloaders_every_n_epochs must be a whole number ≥ 0, got -1",
+    ),
+    (
+        ["+trainer.val_check_interval=abc"],
+        "trainer.val_check_interval must be a fraction of an epoch in (0, 1], a whole number of batches ≥ 1 "
+        "or a time such as 00:01:30:00 (DD:HH:MM:SS), got 'abc'",
+    ),
+    (
+        ["+trainer.max_time=abc"],
+        "trainer.max_time must be a time such as 00:12:00:00 (DD:HH:MM:SS) or "
+        "{days: D, hours: H, minutes: M, seconds: S}, got 'abc'",
+    ),
+    (
+        ["+trainer.logger=false"],
+        "trainer.logger is made from the logger group; choose logger=<name> (logger=none for none) "
+        "and drop trainer.logger",
+    ),
+    (
+        ["+trainer.callbacks=[]"],
+        "trainer.callbacks is made from the callbacks group; choose callbacks=[...] (callbacks=none for none) "
+        "and drop trainer.callbacks",
+    ),
+    (["+trainer.plugins=[]"], "trainer.plugins is vaelab's (its checkpoint writer); drop trainer.plugins"),
+    (
+        ["+trainer.enable_checkpointing=false"],
+        "trainer.enable_checkpointing=false but callbacks.model_checkpoint and callbacks.last_checkpoint write "
+        "checkpoints; drop them (~callbacks.model_checkpoint ~callbacks.last_checkpoint) "
+        "or trainer.enable_checkpointing",
+    ),
+    (
+        ["+trainer.barebones=true"],
+        "trainer.barebones=true turns off the checkpoints, loggers and progress bar that vaelab's runs use; "
+        "drop it (callbacks=none logger=none make a lean run)",
+    ),
+    (
+        ["callbacks.learning_rate_monitor.logging_interval=hour"],
+        "callbacks.learning_rate_monitor.logging_interval must be step, epoch or null, got 'hour'",
+    ),
+    (
+        ["callbacks.model_checkpoint.save_last=maybe"],
+        "callbacks.model_checkpoint.save_last must be true, false, link or null, got 'maybe'",
+    ),
+    # Seeds: integers from 0 to 2^32 - 1, as the run's own.
+    (["data.seed=abc"], "data.seed must be an integer from 0 to 4294967295, got 'abc'"),
+    (["data.seed=-1"], "data.seed must be an integer from 0 to 4294967295, got -1"),
+    (["data.seed=1.5"], "data.seed must be an integer from 0 to 4294967295, got 1.5"),
+    (["data=dsprites_small", "data.split_seed=abc"], "data.split_seed must be an integer from 0 to 4294967295"),
+    (["model=vqvae", "model.quantizer.seed=-3"], "model.quantizer.seed must be an integer from 0 to 4294967295"),
+    (
+        ["callbacks=[default,disentanglement]", "data=dsprites_small", "callbacks.disentanglement.seed=x"],
+        "callbacks.disentanglement.seed must be an integer from 0 to 4294967295, got 'x'",
+    ),
+    # A callback refused for a model it does not apply to, before training.
+    (
+        ["model=vqvae", "callbacks.encoder_gradient_variance.num_draws=5"],
+        "callbacks.encoder_gradient_variance measures the encoder gradient of a model with q(z|x), and model=vqvae "
+        "has none; set callbacks.encoder_gradient_variance.num_draws=0",
+    ),
+    (
+        ["model=vqvae", "callbacks=[default,disentanglement]", "data=dsprites_small"],
+        "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) (a VQ-VAE): "
+        "drop the callback",
     ),
 ]
 
@@ -555,6 +869,11 @@ def test_docs_errors_lists_every_mistake_of_these_tables():
     def documented(command: str, message: str) -> bool:
         return any(command in row and message.replace("|", "/") in row for row in rows)
 
-    missing = [" ".join(o) for o, m in BAD_VALUES if not documented(f"| `{' '.join(o)}` |", m)]
-    missing += [" ".join(o) for o, m in EVAL_BAD_VALUES if not documented(f" {' '.join(o)}` |", m)]
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from error_table import typed  # the rows as they are typed at a shell prompt
+
+    missing = [" ".join(o) for o, m in BAD_VALUES if not documented(f"| `{typed(o)}` |", m)]
+    missing += [" ".join(o) for o, m in EVAL_BAD_VALUES if not documented(f" {typed(o)}` |", m)]
     assert not missing, f"run benchmarks/error_table.py and paste its table into docs/errors.md: {missing}"

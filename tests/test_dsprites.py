@@ -275,7 +275,7 @@ def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
     from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
     from vaelab.config import compose_config
     from vaelab.disentanglement import disentanglement_metrics, mig, posterior_means
-    from vaelab.train import train
+    from vaelab.training import train
 
     overrides = [
         "data=dsprites_small",
@@ -324,7 +324,7 @@ def test_a_training_run_logs_the_disentanglement_of_its_best_model(tmp_path):
 
 def test_the_disentanglement_callback_on_data_without_factors_is_refused_before_training(tmp_path):
     from vaelab.config import compose_config
-    from vaelab.train import train
+    from vaelab.training import train
 
     overrides = ["data=digits", "callbacks=[default,disentanglement]", "trainer.enable_progress_bar=false"]
     with pytest.raises(UserError, match="needs data with ground-truth factors"):

@@ -19,7 +19,7 @@ from vaelab.metrics import ReconstructionQuality, evaluate_split, evaluate_vq_sp
 from vaelab.models import VAE
 from vaelab.pictures import factor_labels, grid, manifold, save_labelled_rows, slerp, traversals, upscale_factor
 from vaelab.report import main as report_main
-from vaelab.train import train
+from vaelab.training import train
 
 QUICK = ["trainer.max_epochs=3", "trainer.enable_progress_bar=false", "data=synthetic"]
 

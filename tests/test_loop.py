@@ -8,7 +8,7 @@ import torch
 import vaelab.building as building
 from vaelab.building import instantiate_model
 from vaelab.config import compose_config
-from vaelab.train import train
+from vaelab.training import train
 
 QUICK = ["data=synthetic", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "test=false"]
 STEPS_PER_EPOCH = 512 // 64  # data=synthetic

@@ -11,7 +11,7 @@ from vaelab.checkpoints import check_resume_checkpoint, export_weights, load_che
 from vaelab.config import compose_config
 from vaelab.errors import UserError
 from vaelab.eval import evaluate_checkpoint
-from vaelab.train import train
+from vaelab.training import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # The README's "Reproduced results" rows, each an experiment= config with its weights.

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vaelab.config import compose_config
-from vaelab.train import train
+from vaelab.training import train
 
 QUICK = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "trainer.limit_val_batches=1"]
 DIGITS_STEPS_PER_EPOCH = 1437 // 32  # digits: 1437 training images, batch 32, the last partial batch dropped

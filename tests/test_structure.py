@@ -100,11 +100,11 @@ def test_lower_layers_do_not_import_the_command_line_layer(layer):
     graph = import_graph()
     for module, imports in graph.items():
         if module == layer or module.startswith(layer + "."):
-            assert not imports & {"vaelab.train", "vaelab.eval"}, (module, imports)
+            assert not imports & {"vaelab.training", "vaelab.eval"}, (module, imports)
 
 
 def test_train_py_reads_as_one_story_under_200_lines():
-    assert len((SRC / "vaelab" / "train.py").read_text().splitlines()) < 200
+    assert len((SRC / "vaelab" / "training.py").read_text().splitlines()) < 200
 
 
 def vaelab_names_used(path: Path) -> list[tuple[str, str]]:
@@ -131,3 +131,39 @@ def test_the_benchmarks_use_only_names_that_exist(path):
     for module, name in vaelab_names_used(path):
         imported = importlib.import_module(module)
         assert hasattr(imported, name) or importlib.util.find_spec(f"{module}.{name}"), f"{path.name}: {module}.{name}"
+
+
+def test_only_the_model_contract_imports_the_training_loop():
+    """Models build on ``GenerativeModel`` (vaelab.models.base); the loop's internals are its own."""
+    graph = import_graph()
+    importers = {module for module, imports in graph.items() if "vaelab.loop" in imports}
+    assert importers == {"vaelab.models.base"}, importers
+
+
+def test_a_model_cannot_override_the_loop():
+    from vaelab.models import VAE
+
+    with pytest.raises(TypeError, match="overrides the training loop's training_step"):
+        type("Custom", (VAE,), {"training_step": lambda self, batch, batch_idx: None})
+
+
+def hasattr_calls(path: Path) -> list[str]:
+    """The source of every ``hasattr(...)`` call in ``path``."""
+    text = path.read_text()
+    return [
+        ast.get_source_segment(text, node)
+        for node in ast.walk(ast.parse(text))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "hasattr"
+    ]
+
+
+def test_nothing_outside_the_models_asks_hasattr_about_a_model():
+    """Model families are told apart by the protocols of vaelab.models.base (LatentVariableModel,
+    CodebookModel), not by asking whether a model has some part."""
+    model_words = ("model", "module", "cls")
+    for path in sorted((SRC / "vaelab").rglob("*.py")):
+        if "models" in path.relative_to(SRC).parts or path.name == "loop.py":
+            continue
+        for call in hasattr_calls(path):
+            subject = call.removeprefix("hasattr(").split(",")[0]
+            assert not any(word in subject for word in model_words), f"{path.name}: {call}"

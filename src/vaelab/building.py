@@ -108,7 +108,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     """One callback per entry of ``callbacks`` (conf/callbacks/*.yaml), less those switched off."""
-    callbacks = [hydra.utils.instantiate(node, _convert_="all") for node in (cfg.get("callbacks") or {}).values()]
+    nodes = [node for node in (cfg.get("callbacks") or {}).values() if node is not None]  # callbacks.<name>=null: off
+    callbacks = [hydra.utils.instantiate(node, _convert_="all") for node in nodes]
     # A callback switched off by its settings is left out: Lightning calls every hook of every
     # callback at every step, ~1% of a small model's speed per callback (measured).
     callbacks = [c for c in callbacks if getattr(c, "active", True)]

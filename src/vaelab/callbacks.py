@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from torchvision.utils import save_image
 
 from vaelab.checks import require
+from vaelab.models.base import LatentVariableModel
 from vaelab.pictures import grid as image_grid
 
 if TYPE_CHECKING:
@@ -105,6 +106,14 @@ class EncoderGradientVariance(L.Callback):
         self.num_draws, self.batch_size, self.every_n_epochs = num_draws, batch_size, every_n_epochs
         self.active = num_draws > 0  # when off, train() leaves it out (see build_callbacks)
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before any training (vaelab.config refuses it earlier for a run from a config).
+        require(
+            isinstance(pl_module, LatentVariableModel),
+            "callbacks.encoder_gradient_variance measures the encoder gradient of a model with q(z|x), and "
+            f"{type(pl_module).__name__} has none; set callbacks.encoder_gradient_variance.num_draws=0",
+        )
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch % self.every_n_epochs:
             return
@@ -152,7 +161,7 @@ class DisentanglementScores(L.Callback):
             f"{name} has none: drop the callback",
         )
         require(
-            hasattr(pl_module, "posterior"),
+            isinstance(pl_module, LatentVariableModel),
             "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
             "(a VQ-VAE): drop the callback",
         )

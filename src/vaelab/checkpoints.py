@@ -3,11 +3,11 @@ keep a run from writing over another or resuming from the wrong model."""
 
 from __future__ import annotations
 
+import importlib
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import hydra
 import torch
 
 import vaelab
@@ -31,6 +31,11 @@ def load_checkpoint(path: str) -> dict:
             f"{path} is not a readable checkpoint ({str(e).splitlines()[0][:80]}); "
             "it may be truncated: use another checkpoint (last.ckpt or best.ckpt)"
         ) from None
+    except ModuleNotFoundError as e:  # a variant's hyperparameters pickled with objects of its own module
+        raise UserError(
+            f"{path} holds objects of module {e.name}, which cannot be imported; put the folder of that "
+            "module on PYTHONPATH, as when it was trained"
+        ) from None
     except Exception as e:  # unpickling arbitrary bytes raises many kinds
         raise UserError(
             f"{path} is not a PyTorch checkpoint ({e.__class__.__name__}); give a .ckpt written by train.py"
@@ -51,7 +56,23 @@ def model_from_checkpoint(checkpoint: dict) -> L.LightningModule:
         "the checkpoint's Gaussian likelihood was trained on data that were not dequantized (vaelab before "
         "data.num_levels); its bits/dim would not be a bound: retrain it with this version",
     )
-    cls = hydra.utils.get_class(config["model"]["_target_"])
+    target = str(config["model"]["_target_"])
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise  # the module is there but imports something missing: its traceback says what
+        raise UserError(
+            f"the checkpoint's model class {target} cannot be imported; put the folder of its module on "
+            "PYTHONPATH, as when it was trained"
+        ) from None
+    cls = getattr(module, name, None)
+    require(
+        isinstance(cls, type),
+        f"the checkpoint's model class {target} is not in {module.__file__}; put the folder of the module "
+        "it was trained with on PYTHONPATH",
+    )
     model = cls(**checkpoint["hyper_parameters"])
     try:
         model.load_state_dict(checkpoint["state_dict"])
@@ -133,10 +154,10 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         "checkpoints/last.ckpt, or start a new run",
     )
     max_epochs = config["trainer"].get("max_epochs")
-    if max_epochs not in (None, -1) and checkpoint.get("epoch", 0) >= max_epochs:
+    if max_epochs not in (None, -1) and epochs_trained(checkpoint) >= max_epochs:
         raise UserError(
-            f"{path} is at epoch {checkpoint['epoch']} and trainer.max_epochs={max_epochs}: nothing is "
-            "left to train; raise trainer.max_epochs"
+            f"{path} has trained {epochs_trained(checkpoint)} epochs and trainer.max_epochs={max_epochs}: nothing "
+            "is left to train; raise trainer.max_epochs"
         )
     major = lambda version: str(version).split(".")[0]  # noqa: E731
     if major(saved.get("version")) != major(vaelab.__version__):
@@ -151,6 +172,23 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
             f"data order and noise would change; resume with seed={saved_config['seed']} (or seed=null)"
         )
     ours, theirs = config["model"], saved_config.get("model", {})
+    # New optimizer settings and schedules are applied on resume (GenerativeModel.apply_new_settings);
+    # another optimizer class could not take the saved optimizer state.
+    our_optimizer, their_optimizer = (
+        (ours.get("optimizer") or {}).get("_target_"),
+        (theirs.get("optimizer") or {}).get("_target_"),
+    )
+    their_amsgrad = (theirs.get("optimizer") or {}).get("amsgrad", False)
+    if (ours.get("optimizer") or {}).get("amsgrad", False) != their_amsgrad:
+        raise UserError(
+            f"model.optimizer.amsgrad changes what the optimizer keeps, and {path} was trained with "
+            f"amsgrad={their_amsgrad}; resume with model.optimizer.amsgrad={their_amsgrad}, or start a new run"
+        )
+    if their_optimizer and our_optimizer != their_optimizer:
+        raise UserError(
+            f"model.optimizer._target_={our_optimizer}: {path} was trained with {their_optimizer}, whose state a "
+            f"resumed run continues; resume with model.optimizer._target_={their_optimizer}, or start a new run"
+        )
     check_schedule_length(
         ours.get("kl_schedule") or {},
         theirs.get("kl_schedule") or {},
@@ -168,6 +206,13 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
             f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
             "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)"
         )
+
+
+def epochs_trained(checkpoint: dict) -> int:
+    """Epochs whose batches were all trained: the checkpoint's epoch, plus one when it was written
+    at that epoch's end."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current")
+    return int(progress["processed"]) if progress else int(checkpoint.get("epoch", 0))
 
 
 def check_schedule_length(ours: dict, theirs: dict, max_epochs: int | None, their_max_epochs: int | None) -> None:

@@ -5,6 +5,7 @@ the copies of it a run keeps."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.resources
 import os
@@ -17,8 +18,11 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.checkpoints import load_checkpoint, resolve_ckpt_path
+from vaelab.app import CONFIG_DIR, command_line_overrides
+from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS, load_checkpoint, resolve_ckpt_path
 from vaelab.checks import (
+    and_list,
+    check_arguments,
     check_callbacks,
     check_ckpt_path,
     check_data,
@@ -27,27 +31,25 @@ from vaelab.checks import (
     check_optimizer,
     check_scheduler,
     check_seed,
+    check_seeds,
+    check_targets,
     check_trainer,
     flag,
+    group_changed,
+    keyword_parameters,
+    locate,
+    option_files,
+    option_name,
+    plain,
+    references,
     require,
+    set_by_user,
+    train_file,
+    written,
 )
 from vaelab.errors import UserError
-from vaelab.models.base import GenerativeModel
+from vaelab.models.base import GenerativeModel, LatentVariableModel
 from vaelab.models.prior import load_vqvae
-
-
-def find_config_dir() -> str:
-    """The folder of vaelab's Hydra configs: the conf/ of the source tree this code runs from (a
-    checkout or an editable install), else the copy an installed package carries as vaelab.conf.
-    The source tree comes first so that a checkout run with PYTHONPATH=src reads its own configs,
-    not those of another checkout that is installed (editable) in the same environment."""
-    tree = Path(__file__).resolve().parents[2] / "conf"
-    if (tree / "train.yaml").is_file():
-        return str(tree)
-    return str(importlib.resources.files("vaelab.conf"))
-
-
-CONFIG_DIR = find_config_dir()
 
 
 def compose_config(overrides: list[str], output_dir: str, config_name: str = "train") -> DictConfig:
@@ -86,6 +88,14 @@ def choose_seed(cfg: DictConfig) -> None:
 LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "on_device", "overfit_batches")
 
 
+def use_the_models_data(cfg: DictConfig) -> None:
+    """A model whose class names, in ``data_from``, a setting that holds another run's checkpoint
+    trains on that run's data set (the VQ-VAE's prior: ``model.vqvae_ckpt``); see
+    ``use_vqvae_data``."""
+    if model_class(cfg.model._target_).data_from == "vqvae_ckpt":
+        use_vqvae_data(cfg)
+
+
 def use_vqvae_data(cfg: DictConfig) -> None:
     """The prior stage trains on the data set its VQ-VAE was trained on, with the user's loader
     settings (``LOADER_KEYS`` given on the command line) and seed; any other change to ``data`` is
@@ -121,13 +131,6 @@ def command_line_data_keys() -> list[tuple[str, str]]:
         for o in overrides
         if o.key_or_group == "data" or o.key_or_group.startswith("data.")
     ]
-
-
-def command_line_overrides() -> list[str]:
-    """The overrides the run was started with, as typed (none outside a Hydra app)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 @rank_zero_only
@@ -179,20 +182,38 @@ def model_class(target: Any) -> type:
     return cls
 
 
-def check_model(cfg: DictConfig) -> None:
-    """The settings every model has, then the model's own (its class's ``check_config``)."""
+def check_model(cfg: DictConfig) -> type:
+    """The settings every model has, then the model's own (its class's ``check_config``), then that
+    the class takes every key; returns the class."""
     model = cfg.model
     check_optimizer(model.optimizer)
     check_scheduler(model.get("scheduler"))
     for key in ("compile", "channels_last"):
         if key in model:
             flag(model[key], f"model.{key}")
-    model_class(model.get("_target_")).check_config(model, cfg)
+    cls = model_class(model.get("_target_"))
+    cls.check_config(model, cfg)
+    takes = list(keyword_parameters(cls) or ())
+    for key in model:
+        if not key.startswith("_") and key not in RUN_ONLY_MODEL_KEYS and not cls.takes(key):
+            close = difflib.get_close_matches(key, takes, 1)
+            raise UserError(
+                f"model.{key} is not a setting of {model_label(cfg, cls)}"
+                + (f" (did you mean model.{close[0]}?)" if close else "")
+                + "; drop it"
+            )
+    return cls
+
+
+def model_label(cfg: DictConfig, cls: type) -> str:
+    """model=<option> for messages (the class's name for a model with no config file here)."""
+    return f"model={option_name(cfg, 'model') or cls.__name__}"
 
 
 def check_config(cfg: DictConfig) -> None:
     """Every check of a training config; raises the first ``UserError`` found."""
     check_seed(cfg.seed)
+    check_seeds(cfg)
     check_extras(cfg)
     flag(cfg.test, "test")
     require(cfg.nonfinite in ("stop", "skip"), f"nonfinite must be stop or skip, got {cfg.nonfinite!r}")
@@ -207,9 +228,184 @@ def check_config(cfg: DictConfig) -> None:
         f"optimized_metric={metric} is measured on the test split, which test=false skips; "
         "set test=true or optimize a val/ metric",
     )
-    check_data(cfg.data)
-    check_model(cfg)
-    check_trainer(cfg.trainer, cfg.model)
+    check_data(cfg.data, cfg)
+    cls = check_model(cfg)
+    check_trainer(cfg.trainer, cfg.model, cfg)
     check_callbacks(cfg.get("callbacks"))
     check_loggers(cfg.get("logger"))
     check_ckpt_path(cfg.get("ckpt_path"))
+    check_targets(cfg, skip=("model", "data"))  # their classes and keys: check_model, check_data_keys
+    check_data_keys(cfg)
+    check_settings_have_effect(cfg, cls)
+    check_callbacks_apply(cfg, cls)
+
+
+def check_data_keys(cfg: DictConfig) -> None:
+    """Every key of ``data`` is a setting of its data module, of a type it takes (InMemoryDataModule
+    would take and ignore any other key)."""
+    label = option_name(cfg, "data") or cfg.data._target_
+    check_arguments(cfg.data, "data", locate(cfg.data._target_, "data"), f"a setting of data={label}")
+
+
+# -- settings that cannot change the run -----------------------------------------------------------
+
+# The objects a run builds: what their settings interpolate is what the run reads.
+BUILT = ("model", "data", "trainer", "callbacks", "logger")
+# Config groups that reach the run only through interpolations (model.net: ${net}, ...), and
+# groups of keys that do.
+READ_AS_GROUPS = ("kl_schedule", "net", "likelihood", "size")
+READ_AS_KEYS = ("size", "prior", "paths")
+
+
+def read_paths(cfg: DictConfig) -> set[str]:
+    """Every config path that the settings of the built objects interpolate, followed through the
+    values they reach (model.net is ${net}, whose hidden_dims is ${size.hidden_dims})."""
+    read, todo = set(), list(BUILT)
+    while todo:
+        for path in references(written(cfg, todo.pop())) - read:
+            read.add(path)
+            todo.append(path)
+    return read
+
+
+def is_read(path: str, read: set[str]) -> bool:
+    return any(r == path or path.startswith(r + ".") for r in read)
+
+
+def touches(path: str, paths: set[str]) -> bool:
+    """Whether one of ``paths`` is ``path``, or a node above or below it."""
+    return any(p == path or p.startswith(path + ".") or path.startswith(p + ".") for p in paths)
+
+
+def readers(path: str) -> tuple[str, list[str]]:
+    """The first of the groups model, net and data with options whose files read ``path`` (or part
+    of it), and those options."""
+    for group in ("model", "net", "data"):
+        names = [name for name, option in option_files(group).items() if touches(path, references(option))]
+        if names:
+            return group, names
+    return "", []
+
+
+def check_settings_have_effect(cfg: DictConfig, cls: type) -> None:
+    """A group chosen (or changed) or a key set that nothing the run builds reads is refused, with
+    the options that do read it: kl_schedule=linear with model=vae, size.vq_hidden with model=vae,
+    paths.data_dir with data=digits, prior.vqvae_ckpt with model=iwae, ..."""
+    read = read_paths(cfg)
+    model = model_label(cfg, cls)
+    for group in READ_AS_GROUPS:
+        if touches(group, read) or not group_changed(cfg, group):
+            continue
+        label = f"{group}={option_name(cfg, group)}" if option_name(cfg, group) else f"the {group} settings"
+        kind, names = readers(group)
+        use = f"{kind}={names[0]} {label}" if len(names) == 1 else f"{label} with {kind}={and_list(names, 'or')}"
+        default = train_file()["defaults"][group]
+        raise UserError(
+            f"{label} has no effect on {model}: only {kind}={and_list(names)} read{'s' * (len(names) == 1)} "
+            f"{group}; use {use}, or leave {group} at its default ({group}={default})"
+        )
+    for group in READ_AS_KEYS:
+        node = written(cfg, group)
+        for key in node if isinstance(node, dict) else ():
+            path = f"{group}.{key}"
+            if is_read(path, read) or not set_by_user(cfg, path):
+                continue
+            label = f"{path}={plain(OmegaConf.select(cfg, path))}"
+            kind, names = readers(path)
+            if not names:
+                raise UserError(f"{label} has no effect: nothing in vaelab's configs reads {path}; drop it")
+            # The run's own option of that group, when it is itself read: its net, its data.
+            here = option_name(cfg, kind) if kind != "model" and touches(kind, read) else None
+            where = f"{kind}={here}" if here else model
+            if here in names:
+                keys = [f"{kind}.{k}" for k, v in option_files(kind)[here].items() if touches(path, references(v))]
+                raise UserError(
+                    f"{label} has no effect on {where}: this run gives {and_list(keys)} itself, which {where} "
+                    f"reads from {path} otherwise; drop {label}"
+                )
+            also = "one of them" if len(names) > 1 else f"{kind}={names[0]}"
+            raise UserError(
+                f"{label} has no effect on {where}: only {kind}={and_list(names)} read{'s' * (len(names) == 1)} "
+                f"{path}; drop {label} or use {also}"
+            )
+    if "likelihood" in cfg.model and "likelihood" in cfg.data:
+        require(
+            cfg.data.likelihood == cfg.model.likelihood.name,
+            f"data.likelihood={cfg.data.likelihood} but likelihood.name={cfg.model.likelihood.name}: the data "
+            "must be prepared for the model's likelihood; drop data.likelihood (it follows likelihood.name)",
+        )
+
+
+def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
+    """Callbacks that cannot do their work in this run, or whose settings cannot change it."""
+    callbacks = cfg.get("callbacks") or {}
+    trainer = cfg.trainer
+    fast_dev_run = bool(trainer.get("fast_dev_run"))
+    gradients = callbacks.get("encoder_gradient_variance")
+    if gradients is not None and gradients.num_draws > 0:
+        require(
+            issubclass(cls, LatentVariableModel),
+            "callbacks.encoder_gradient_variance measures the encoder gradient of a model with q(z|x), and "
+            f"{model_label(cfg, cls)} has none; set callbacks.encoder_gradient_variance.num_draws=0",
+        )
+    elif gradients is not None:
+        for key in gradients:
+            require(
+                key == "num_draws" or not set_by_user(cfg, f"callbacks.encoder_gradient_variance.{key}"),
+                f"callbacks.encoder_gradient_variance.{key} has no effect while "
+                "callbacks.encoder_gradient_variance.num_draws=0 (off); "
+                "set callbacks.encoder_gradient_variance.num_draws=<N>",
+            )
+    scores = callbacks.get("disentanglement")
+    if scores is not None:
+        # The callback's own check, which it makes again when the run starts (a data file can lack factors).
+        require(
+            issubclass(cls, LatentVariableModel),
+            "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
+            "(a VQ-VAE): drop the callback",
+        )
+        data_class = locate(cfg.data._target_, "data")
+        require(
+            hasattr(data_class, "ground_truth"),
+            "callbacks=[...,disentanglement] needs data with ground-truth factors (such as data=dsprites); "
+            f"{data_class.__name__} has none: drop the callback",
+        )
+        require(
+            scores.every_n_epochs or cfg.test or fast_dev_run,
+            "callbacks.disentanglement scores the test split after fitting, which test=false skips; "
+            "set test=true or callbacks.disentanglement.every_n_epochs=<N>",
+        )
+    monitor = callbacks.get("learning_rate_monitor")
+    if monitor is not None and not (cfg.model.get("scheduler") and cfg.get("logger")):
+        missing = (
+            ("model.scheduler", "there is no schedule to follow", "set model.scheduler")
+            if not cfg.model.get("scheduler")
+            else ("a logger", "there is nowhere to write", "choose logger=<name>")
+        )
+        for key in monitor:
+            require(
+                key == "_target_" or not set_by_user(cfg, f"callbacks.learning_rate_monitor.{key}"),
+                f"callbacks.learning_rate_monitor.{key} has no effect without {missing[0]} (the monitor is left "
+                f"out when {missing[1]}); {missing[2]} or drop it",
+            )
+    for name, switch in (("progress_bar", "enable_progress_bar"), ("model_summary", "enable_model_summary")):
+        node = callbacks.get(name)
+        if node is not None and trainer.get(switch) is False:
+            for key in node:
+                require(
+                    key == "_target_" or not set_by_user(cfg, f"callbacks.{name}.{key}"),
+                    f"callbacks.{name}.{key} has no effect with trainer.{switch}=false; "
+                    f"drop it or set trainer.{switch}=true",
+                )
+    if trainer.get("enable_checkpointing") is False:
+        from lightning.pytorch.callbacks import Checkpoint
+
+        built = {name: locate(node._target_, f"callbacks.{name}") for name, node in callbacks.items() if node}
+        writers = [
+            f"callbacks.{name}" for name, c in built.items() if isinstance(c, type) and issubclass(c, Checkpoint)
+        ]
+        require(
+            not writers,
+            f"trainer.enable_checkpointing=false but {and_list(writers)} write checkpoints; drop them "
+            f"({' '.join('~' + w for w in writers)}) or trainer.enable_checkpointing",
+        )

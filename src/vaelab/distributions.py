@@ -109,6 +109,11 @@ class FullCovGaussian:
         mu, logvar, offdiag = params.split([latent, latent, params.shape[-1] - 2 * latent], dim=-1)
         return cls(mu, logvar, offdiag)
 
+    @property
+    def std(self) -> Tensor:
+        """The marginal standard deviations [..., L]: sqrt of diag(S S^T), the rows' norms of S."""
+        return self.scale_tril.norm(dim=-1)
+
     def detached(self) -> FullCovGaussian:
         copy = object.__new__(FullCovGaussian)
         copy.mu, copy.logvar, copy.scale_tril = self.mu.detach(), self.logvar.detach(), self.scale_tril.detach()

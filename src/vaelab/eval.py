@@ -27,6 +27,7 @@ from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, mutual_information, posterior_means
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
+from vaelab.models.base import CodebookModel, LatentVariableModel
 
 if TYPE_CHECKING:
     from vaelab.data.factors import GroundTruth
@@ -92,7 +93,7 @@ def ground_truth_to_score(
         if cfg.disentanglement is True:
             raise
         truth = None
-    scorable = not is_vq and hasattr(model, "posterior")
+    scorable = isinstance(model, LatentVariableModel)
     if cfg.disentanglement is True:
         require(
             truth is not None,
@@ -141,7 +142,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     )
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
-    is_vq = hasattr(model, "quantizer") or hasattr(model, "vqvae")
+    is_vq = isinstance(model, CodebookModel)
     truth = ground_truth_to_score(cfg, datamodule, model, is_vq)
     if is_vq:
         results = evaluate_vq_split(
@@ -231,7 +232,7 @@ def draw_vq_pictures(model: VQVAE | CodePrior, split: Split, out: Path, num_imag
     }
     for name, image in images.items():
         save_image(image, folder / f"{name}.png")
-    quantizer = (model.vqvae if hasattr(model, "vqvae") else model).quantizer
+    quantizer = model.vq.quantizer
     usage_histogram(quantizer.usage.cpu(), quantizer.dead_threshold, folder / "codebook_usage.png")
     images["codebook_usage"] = read_png(folder / "codebook_usage.png")
     return images

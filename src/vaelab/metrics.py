@@ -177,8 +177,7 @@ def evaluate_vq_split(
     code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
     prior's NLL of the codes, or recon + H'W' log K for the first stage's uniform prior.
     ``progress`` shows a bar on stderr (``Progress``) with the running bound."""
-    prior = model if hasattr(model, "vqvae") else None
-    vq = model.vqvae if prior is not None else model
+    vq = model.vq
     model.eval()
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
@@ -187,18 +186,19 @@ def evaluate_vq_split(
     uniform_code_cost = math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes)
     bar = Progress(progress, len(split), "nll_bound", "NLL bound")
     for x in model_inputs(split, batch_size, dequantize, device, noise):
-        indices = vq.quantizer.indices(vq.encoder(x))
+        indices = vq.encode_to_indices(x)
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))
         quality.update(vq.likelihood.mean(params).clamp(0, 1), x)
         counts += torch.bincount(indices.flatten(), minlength=len(counts)).float()
-        if prior is not None:
-            prior_nll.append(prior.code_nll(indices))
-        bar.update(recon[-1] + (prior_nll[-1] if prior is not None else uniform_code_cost))
+        nll = model.code_nll(indices)
+        learned = nll is not None
+        prior_nll.append(nll if nll is not None else torch.full_like(recon[-1], uniform_code_cost))
+        bar.update(recon[-1] + prior_nll[-1])
     bar.close()
     recon = torch.cat(recon)
     probs = counts / counts.sum()
-    code_cost = torch.cat(prior_nll) if prior is not None else torch.full_like(recon, uniform_code_cost)
+    code_cost = torch.cat(prior_nll)
     nll_bound = recon + code_cost
     dims = math.prod(split.images.shape[1:])
     results = {
@@ -207,7 +207,7 @@ def evaluate_vq_split(
         "nll_bound_stderr": (nll_bound.std() / math.sqrt(len(split))).item(),
         "bpd": bits_per_dim(nll_bound.mean(), dims, vq.likelihood.bpd_offset_nats_per_dim).item(),
         "recon": recon.mean().item(),
-        "prior": "learned" if prior is not None else "uniform",
+        "prior": "learned" if learned else "uniform",
         "prior_nll": code_cost.mean().item(),
         **quality.compute(),
         "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).item(),

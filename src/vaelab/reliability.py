@@ -5,6 +5,7 @@ or skip on non-finite numbers is the models' own guard, in ``models/base.py``.)"
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from vaelab import app
 from vaelab.data.in_memory import derive_seed
 
 if TYPE_CHECKING:
@@ -114,10 +116,10 @@ class PreemptionCheckpoint(L.Callback):
         path = self.dirpath / "last.ckpt"
         trainer.save_checkpoint(path)
         name = signal.Signals(self.received or signal.SIGTERM).name
-        raise TrainingStopped(
-            f"received {name} at step {trainer.global_step}: saved {path}; resume with "
-            f"python train.py hydra.run.dir={self.dirpath.parent} ckpt_path=last"
-        )
+        # The run's own overrides (a sweep job's included), so that the command works as printed.
+        own = [o for o in app.command_line_overrides() if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
+        command = shlex.join(["python", "train.py", *own, f"hydra.run.dir={self.dirpath.parent}", "ckpt_path=last"])
+        raise TrainingStopped(f"received {name} at step {trainer.global_step}: saved {path}; resume with {command}")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for sig, handler in self._previous.items():

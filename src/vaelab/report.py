@@ -3,7 +3,11 @@
 PATH is a multirun folder, a run folder or any folder above them. Every run found under it
 (a folder with ``test_metrics.json`` from train.py or ``metrics.json`` from eval.py) becomes a row:
 its command-line overrides and its final metrics. Writes ``report.md``, ``report.csv`` and, with
-``--against``, a plot of the metric against that override, into ``--out`` (default: the first PATH).
+``--against``, a plot of the metric against that override, into ``--out``; without it, into PATH
+when there is one, and into a new folder ``outputs/report/<date>_<time>/`` when there are several
+(so that no sweep's own report is overwritten). With ``--against``, runs that differ in anything
+but that override (their model, or any other setting) are separate series: one line each in the
+plot, labelled by what differs, and a ``series`` column in the table.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import csv
 import json
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +28,22 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 METRIC_FILES = ("test_metrics.json", "metrics.json", "FAILED")
+
+# Settings that change what a run shows, logs or where it keeps its files, not what it learns:
+# runs differing only in these belong to the same series.
+NEUTRAL_KEYS = (
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "callbacks.progress_bar",
+    "callbacks.model_summary",
+    "extras",
+    "tags",
+    "logger",
+    "ckpt_path",
+    "paths",
+    "data_dir",
+)
+MODEL_TARGET = "model._target_"
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -57,21 +78,95 @@ def read_run(run: Path) -> tuple[dict, dict]:
     return overrides, metrics
 
 
+def read_settings(run: Path) -> tuple[dict, dict]:
+    """(resolved config, config group choices) a run folder keeps: train.py's config.yaml (else
+    Hydra's unresolved .hydra/config.yaml) and .hydra/hydra.yaml's choices; empty where missing."""
+    config = {}
+    for path in (run / "config.yaml", run / ".hydra" / "config.yaml"):
+        if path.is_file():
+            config = yaml.safe_load(path.read_text()) or {}
+            break
+    choices = {}
+    hydra_file = run / ".hydra" / "hydra.yaml"
+    if hydra_file.is_file():
+        hydra_cfg = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra") or {}
+        choices = (hydra_cfg.get("runtime") or {}).get("choices") or {}
+    return config, choices
+
+
 def as_number(value: str) -> float | None:
     try:
         return float(value)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 
+def is_neutral(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_KEYS)
+
+
+def setting(key: str, overrides: dict, config: dict, choices: dict) -> str | None:
+    """A run's value of a setting: given on its command line, else in its config (a dotted key)
+    or among its config group choices (``model``, ``net``, ...); None if the folder does not say."""
+    if key in overrides:
+        return overrides[key]
+    value = config
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None or isinstance(value, dict):
+        value = choices.get(key)
+    return None if value is None else str(value)
+
+
+def comparable(value: str | None) -> float | str | None:
+    """Numbers compare as numbers (``4`` and ``4.0``), words without case (``False`` and ``false``)."""
+    number = as_number(value)
+    return number if number is not None else None if value is None else value.strip().lower()
+
+
+def series_of(runs: list[Path], overrides: list[dict], against: str) -> list[str]:
+    """The series each run belongs to, as the legend labels it: the settings, other than
+    ``against``, whose values are not the same in every run on the x axis (the model among them).
+    When nothing else differs, one series, labelled by its model where the folders name it. A
+    run without a number for ``against`` is in none ("")."""
+    labels = [""] * len(runs)
+    on_axis = [i for i, o in enumerate(overrides) if as_number(o.get(against)) is not None]
+    runs, overrides = [runs[i] for i in on_axis], [overrides[i] for i in on_axis]
+    settings = [read_settings(run) for run in runs]
+    keys = sorted({k for o in overrides for k in o if k != against and not is_neutral(k)} | {"model", MODEL_TARGET})
+    values = {k: [setting(k, o, *s) for o, s in zip(overrides, settings)] for k in keys}
+    differing = [k for k in keys if len({comparable(v) for v in values[k]}) > 1]
+    if "model" in differing and MODEL_TARGET in differing:
+        differing.remove(MODEL_TARGET)  # the model's name says it already
+    if not differing:
+        differing = [k for k in ("model", MODEL_TARGET) if any(v is not None for v in values[k])][:1]
+
+    def shown(key: str, value: str | None) -> str:
+        if value is None:
+            return f"{key}=?"
+        return f"{key}={value.rsplit('.', 1)[-1]}" if key.endswith("_target_") else f"{key}={value}"
+
+    for j, i in enumerate(on_axis):
+        labels[i] = ", ".join(shown(k, values[k][j]) for k in differing)
+    return labels
+
+
 def write_report(runs: list[Path], out: Path, metric: str | None, against: str | None) -> list[Path]:
+    if against and metric is None:
+        raise SystemExit("error: --against needs --metric; name the metric to plot")
     rows = [(run, *read_run(run)) for run in runs]
+    series = series_of(runs, [o for _, o, _ in rows], against) if against else None
     override_keys = sorted({k for _, o, _ in rows for k in o})
     metric_keys = sorted({k for _, _, m in rows for k in m}, key=lambda k: (k != "status", k))
     header = ["run", *override_keys, *metric_keys]
     table = [
         [str(run), *(o.get(k, "") for k in override_keys), *(m.get(k, "") for k in metric_keys)] for run, o, m in rows
     ]
+    if series is not None and len(set(series)) > 1:
+        # Each series' runs together, along the x axis, as the plot draws them.
+        order = sorted(range(len(rows)), key=lambda i: (series[i], x_key(rows[i][1].get(against))))
+        header.insert(1, "series")
+        table = [[table[i][0], series[i], *table[i][1:]] for i in order]
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
@@ -81,34 +176,49 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     (out / "report.md").write_text("\n".join(lines) + "\n")
     written = [out / "report.md", out / "report.csv"]
     if against:
-        if metric is None:
-            raise SystemExit("error: --against needs --metric; name the metric to plot")
-        points = sorted(
-            (as_number(o[against]), m[metric])
-            for _, o, m in rows
-            if against in o and isinstance(m.get(metric), (int, float)) and as_number(o[against]) is not None
-        )
-        if not points:
-            raise SystemExit(
-                f"error: no run has both a numeric override {against} and the metric {metric}; "
-                f"overrides seen: {override_keys}, metrics: {metric_keys}"
-            )
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-        ax.set(xlabel=against, ylabel=metric, title=f"{metric} against {against}")
-        if all(p[0] > 0 for p in points) and max(p[0] for p in points) / min(p[0] for p in points) >= 8:
-            ax.set_xscale("log", base=2)
-        fig.tight_layout()
-        plot = out / f"{metric.replace('/', '_')}_vs_{against.replace('/', '_')}.png"
-        fig.savefig(plot, dpi=120)
-        plt.close(fig)
-        written.append(plot)
+        written.append(plot_series(rows, series, out, metric, against, override_keys, metric_keys))
     return written
+
+
+def x_key(value: str | None) -> tuple:
+    number = as_number(value)
+    return (number is None, number if number is not None else 0.0, str(value))
+
+
+def plot_series(
+    rows: list, series: list[str], out: Path, metric: str, against: str, override_keys: list, metric_keys: list
+) -> Path:
+    """The metric against ``against``, one line per series (a marker alone for a series of one run)."""
+    points: dict[str, list[tuple[float, float]]] = {}
+    for (_, o, m), name in zip(rows, series):
+        x = as_number(o.get(against))
+        if x is not None and isinstance(m.get(metric), (int, float)):
+            points.setdefault(name, []).append((x, m[metric]))
+    if not points:
+        raise SystemExit(
+            f"error: no run has both a numeric override {against} and the metric {metric}; "
+            f"overrides seen: {override_keys}, metrics: {metric_keys}"
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name in sorted(points):
+        xy = sorted(points[name])
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=name or None)
+    ax.set(xlabel=against, ylabel=metric, title=f"{metric} against {against}")
+    xs = [x for xy in points.values() for x, _ in xy]
+    if all(x > 0 for x in xs) and max(xs) / min(xs) >= 8:
+        ax.set_xscale("log", base=2)
+    if any(name for name in points):  # folders that name no model and differ in nothing give one unlabelled line
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    plot = out / f"{metric.replace('/', '_')}_vs_{against.replace('/', '_')}.png"
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    return plot
 
 
 class MultirunSummary:
@@ -138,17 +248,36 @@ class MultirunSummary:
         pass
 
 
+def default_out(paths: list[Path]) -> Path:
+    """One folder: the report goes into it. Several: a new folder of its own, as Hydra names runs,
+    since each sweep folder keeps the report of its own jobs."""
+    if len(paths) == 1:
+        return paths[0]
+    stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    out, n = Path("outputs") / "report" / stamp, 1
+    while out.exists():
+        out, n = out.with_name(f"{stamp}_{n}"), n + 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--metric", help="metric to plot, e.g. test/elbo")
     parser.add_argument("--against", help="override to put on the x axis, e.g. model.beta")
-    parser.add_argument("--out", type=Path, help="folder for the report (default: the first path)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the report (default: the path when one is given, else outputs/report/<date>_<time>)",
+    )
     args = parser.parse_args(argv)
     runs = find_runs(args.paths)
     if not runs:
         raise SystemExit(f"error: no runs (no {' or '.join(METRIC_FILES)}) under {', '.join(map(str, args.paths))}")
-    for path in write_report(runs, args.out or args.paths[0], args.metric, args.against):
+    out = args.out or default_out(args.paths)
+    written = write_report(runs, out, args.metric, args.against)
+    print(f"report of {len(runs)} runs in {out}:")
+    for path in written:
         print(path)
 
 

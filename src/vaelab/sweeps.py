@@ -1,9 +1,11 @@
 """What a run needs to live inside a Hydra multirun sweep: DDP processes that re-run the job, not
 the sweep; each job's distributed state and environment ended with it; and a failed job recorded
-in its folder (so the sweep's report shows it) without ending the others."""
+in its folder (so the sweep's report shows it) without ending the others, and removed when the
+job is run again to its end."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -25,7 +27,7 @@ def in_multirun() -> bool:
 
 class SweepJob:
     """The part of a run that differs inside a sweep, from its start (``begin``) to its end
-    (``end``); outside a sweep both do nothing.
+    (``end``); outside a sweep, only the clearing of an earlier attempt's ``FAILED`` (see ``end``).
 
     Lightning's DDP starts the other processes by re-running this script with its command line
     and hydra.run.dir. Inside a sweep that command line is the whole sweep (-m and every value)
@@ -37,8 +39,10 @@ class SweepJob:
 
     def __init__(self) -> None:
         self.environment: dict[str, str] | None = None
+        self.output_dir: Path | None = None
 
     def begin(self, cfg: DictConfig) -> None:
+        self.output_dir = Path(cfg.paths.output_dir)
         if not in_multirun():
             return
         from hydra.core.hydra_config import HydraConfig
@@ -49,9 +53,16 @@ class SweepJob:
         with read_write(hydra_cfg), open_dict(hydra_cfg):
             hydra_cfg.run.dir = cfg.paths.output_dir
 
-    def end(self) -> None:
+    def end(self, failed: bool = False) -> None:
+        """``failed``: the job ends by an error (``handle_failure`` records it). Otherwise the run
+        has finished, and a ``FAILED`` left in its folder by an earlier attempt (a stopped job
+        resumed, a crashed one run again) is removed: the report would show the completed run
+        as failed. Outside a sweep only this."""
         import torch.distributed as dist
 
+        if not failed and self.output_dir is not None:
+            clear_failure(self.output_dir)
+        self.output_dir = None
         if self.environment is None:
             return
         if dist.is_available() and dist.is_initialized():
@@ -71,7 +82,8 @@ def handle_failure(error: Exception, output_dir: str, job: SweepJob) -> float:
     if isinstance(error, (UserError, TrainingStopped)):
         kind = "error" if isinstance(error, UserError) else "stopped"
         message = f"{kind}: {error}"
-        print(message, file=sys.stderr)
+        # One line on stderr, as a print would be, and under Hydra in the run's train.log too.
+        logging.getLogger(__name__).error(message)
         if not in_multirun():
             sys.exit(2 if kind == "error" else 3)
     else:  # a crash: out of memory, a bug
@@ -79,7 +91,7 @@ def handle_failure(error: Exception, output_dir: str, job: SweepJob) -> float:
             raise error  # a single run shows its traceback and exits non-zero
         traceback.print_exc()
         message = crash_message(error)
-    job.end()
+    job.end(failed=True)
     record_failure(Path(output_dir), message)
     from hydra.core.hydra_config import HydraConfig
 
@@ -98,3 +110,8 @@ def crash_message(error: Exception) -> str:
 def record_failure(folder: Path, message: str) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "FAILED").write_text(message + "\n")
+
+
+@rank_zero_only
+def clear_failure(folder: Path) -> None:
+    (folder / "FAILED").unlink(missing_ok=True)

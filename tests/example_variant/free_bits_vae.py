@@ -44,6 +44,3 @@ class FreeBitsVAE(VAE):
         terms["kl_floored"] = terms["kl_per_dim"].mean(0).clamp(min=self.free_bits).sum()
         terms["loss"] = -terms["log_px_given_z"].mean() + self.beta * terms["kl_floored"]
         return terms
-
-    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"kl_floored": terms["kl_floored"]}

@@ -6,7 +6,9 @@ import gzip
 import struct
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -176,7 +178,8 @@ def find_idx(root: Path, stem: str) -> Path | None:
 
 class TorchvisionDataModule(InMemoryDataModule):
     """MNIST, Fashion-MNIST, CIFAR-10 and CelebA (64x64) through torchvision, from ``root``,
-    downloading there when ``download`` is true and a network exists. The validation split is
+    downloading there when ``download`` is true and a network exists (CelebA only where gdown is
+    installed, by hand: vaelab does not depend on it). The validation split is
     the last ``val_size`` training images (CelebA has its own). Fashion-MNIST also reads a
     folder of raw IDX files such as Debian's /usr/share/datasets/fashion-mnist."""
 
@@ -219,16 +222,7 @@ class TorchvisionDataModule(InMemoryDataModule):
         import torchvision.datasets as tvd
 
         cls = {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST, "cifar10": tvd.CIFAR10}[self.name]
-        try:
-            ds = cls(str(self.root), train=train, download=self.download)
-        except RuntimeError as e:
-            raise UserError(
-                f"{self.name} not found under data.root={self.root} ({e}); download it there or set data.root"
-            ) from None
-        except OSError as e:
-            raise UserError(
-                f"could not download {self.name} to {self.root} ({e}); with no network, put the files there yourself"
-            ) from None
+        ds = self._open(lambda download: cls(str(self.root), train=train, download=download))
         x = torch.as_tensor(ds.data)
         x = x.permute(0, 3, 1, 2) if x.ndim == 4 else x.unsqueeze(1)  # CIFAR is stored HWC
         return x.contiguous(), torch.as_tensor(ds.targets).long()
@@ -246,13 +240,76 @@ class TorchvisionDataModule(InMemoryDataModule):
             transform = T.Compose([T.PILToTensor(), T.CenterCrop(148), T.Resize(64, antialias=True)])
             splits = {}
             for ours, theirs in (("train", "train"), ("val", "valid"), ("test", "test")):
-                try:
-                    ds = tvd.CelebA(str(self.root), split=theirs, download=self.download, transform=transform)
-                except (RuntimeError, OSError) as e:
-                    raise UserError(f"celeba not found under data.root={self.root} ({e}); download it there") from None
+                ds = self._open(
+                    lambda download, theirs=theirs: tvd.CelebA(
+                        str(self.root), split=theirs, download=download, transform=transform
+                    )
+                )
                 splits[ours] = torch.stack([ds[i][0] for i in range(len(ds))])
             torch.save(splits, cache)
         return {name: Split(x, no_labels(len(x)), levels=255) for name, x in splits.items()}
+
+    def _open(self, make: Callable[[bool], Any]) -> Any:
+        """``make(download)``, the torchvision data set, or the one-line error saying what is
+        missing. A failed download leaves none of the folders it made (torchvision makes
+        ``root`` and its data set's folders before it knows whether anything can be fetched)."""
+        try:
+            return make(False)
+        except RuntimeError:
+            if not self.download or not can_download(self.name):
+                raise self._not_found() from None
+        made = [p for p in self._download_folders() if not p.exists()]
+        try:
+            return make(True)
+        except Exception as e:  # urllib, tarfile, gdown and torchvision's checks each fail their own way
+            for folder in made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass  # not empty (a partial download) or not made
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise self._not_found(lines[-1][:100] if lines else e.__class__.__name__) from None
+
+    def _download_folders(self) -> list[Path]:
+        """The folders a download may make, deepest first: the data set's own ones, ``root`` and
+        the parents of ``root``."""
+        own = {"mnist": ["MNIST/raw", "MNIST"], "fashion_mnist": ["FashionMNIST/raw", "FashionMNIST"]}
+        own["celeba"] = ["celeba/img_align_celeba", "celeba"]
+        absolute = self.root.absolute()
+        return [absolute / sub for sub in own.get(self.name, [])] + [absolute, *absolute.parents]
+
+    def _not_found(self, download_failure: str | None = None) -> UserError:
+        root = self.root
+        needs = {
+            "mnist": f"{root / 'MNIST' / 'raw'}/ with the four *-ubyte files",
+            "fashion_mnist": f"{root / 'FashionMNIST' / 'raw'}/ (or {root}/ itself) with the four *-ubyte(.gz) files",
+            "cifar10": f"{root / 'cifar-10-batches-py'}/, the unpacked cifar-10-python.tar.gz",
+            "celeba": f"{root / 'celeba'}/ with img_align_celeba/ and the five .txt lists",
+        }[self.name]
+        failed = f", and the download failed ({download_failure})" if download_failure else ""
+        if can_download(self.name):
+            todo = "data.download=true with a network"
+        else:
+            todo = (
+                "download Img/img_align_celeba.zip (unzipped), Anno/*.txt and Eval/list_eval_partition.txt from "
+                f"{CELEBA_PAGE} into {root / 'celeba'}/ (data.download cannot: torchvision fetches CelebA with "
+                "gdown, which vaelab does not install)"
+            )
+        return UserError(
+            f"{self.name} not found under data.root={root}: it needs {needs}{failed}; "
+            f"set data.root=<folder with the files>, or {todo}"
+        )
+
+
+CELEBA_PAGE = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
+
+
+def can_download(name: str) -> bool:
+    """Whether torchvision can fetch the data set here: CelebA comes from Google Drive through
+    gdown, which is not among vaelab's dependencies (that download is often refused for quota)."""
+    import importlib.util
+
+    return name != "celeba" or importlib.util.find_spec("gdown") is not None
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}

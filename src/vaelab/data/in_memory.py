@@ -183,6 +183,13 @@ class TrainLoader(DataLoader):
         done = int(state.get("batches_done", 0))
         self.sampler.skip_batches = done if done < len(self.sampler) else 0
 
+    def __iter__(self):
+        # Lightning creates a resumed run's first iterator before it sets the sampler's epoch, and a
+        # loader with workers asks the sampler for indices as it is created: the epoch is set here.
+        if self.trainer is not None:
+            self.sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        return super().__iter__()
+
 
 class InMemoryDataModule(L.LightningDataModule):
     """Base for data sets held in memory. A subclass implements ``load`` and sets ``name``.

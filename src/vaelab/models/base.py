@@ -1,124 +1,77 @@
-"""What every model here shares as a LightningModule: per-stage metric logging (cheap in the
-training loop), the non-finite-loss guard, the run config and random state in checkpoints, and
-optimizers from config. A model implements ``step_metrics`` (its loss and the batch means it
-logs), ``with_derived`` (metrics computed from those means), ``reconstruct`` and ``sample``, and
-checks its own config values in the classmethod ``check_config``."""
+"""What a model is, as the training loop (``vaelab.loop.TrainingLoop``) and evaluation see it.
+
+A model implements ``step_metrics`` (its loss and the batch means it logs), ``with_derived``
+(metrics computed from those means, exact for epoch means), ``reconstruct`` and ``sample``, and
+checks its own config values in the classmethod ``check_config``. Everything about how it is
+trained lives in the loop.
+
+Two families, told apart by what they can do (``isinstance(model, LatentVariableModel)``), never
+by asking for attributes: a ``LatentVariableModel`` has a posterior q(z|x) over a continuous
+latent (the VAE and its variants); a ``CodebookModel`` works on the code maps of a VQ-VAE (the
+VQ-VAE itself, and its learned prior)."""
 
 from __future__ import annotations
 
 import inspect
-import math
-from typing import TYPE_CHECKING, Any
+from typing import Protocol, runtime_checkable
 
-import hydra
-import lightning as L
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-import vaelab
-from vaelab.errors import UserError
-from vaelab.reliability import TrainingStopped
+from vaelab.loop import TrainingLoop, WeightedSums
 
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from torch.optim import Optimizer
-    from torch.optim.lr_scheduler import ReduceLROnPlateau
+__all__ = ["CodebookModel", "GenerativeModel", "LatentVariableModel", "WeightedSums"]
 
 
-class WeightedSums:
-    """Batch-size-weighted running sums of scalar metrics, one tensor add per step."""
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """q(z|x) over a continuous latent [B, L], a prior p(z) and a likelihood p(x|z): what the
+    importance-sampled NLL, the KL per dimension, active units, traversals and the
+    disentanglement scores need."""
 
-    def __init__(self):
-        self.names: list[str] = []
-        self.sums: Tensor | None = None
-        self.count = 0
+    def posterior(self, x: Tensor) -> object:
+        """q(z|x) for images x [B, C, H, W], with ``mu`` [B, L]."""
 
-    def add(self, metrics: dict[str, Tensor], batch_size: int) -> None:
-        values = torch.stack(list(metrics.values())) * batch_size
-        if self.sums is None:
-            self.names, self.sums = list(metrics), values
-        else:
-            self.sums += values
-        self.count += batch_size
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The posterior's mean and standard deviation per latent, each [B, L] (deterministic)."""
 
-    def totals(self, reduce: Callable[..., Tensor]) -> tuple[Tensor, Tensor]:
-        """The sums and the number of examples over all processes, in one ``reduce(tensor,
-        reduce_op="sum")`` (every process must call this)."""
-        totals = reduce(torch.cat([self.sums, self.sums.new_tensor([self.count])]), reduce_op="sum")
-        return totals[:-1], totals[-1]
+    def decode(self, z: Tensor) -> Tensor:
+        """E[x|z] for latents z [B, L]: images [B, C, H, W]."""
 
-    def state(self, reduce: Callable[..., Tensor]) -> dict | None:
-        """What a checkpoint keeps of the sums: their totals over processes, so that the process
-        that writes the file keeps all of them."""
-        if self.sums is None:
-            return None
-        sums, count = self.totals(reduce)
-        return {"names": self.names, "sums": sums.cpu(), "count": int(count)}
+    def log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
+        """log p(x) estimated by importance sampling with k samples, nats per image [B]."""
 
-    @classmethod
-    def from_state(cls, state: dict, device: torch.device | str, holds_them: bool) -> WeightedSums:
-        """The sums of ``state`` on the process that ``holds_them``, zeros on the others (their
-        sum over processes is then the saved one)."""
-        sums = cls()
-        sums.names = list(state["names"])
-        sums.sums = state["sums"].to(device) if holds_them else torch.zeros_like(state["sums"], device=device)
-        sums.count = state["count"] if holds_them else 0
-        return sums
-
-    def means(self, reduce: Callable[..., Tensor]) -> dict[str, Tensor]:
-        """Means over the epoch and over all processes (every process must call this)."""
-        if self.sums is None:
-            return {}
-        sums, count = self.totals(reduce)
-        return dict(zip(self.names, sums / count))
+    def importance_sampling(self, x: Tensor, k: int, chunk: int = 100) -> tuple[Tensor, Tensor]:
+        """The k-sample bound and the mean log p(x|z_k) per image, each [B]."""
 
 
-class GenerativeModel(L.LightningModule):
+@runtime_checkable
+class CodebookModel(Protocol):
+    """A model over the code maps of a VQ-VAE: ``vq`` is that VQ-VAE (the model itself for a
+    VQ-VAE), ``code_nll`` is -log p(codes) per image under the model's prior over code maps (None
+    for the VQ-VAE's own uniform prior)."""
+
+    @property
+    def vq(self) -> GenerativeModel:
+        """The VQ-VAE whose codebook this model works with (a ``vaelab.models.VQVAE``)."""
+
+    def encode_to_indices(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] -> code maps [B, H', W'] (integers)."""
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H', W'] -> images [B, C, H, W]."""
+
+    def code_nll(self, codes: Tensor) -> Tensor | None:
+        """-log p(codes) per image [B], nats; None under a uniform prior."""
+
+
+class GenerativeModel(TrainingLoop):
     """Base of every model; see the module docstring for what a subclass implements."""
 
-    # How the model runs, as opposed to what it is: the defaults of a model built on its own
-    # (tests, notebooks); train() sets them from the run's config through set_run_options.
-    nonfinite = "stop"  # a non-finite loss or gradient: "stop" (raise) or "skip" the step
-    gradient_clip_val: float | None = None
-    gradient_clip_algorithm = "norm"
-    accumulate_grad_batches = 1  # batches whose gradients make one optimizer step
-    channels_last = False  # images() converts the batches (build_model converts the weights)
-    run_config: dict | None = None  # the resolved run config, kept in every checkpoint
-    skipped_steps = 0
-    # From model.scheduler's own keys (configure_optimizers): step it every "epoch" or every "step";
-    # the metric a ReduceLROnPlateau follows.
-    scheduler_interval = "epoch"
-    scheduler_monitor = "val/elbo"
-
-    def __init__(self):
-        super().__init__()
-        # The optimizer step is written out in training_step (Lightning's manual optimization):
-        # the automatic loop wraps every step in closures that cost ~0.5 ms, a tenth of a small
-        # MLP's step on a CPU (benchmarks/throughput.py). Lightning still does the rest: gradient
-        # scaling (manual_backward, LightningOptimizer.step), DDP gradient sync, optimizer state
-        # in checkpoints.
-        self.automatic_optimization = False
-
-    def set_run_options(
-        self,
-        *,
-        run_config: dict | None = None,
-        nonfinite: str = "stop",
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str = "norm",
-        accumulate_grad_batches: int = 1,
-        channels_last: bool = False,
-    ) -> None:
-        """The trainer settings this model carries out itself (it optimises manually, so
-        Lightning's clipping and accumulation are off) and the run config its checkpoints keep."""
-        self.run_config = run_config
-        self.nonfinite = nonfinite
-        self.gradient_clip_val = gradient_clip_val
-        self.gradient_clip_algorithm = gradient_clip_algorithm
-        self.accumulate_grad_batches = accumulate_grad_batches
-        self.channels_last = channels_last
+    # The model setting that names another run's checkpoint whose data set this model trains on
+    # (the VQ-VAE's prior trains on its VQ-VAE's data): None for a model trained on data=...
+    data_from: str | None = None
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
@@ -173,222 +126,11 @@ class GenerativeModel(L.LightningModule):
         one graph overrides this, as the VAE does). Parameter names, and so checkpoints, stay those
         of the eager model."""
         for network in self.networks():
-            network.compile()
+            network.compile(options={"fallback_random": True})  # the eager code's random draws
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def optimizer_steps_per_epoch(self) -> int | None:
-        """Optimizer steps in one training epoch, once the trainer knows the epoch's batches
-        (None before: during the sanity check, or without a trainer)."""
-        batches = self.trainer.num_training_batches
-        if batches == float("inf") or batches is None:
-            return None
-        return math.ceil(int(batches) / self.accumulate_grad_batches)
-
-    def on_fit_start(self) -> None:
-        # Reset each epoch; created here too because a mid-epoch resume starts without that hook,
-        # with the sums of the epoch's batches trained before the checkpoint.
-        saved, self._saved_epoch_sums = getattr(self, "_saved_epoch_sums", None), None
-        if saved is None:
-            self.train_epoch_sums = WeightedSums()
-        else:
-            self.train_epoch_sums = WeightedSums.from_state(saved, self.device, self.trainer.is_global_zero)
-
-    def images(self, batch: tuple[Tensor, Tensor]) -> Tensor:
-        """The images of a (images, labels) batch, in the model's memory layout."""
-        x, _ = batch
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
-        x = self.images(batch)
-        loss, metrics = self.step_metrics(x)
-        optimizer = self.optimizers()
-        if not self.loss_is_finite_everywhere(loss):
-            optimizer.zero_grad(set_to_none=True)  # a skipped batch drops its group's gradients so far
-            return self.nonfinite_loss(metrics)
-        # Gradient accumulation: the gradients of a group of batches add up, each batch weighted by
-        # 1 / (batches in its group), so a step follows the mean over the group's examples.
-        first, size = self.accumulation_group(batch_idx)
-        if batch_idx == first:
-            optimizer.zero_grad(set_to_none=True)
-        self.manual_backward(loss / size if size > 1 else loss)
-        self.train_epoch_sums.add(metrics, x.shape[0])
-        if batch_idx + 1 < first + size:
-            return loss  # more batches to add before the step
-        step = self.global_step  # the step this loss belongs to (optimizer.step() advances it)
-        if not self.gradients_are_finite():
-            optimizer.zero_grad(set_to_none=True)
-            return None  # skipped: a skipped step is not counted as a step
-        optimizer.step()  # clips the gradients first (on_before_optimizer_step)
-        if self.scheduler_interval == "step":
-            self.lr_schedulers().step()
-        # self.log costs ~0.5 ms a call (measured), a tenth of this model's step on a CPU, so the
-        # per-step curve goes straight to the loggers every log_every_n_steps, on rank 0.
-        if (step + 1) % self.trainer.log_every_n_steps == 0 and self.trainer.is_global_zero:
-            values = {f"train/{k}": float(v) for k, v in self.with_derived(metrics).items()}
-            for logger in self.loggers:
-                logger.log_metrics({**values, "epoch": self.current_epoch}, step=step)
-        return loss
-
-    def accumulation_group(self, batch_idx: int) -> tuple[int, int]:
-        """(first batch, number of batches) of the accumulation group of ``batch_idx``; the last
-        group of an epoch may be shorter."""
-        every = self.accumulate_grad_batches
-        if every == 1:
-            return batch_idx, 1
-        first = batch_idx - batch_idx % every
-        return first, min(every, int(self.trainer.num_training_batches) - first)
-
-    def on_train_start(self) -> None:
-        # Listed once: walking the module tree every step costs more than the check itself.
-        self.trained_parameters = [p for p in self.parameters() if p.requires_grad]
-
-    def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
-        # Lightning calls this after unscaling the gradients (16-bit mixed precision), so the
-        # limit applies to the true gradients.
-        if self.gradient_clip_val:
-            self.clip_gradients(
-                optimizer,
-                gradient_clip_val=self.gradient_clip_val,
-                gradient_clip_algorithm=self.gradient_clip_algorithm,
-            )
-
-    def loss_is_finite_everywhere(self, loss: Tensor) -> bool:
-        """Whether the loss is finite on every process. Under DDP the processes must take the same
-        decision: one that skipped or stopped alone would leave the others waiting in the gradient
-        all-reduce. (Gradients need no such vote: DDP has already averaged them.)"""
-        if self.trainer.world_size == 1:
-            return bool(torch.isfinite(loss))
-        bad = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum")
-        return not bool(bad)
-
-    def nonfinite_loss(self, metrics: dict[str, Tensor]) -> None:
-        """Skip the step (no backward pass, no optimizer step), or stop naming the bad terms."""
-        if torch.isfinite(metrics["loss"]):
-            return self.stop_or_skip("the loss is not finite on another process")
-        bad = [name for name, value in metrics.items() if name != "loss" and not torch.isfinite(value)]
-        self.stop_or_skip(
-            f"the loss is {metrics['loss'].item()} "
-            f"({', '.join(f'{n} = {metrics[n].item()}' for n in bad) or 'no single term is non-finite'})"
-        )
-
-    def gradients_are_finite(self) -> bool:
-        """False (nonfinite=skip) or a stop naming the parameters when a gradient is NaN or
-        infinite. Under 16-bit mixed precision the gradient scaler already skips such steps and
-        lowers its scale: overflow is expected there, so the scaler is left to it."""
-        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
-            return True
-        grads = [p.grad for p in self.trained_parameters if p.grad is not None]
-        if not grads:
-            return True
-        # One fused pass over all gradients (GradScaler's own test), multiplying them by 1.
-        found_nonfinite = torch.zeros(1, device=grads[0].device)
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_nonfinite, torch.ones_like(found_nonfinite))
-        if not found_nonfinite.item():
-            return True
-        bad = [name for name, p in self.named_parameters() if p.grad is not None and not p.grad.isfinite().all()]
-        self.stop_or_skip(f"non-finite gradient in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
-        return False
-
-    def stop_or_skip(self, problem: str) -> None:
-        """The ``nonfinite`` policy for a step whose numbers went bad: count it as skipped, or
-        stop the run with a message naming the step and ``problem``."""
-        if self.nonfinite == "skip":
-            self.skipped_steps += 1
-            return
-        raise TrainingStopped(
-            f"step {self.global_step}: {problem}; training stopped, the last good checkpoint is "
-            "kept (set nonfinite=skip to skip such steps)"
-        )
-
-    def on_train_epoch_start(self) -> None:
-        self.train_epoch_sums = WeightedSums()
-
-    def on_train_epoch_end(self) -> None:
-        # Lightning runs the epoch's validation before this hook, so its metrics are here.
-        scheduler = self.lr_schedulers()
-        if scheduler is not None and self.scheduler_interval == "epoch":
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                if self._validated_this_epoch:
-                    self.step_on_plateau(scheduler)
-                self._validated_this_epoch = False
-            else:
-                scheduler.step()
-        means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
-        if means:
-            metrics = self.with_derived(means)
-            # Already reduced over processes, so identical on every rank: sync_dist is a no-op mean.
-            self.log_dict(
-                {f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True
-            )
-        if self.skipped_steps:
-            self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
-
-    _validated_this_epoch = False
-
-    def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._validated_this_epoch = True
-
-    def step_on_plateau(self, scheduler: ReduceLROnPlateau) -> None:
-        """ReduceLROnPlateau steps with its monitored metric, in epochs that validated (the metric of
-        an epoch that did not is the last validation's, not a new measurement)."""
-        value = self.trainer.callback_metrics.get(self.scheduler_monitor)
-        if value is not None:
-            scheduler.step(value)
-        elif any(name.startswith("val/") for name in self.trainer.callback_metrics):
-            raise UserError(
-                f"model.scheduler.monitor={self.scheduler_monitor} is not a logged metric; choose one of "
-                f"{sorted(self.trainer.callback_metrics)}"
-            )
-
-    def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x = self.images(batch)
-        _, metrics = self.step_metrics(x)
-        metrics.update(self.eval_metrics(x, stage))
-        self.log_dict(
-            {f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
-            on_step=False,
-            on_epoch=True,
-            batch_size=x.shape[0],
-            sync_dist=True,
-        )
-
     def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         """Scalars computed only in validation or test (costly ones)."""
         return {}
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """The run's resolved config travels with the weights, so eval.py can rebuild the data set
-        and check that a file is one of ours. (No generator state: a step's random numbers are a
-        function of its place in the run, see ``reliability.RandomStreams``.)"""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": self.run_config}
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
-        if fitting and hasattr(self, "train_epoch_sums"):  # also at validation end (the epoch's checkpoints)
-            # The current epoch's sums and the skipped steps so far, for a resume mid-epoch.
-            checkpoint["vaelab"]["train_epoch_sums"] = self.train_epoch_sums.state(self.trainer.strategy.reduce)
-            checkpoint["vaelab"]["skipped_steps"] = self.skipped_steps
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        saved = checkpoint.get("vaelab", {})
-        self._saved_epoch_sums = saved.get("train_epoch_sums")
-        self.skipped_steps = saved.get("skipped_steps", 0)
-
-    def configure_optimizers(self) -> Optimizer | dict[str, Any]:
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
-        if not self.hparams.scheduler:
-            return optimizer
-        # ``interval`` and ``monitor`` are ours (when to step it, what ReduceLROnPlateau follows);
-        # the rest builds the scheduler.
-        spec = dict(self.hparams.scheduler)
-        self.scheduler_interval = spec.pop("interval", "epoch")
-        self.scheduler_monitor = spec.pop("monitor", "val/elbo")
-        scheduler = hydra.utils.instantiate(spec)(optimizer=optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler}}

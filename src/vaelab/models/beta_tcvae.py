@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import is_int, is_number, require
+from vaelab.checks import is_int, is_number, require, set_by_user
 from vaelab.errors import UserError
 from vaelab.models.vae import VAE
 
@@ -61,6 +61,12 @@ class BetaTCVAE(VAE):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        # Before the VAE's checks, whose message for this key points to a gradient estimator this model refuses.
+        require(
+            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+            "model.baseline_decay has no effect on model=beta_tcvae, which trains with reparameterized gradients "
+            "only; drop model.baseline_decay",
+        )
         super().check_config(model_cfg, cfg)
         for key in ("alpha", "gamma"):
             value = model_cfg[key]
@@ -155,6 +161,3 @@ class BetaTCVAE(VAE):
             "elbo": objectives.elbo(log_px_given_z, kl),
             **parts,
         }
-
-    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {name: terms[name].mean() for name in ("mi", "tc", "dwkl")}

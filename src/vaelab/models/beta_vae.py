@@ -8,7 +8,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from vaelab.checks import check_kl_schedule, is_number, require
+from vaelab.checks import check_kl_schedule, is_number, require, set_by_user
 from vaelab.models.vae import VAE
 from vaelab.schedules import build_kl_schedule
 
@@ -34,7 +34,12 @@ class BetaVAE(VAE):
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
         super().check_config(model_cfg, cfg)
-        check_kl_schedule(model_cfg.kl_schedule)
+        check_kl_schedule(model_cfg.kl_schedule, cfg)
+        require(
+            model_cfg.kl_schedule.name != "capacity" or not set_by_user(cfg, "model.beta", like=("_target_",)),
+            "model.beta has no effect with kl_schedule=capacity, whose KL weight is kl_schedule.gamma; "
+            "drop model.beta or set kl_schedule.gamma=<weight>",
+        )
         free_bits = model_cfg.free_bits
         require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
         require(
@@ -81,6 +86,3 @@ class BetaVAE(VAE):
         if capacity is not None:
             terms["capacity"] = capacity
         return terms
-
-    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: terms[k] for k in ("beta", "capacity") if k in terms}

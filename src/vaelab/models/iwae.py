@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from vaelab import objectives
-from vaelab.checks import flag, positive_int, require
+from vaelab.checks import flag, positive_int, require, set_by_user
 from vaelab.models.vae import VAE
 
 if TYPE_CHECKING:
@@ -37,8 +37,20 @@ class IWAE(VAE):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        # Before the VAE's checks, whose message for this key points to a gradient estimator IWAE refuses.
+        require(
+            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+            "model.baseline_decay has no effect on model=iwae, which trains with reparameterized gradients only; "
+            "drop model.baseline_decay",
+        )
         super().check_config(model_cfg, cfg)
         positive_int(model_cfg.k, "model.k")
+        # The bound weighs no KL term (beta = 1 is what it computes).
+        require(
+            model_cfg.beta == 1,
+            "model.beta has no effect on model=iwae: the importance-weighted bound has no KL term to weigh; "
+            "drop model.beta (model=beta_vae weighs the KL)",
+        )
         positive_int(model_cfg.k_eval, "model.k_eval")
         flag(model_cfg.dreg, "model.dreg")
         require(
@@ -85,6 +97,3 @@ class IWAE(VAE):
         log_w_encoder = log_px_given_z + self.prior.log_prob(z) - q.detached().log_prob(z)
         surrogate = (weights * log_w_decoder).sum(0) + (weights.pow(2) * log_w_encoder).sum(0)
         return surrogate - surrogate.detach()
-
-    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"iwae_bound": terms["iwae_bound"].mean()}

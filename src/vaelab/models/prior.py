@@ -65,6 +65,8 @@ class CodePrior(GenerativeModel):
     """Trains the prior on the frozen VQ-VAE of ``vqvae_ckpt``; the VQ-VAE's weights and
     hyperparameters are stored in this model's own checkpoint, so it stands alone."""
 
+    data_from = "vqvae_ckpt"  # it trains on the data set of its VQ-VAE's run
+
     def __init__(
         self,
         vqvae_ckpt: str | None,
@@ -113,12 +115,18 @@ class CodePrior(GenerativeModel):
     def networks(self) -> tuple[nn.Module, ...]:
         return (self.prior,)  # the VQ-VAE is frozen
 
+    @property
+    def vq(self) -> VQVAE:
+        return self.vqvae
+
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """Images -> code maps [B, H', W'] of the frozen VQ-VAE. Through ``indices``, never the
-        quantizer's forward: Lightning sets submodules' train/eval modes itself, and a quantizer
-        in training mode would move its codebook."""
-        return self.vqvae.quantizer.indices(self.vqvae.encoder(x))
+    def encode_to_indices(self, x: Tensor) -> Tensor:
+        """Images -> code maps [B, H', W'] of the frozen VQ-VAE."""
+        return self.vqvae.encode_to_indices(x)
+
+    def decode_indices(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H', W'] -> images, by the frozen VQ-VAE's decoder."""
+        return self.vqvae.decode_indices(indices)
 
     def code_nll(self, codes: Tensor) -> Tensor:
         """-log p(z) per image [B], in nats."""
@@ -127,7 +135,7 @@ class CodePrior(GenerativeModel):
         return F.cross_entropy(logits.transpose(1, 2), flat, reduction="none").sum(1)
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        codes = self.encode(x)
+        codes = self.encode_to_indices(x)
         prior_nll = self.code_nll(codes)
         with torch.no_grad():
             recon = -self.vqvae.likelihood.log_prob(x, self.vqvae.decode(self.vqvae.quantizer.lookup(codes)))
@@ -155,7 +163,7 @@ class CodePrior(GenerativeModel):
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         was_training = self.training
         self.eval()
-        images = self.vqvae.decode_codes(self.sample_codes(num_samples, generator))
+        images = self.vqvae.decode_indices(self.sample_codes(num_samples, generator))
         self.train(was_training)
         return images
 

@@ -19,8 +19,19 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import check_likelihood, is_int, is_list, is_number, plain, positive_int, require
+from vaelab.checks import (
+    and_list,
+    check_likelihood,
+    is_int,
+    is_list,
+    is_number,
+    plain,
+    positive_int,
+    require,
+    set_by_user,
+)
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
+from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import ACTIVATIONS, build_networks
 
@@ -28,6 +39,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from vaelab.distributions import DiagonalGaussian, FullCovGaussian
+
+
+# Entries of ``objective``'s result that step_metrics logs itself (as recon and kl) or derives
+# (the ELBO), or that are not one number per example (``kl_per_dim`` is [B, L]).
+TERMS_LOGGED_APART = ("loss", "log_px_given_z", "kl", "kl_per_dim", "elbo")
 
 
 def variants_of(cls: type) -> list[type]:
@@ -90,6 +106,24 @@ class VAE(GenerativeModel):
         require(
             net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv"
         )
+        # The keys each kind of net takes (build_networks reads no others).
+        settings = {
+            "mlp": ("kind", "hidden_dims", "activation"),
+            "conv": ("kind", "channels", "activation", "kernel", "dense"),
+        }
+        for key in net:
+            takes = settings[net.kind]
+            if key in takes:
+                continue
+            other = next((kind for kind, keys in settings.items() if key in keys), None)
+            require(
+                other is None,
+                f"net.{key} has no effect with net.kind={net.kind} (it takes {and_list(takes[1:])}); "
+                f"drop net.{key} or choose net={other}",
+            )
+            raise UserError(
+                f"net.{key} is not a setting of net.kind={net.kind} (it takes {and_list(takes[1:])}); drop it"
+            )
         require(
             net.activation in ACTIVATIONS,
             f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}",
@@ -117,8 +151,17 @@ class VAE(GenerativeModel):
         )
         decay = model_cfg.get("baseline_decay", 0.99)
         require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
+        require(
+            estimator != "reparam" or not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+            "model.baseline_decay has no effect with model.estimator=reparam: it is the score-function estimator's "
+            "baseline; set model.estimator=score_function or drop model.baseline_decay",
+        )
         test_k = model_cfg.get("test_k", 0)
         require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
+        require(
+            not test_k or cfg.get("test", True) or cfg.trainer.get("fast_dev_run"),
+            "model.test_k reports a bound on the test split, which test=false skips; set test=true or model.test_k=0",
+        )
         # A setting of another variant, refused with where it belongs (each variant lists its own).
         for variant in variants_of(VAE):
             for key, where in variant.own_settings.items():
@@ -176,7 +219,10 @@ class VAE(GenerativeModel):
         return surrogate - surrogate.detach()
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
-        """The terms plus ``loss``, the scalar that is minimised (here -ELBO with weight beta)."""
+        """What a variant overrides: ``loss``, the scalar that is minimised (here -ELBO with weight
+        beta), the per-example [B] terms ``log_px_given_z`` and ``kl`` (the ELBO is derived from
+        their means), and anything else to log: every other scalar or [B] entry is logged as its
+        batch mean under its own name (``beta``, ``iwae_bound``, ``tc``, ...)."""
         terms = self.terms(x)
         terms["loss"] = objectives.beta_vae_loss(terms["log_px_given_z"], terms["kl"], self.beta)
         return terms
@@ -216,6 +262,24 @@ class VAE(GenerativeModel):
         return self.importance_sampling(x, k, chunk)[0]
 
     @torch.no_grad()
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The mean and standard deviation of q(z|x) per latent, each [B, L] (for a full-covariance
+        posterior, the square roots of the covariance's diagonal)."""
+        q = self.posterior(x)
+        return q.mu, q.std
+
+    @torch.no_grad()
+    def decode(self, z: Tensor) -> Tensor:
+        """E[x|z] for latents z [B, L]: images [B, C, H, W]."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
+        """log p(x) per image [B], nats: the k-sample importance-weighted bound, which tends to
+        log p(x) as k grows (5000 in the literature)."""
+        return self.importance_sampling(x, k, chunk)[0]
+
+    @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
         """E[x|z] at the posterior mean z = mu(x)."""
         return self.likelihood.mean(self.decoder(self.posterior(x).mu))
@@ -232,18 +296,20 @@ class VAE(GenerativeModel):
         reparameterized samples, likelihood, KL, bound, loss and the logged means; forward and
         backward) is one compiled graph, and so is each chunk of importance sampling. Methods are
         compiled, not modules, so checkpoints are those of the eager model."""
-        self.step_metrics = torch.compile(self.step_metrics)
-        self.importance_chunk = torch.compile(self.importance_chunk)
+        # Inductor's own random-number kernels draw other numbers than eager code from the same
+        # generator state; eager's draws keep a compiled run the eager run, to float rounding.
+        options = {"fallback_random": True}
+        self.step_metrics = torch.compile(self.step_metrics, options=options)
+        self.importance_chunk = torch.compile(self.importance_chunk, options=options)
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss to minimise and the batch means that every other metric derives from."""
+        """The loss to minimise and the batch means that every other metric derives from: recon
+        (-log p(x|z)), kl, and every other scalar or per-example term the objective returns."""
         terms = self.objective(x)
-        metrics = {
-            "loss": terms["loss"],
-            "recon": -terms["log_px_given_z"].mean(),
-            "kl": terms["kl"].mean(),
-            **self.extra_metrics(terms),
-        }
+        metrics = {"loss": terms["loss"], "recon": -terms["log_px_given_z"].mean(), "kl": terms["kl"].mean()}
+        metrics.update(
+            {name: value.mean() for name, value in terms.items() if name not in TERMS_LOGGED_APART and value.dim() <= 1}
+        )
         return terms["loss"], {name: value.detach().float() for name, value in metrics.items()}
 
     def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -252,10 +318,6 @@ class VAE(GenerativeModel):
         elbo = -(metrics["recon"] + metrics["kl"])
         bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
         return {**metrics, "elbo": elbo, "bpd": bpd}
-
-    def extra_metrics(self, terms: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Scalars a variant logs beside loss/recon/kl."""
-        return {}
 
     def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         if stage == "test" and self.test_k:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vaelab import objectives
-from vaelab.checks import check_likelihood, flag, is_int, is_number, positive_int, require, whole_number
+from vaelab.checks import check_likelihood, flag, is_int, is_number, positive_int, require, set_by_user, whole_number
 from vaelab.distributions import build_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.quantizer import VectorQuantizer
@@ -113,6 +113,19 @@ class VQVAE(GenerativeModel):
         whole_number(q.kmeans_iterations, "model.quantizer.kmeans_iterations", 0)
         for key in ("kmeans_init", "restart_dead", "cosine"):
             flag(q[key], f"model.quantizer.{key}")
+        if q["update"] == "loss":  # the codebook learns by gradient: no moving averages
+            for key in ("decay", "epsilon"):
+                require(
+                    not set_by_user(cfg, f"model.quantizer.{key}", like=("_target_",)),
+                    f"model.quantizer.{key} has no effect with model.quantizer.update=loss (it is "
+                    f"{'the rate' if key == 'decay' else 'the smoothing'} of the EMA codebook updates); "
+                    "drop it or set model.quantizer.update=ema",
+                )
+        require(
+            q.kmeans_init or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
+            "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
+            "drop it or set model.quantizer.kmeans_init=true",
+        )
         whole_number(model_cfg.hidden, "size.vq_hidden", 2)  # the first convolution has hidden / 2 channels
         whole_number(model_cfg.res_blocks, "size.vq_res_blocks", 0)
         _, height, width = model_cfg.image_shape
@@ -178,14 +191,27 @@ class VQVAE(GenerativeModel):
             "dead_codes": torch.tensor(float(self.quantizer.dead_codes()), device=elbo.device),
         }
 
-    @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
-        # Not the quantizer's forward: that all-reduces its code counts under DDP, and the image
-        # callback reconstructs on rank 0 alone (it would wait for the other processes forever).
-        return self.decode_codes(self.quantizer.indices(self.encoder(x)))
+    @property
+    def vq(self) -> VQVAE:
+        return self
 
     @torch.no_grad()
-    def decode_codes(self, indices: Tensor) -> Tensor:
+    def encode_to_indices(self, x: Tensor) -> Tensor:
+        """Images [B, C, H, W] -> code maps [B, H', W']. Not the quantizer's forward: that
+        all-reduces its code counts under DDP (and moves an EMA codebook in training mode), and
+        the image callback encodes on rank 0 alone."""
+        return self.quantizer.indices(self.encoder(x))
+
+    def code_nll(self, codes: Tensor) -> None:
+        """The first stage's prior over code maps is uniform: no learned density."""
+        return None
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.decode_indices(self.encode_to_indices(x))
+
+    @torch.no_grad()
+    def decode_indices(self, indices: Tensor) -> Tensor:
         """Code maps [B, H', W'] -> images."""
         return self.likelihood.mean(self.decode(self.quantizer.lookup(indices)))
 
@@ -194,4 +220,4 @@ class VQVAE(GenerativeModel):
         """Codes drawn uniformly (the first stage's prior). Recognisable samples need the
         learned prior over code maps."""
         indices = torch.randint(self.quantizer.num_codes, (num_samples, *self.latent_shape), generator=generator)
-        return self.decode_codes(indices.to(self.device))
+        return self.decode_indices(indices.to(self.device))

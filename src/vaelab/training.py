@@ -28,7 +28,7 @@ from vaelab.config import (
     command_line_overrides,
     print_config_tree,
     save_config,
-    use_vqvae_data,
+    use_the_models_data,
 )
 from vaelab.errors import UserError
 from vaelab.sweeps import SweepJob, handle_failure
@@ -47,8 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     # The config, settled and checked before anything is built or written.
     choose_seed(cfg)
-    if cfg.model._target_.endswith("CodePrior"):
-        use_vqvae_data(cfg)  # the prior stage trains on its VQ-VAE's data set
+    use_the_models_data(cfg)  # the prior stage trains on its VQ-VAE's data set
     check_config(cfg)
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir)
     check_output_dir(cfg.paths.output_dir, ckpt_path)
