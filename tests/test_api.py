@@ -32,9 +32,15 @@ def test_the_readmes_python_example_runs_and_means_what_it_says(tmp_path, monkey
     assert torch.equal(model.encode(x)[0], mean)
     assert torch.allclose(names["x_hat"], model.likelihood.mean(model.decoder(mean)))
     assert names["samples"].shape == (16, 1, 8, 8)
-    # The importance-sampled log p(x) lies above the ELBO (a bound the model was tested on).
+    # load gives the run's best weights and its data (the digits' test split).
+    best = torch.load(run.run_dir / "checkpoints" / "best.ckpt", weights_only=False, map_location="cpu")
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, best["state_dict"][name]), name
+    assert len(names["data"].splits["test"]) == len(x)
+    # The importance-sampled log p(x) lies above the ELBO (a bound the model was tested on), and
+    # below 0: it is the log of a probability of binary images.
     log_px = names["log_px"]
-    assert log_px.shape == (len(x),)
+    assert log_px.shape == (len(x),) and (log_px < 0).all()
     assert log_px.mean() > run.metrics["test/elbo"] - 0.5
     with torch.no_grad():
         elbo = model.terms(x)["elbo"]

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from conftest import ROOT
 from vaelab import eval as eval_entry
 from vaelab import report
-from vaelab import train as train_entry
+from vaelab import training as train_entry
 from vaelab.config import check_config, choose_seed, compose_config
 from vaelab.eval import check_eval_config
 

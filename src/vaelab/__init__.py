@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from vaelab.version import __version__
 
-__all__ = ["load", "train"]
+__all__ = ["__version__", "load", "train"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
+    if name in ("load", "train"):
         from vaelab import api
 
         return getattr(api, name)

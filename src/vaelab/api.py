@@ -50,8 +50,14 @@ def train(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> R
 
     if run_dir is None:
         run_dir = Path("outputs/train/runs") / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+    from vaelab import app
+
     cfg = compose_config(list(overrides), run_dir)
-    return Run(train_config(cfg), Path(run_dir))
+    app.given_overrides[:] = overrides  # what the checks that read the command line see
+    try:
+        return Run(train_config(cfg), Path(run_dir))
+    finally:
+        app.given_overrides.clear()
 
 
 def load(path: str | Path, data: bool = True) -> Loaded:

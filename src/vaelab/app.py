@@ -21,8 +21,23 @@ def find_config_dir() -> str:
 CONFIG_DIR = find_config_dir()
 
 
+# The overrides of a run started from Python (vaelab.train), where no Hydra app records them.
+given_overrides: list[str] = []
+
+
 def command_line_overrides() -> list[str]:
-    """The overrides the run was started with, as typed (none outside a Hydra app)."""
+    """The overrides the run was started with, as typed: the Hydra app's, or those given to
+    ``vaelab.train``."""
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else list(given_overrides)
+
+
+def search_path_overrides() -> list[str]:
+    """The ``hydra.searchpath=...`` override the Hydra app was started with (a config folder of the
+    user's own), which a command that runs the same config again needs too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.hydra if o.startswith("hydra.searchpath=")]

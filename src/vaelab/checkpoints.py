@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-import vaelab
 from vaelab.checks import check_file, require
 from vaelab.errors import UserError
+from vaelab.version import __version__
 
 if TYPE_CHECKING:
     import lightning as L
@@ -120,7 +120,8 @@ def export_weights(ckpt_path: str, out_path: str) -> dict:
     )
     require(not out.exists(), f"{out} exists; remove it or give another output path (nothing is overwritten)")
     weights = {key: checkpoint[key] for key in WEIGHTS_ONLY_KEYS if key in checkpoint}
-    weights["vaelab"] = {**weights["vaelab"], "weights_only": True, "exported_from": str(ckpt_path)}
+    kept = {k: v for k, v in weights["vaelab"].items() if k not in ("train_epoch_sums", "group_gradients")}
+    weights["vaelab"] = {**kept, "weights_only": True, "exported_from": str(ckpt_path)}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(weights, out)
     return weights
@@ -160,10 +161,9 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
             "is left to train; raise trainer.max_epochs"
         )
     major = lambda version: str(version).split(".")[0]  # noqa: E731
-    if major(saved.get("version")) != major(vaelab.__version__):
+    if major(saved.get("version")) != major(__version__):
         raise UserError(
-            f"{path} was written by vaelab {saved.get('version')}, this is {vaelab.__version__}; "
-            "resume it with that version"
+            f"{path} was written by vaelab {saved.get('version')}, this is {__version__}; resume it with that version"
         )
     saved_config = saved.get("config") or {}
     if "seed" in saved_config and saved_config["seed"] != config.get("seed"):

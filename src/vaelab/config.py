@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from vaelab.app import CONFIG_DIR, command_line_overrides
+from vaelab import app
+from vaelab.app import CONFIG_DIR
 from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS, load_checkpoint, resolve_ckpt_path
 from vaelab.checks import (
     and_list,
@@ -125,7 +126,7 @@ def command_line_data_keys() -> list[tuple[str, str]]:
     the data group itself)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = OverridesParser.create().parse_overrides(command_line_overrides())
+    overrides = OverridesParser.create().parse_overrides(app.command_line_overrides())
     return [
         (o.key_or_group.removeprefix("data").removeprefix("."), o.input_line)
         for o in overrides

@@ -13,8 +13,9 @@ calling ``super()``. What the loop asks of a model is in ``GenerativeModel``: ``
 from __future__ import annotations
 
 import math
+import typing
 import warnings
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning as L
@@ -22,9 +23,9 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-import vaelab
 from vaelab.errors import UserError
 from vaelab.reliability import TrainingStopped
+from vaelab.version import __version__
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -81,18 +82,27 @@ class WeightedSums:
         return dict(zip(self.names, sums / count))
 
 
+def final(method: Callable) -> Callable:
+    """A method of the loop that no model may define (typing.final for type checkers; marked
+    here too, since typing.final leaves no mark before Python 3.11)."""
+    method.__loop_final__ = True
+    return typing.final(method)
+
+
 class TrainingLoop(L.LightningModule):
     """The training loop every model shares; see the module docstring."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name, value in vars(cls).items():
-            inherited = getattr(TrainingLoop, name, None)
-            if getattr(inherited, "__final__", False) and value is not inherited:
-                raise TypeError(
-                    f"{cls.__name__}.{name} overrides the training loop's {name}, which every model shares; "
-                    "a model changes what it computes (step_metrics, its objective), not the loop"
-                )
+        for klass in cls.__mro__:  # the class itself and any mixin before the loop in its bases
+            if klass is TrainingLoop:
+                break
+            for name in vars(klass):
+                if getattr(getattr(TrainingLoop, name, None), "__loop_final__", False):
+                    raise TypeError(
+                        f"{cls.__name__}.{name} overrides the training loop's {name}, which every model shares; "
+                        "a model changes what it computes (step_metrics, its objective), not the loop"
+                    )
 
     # How the model runs, as opposed to what it is: the defaults of a model built on its own
     # (tests, notebooks); train() sets them from the run's config through set_run_options.
@@ -257,12 +267,15 @@ class TrainingLoop(L.LightningModule):
             return
         optimizer = self.optimizers().optimizer
         defaults = hydra.utils.instantiate(self.hparams.optimizer)(params=[torch.nn.Parameter(torch.zeros(1))]).defaults
-        for group in optimizer.param_groups:
-            for key in keys:
-                if key in defaults and key in group:
-                    group[key] = defaults[key]
         configs = self.trainer.lr_scheduler_configs
         plateau = bool(configs) and isinstance(configs[0].scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        for group in optimizer.param_groups:
+            for key in keys:
+                if key == "lr" and plateau and not new_schedule and old_optimizer.get("lr"):
+                    # The plateau's reductions so far apply to the new base rate.
+                    group["lr"] *= defaults["lr"] / old_optimizer["lr"]
+                elif key in defaults and key in group:
+                    group[key] = defaults[key]
         if configs and (new_schedule or ("lr" in keys and not plateau)):
             for group in optimizer.param_groups:
                 group["lr"] = group["initial_lr"] = defaults["lr"]
@@ -416,7 +429,7 @@ class TrainingLoop(L.LightningModule):
         """The run's resolved config travels with the weights, so eval.py can rebuild the data set
         and check that a file is one of ours. (No generator state: a step's random numbers are a
         function of its place in the run, see ``reliability.RandomStreams``.)"""
-        checkpoint["vaelab"] = {"version": vaelab.__version__, "config": self.run_config}
+        checkpoint["vaelab"] = {"version": __version__, "config": self.run_config}
         fitting = self._trainer is not None and self.trainer.state.fn == "fit" and not self.trainer.sanity_checking
         if fitting and hasattr(self, "train_epoch_sums"):  # also at validation end (the epoch's checkpoints)
             # The current epoch's sums and the skipped steps so far, for a resume mid-epoch.

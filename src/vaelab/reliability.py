@@ -117,7 +117,10 @@ class PreemptionCheckpoint(L.Callback):
         trainer.save_checkpoint(path)
         name = signal.Signals(self.received or signal.SIGTERM).name
         # The run's own overrides (a sweep job's included), so that the command works as printed.
-        own = [o for o in app.command_line_overrides() if not o.startswith(("hydra.run.dir=", "ckpt_path="))]
+        own = [
+            *app.search_path_overrides(),
+            *(o for o in app.command_line_overrides() if not o.startswith("ckpt_path=")),
+        ]
         command = shlex.join(["python", "train.py", *own, f"hydra.run.dir={self.dirpath.parent}", "ckpt_path=last"])
         raise TrainingStopped(f"received {name} at step {trainer.global_step}: saved {path}; resume with {command}")
 

@@ -19,13 +19,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from omegaconf import DictConfig
 
+from vaelab import app
 from vaelab.building import build_model, build_trainer, finish_wandb, instantiate_plain, log_run_config
 from vaelab.checkpoints import check_output_dir, check_resume_checkpoint, resolve_ckpt_path
 from vaelab.config import (
     CONFIG_DIR,
     check_config,
     choose_seed,
-    command_line_overrides,
     print_config_tree,
     save_config,
     use_the_models_data,
@@ -62,7 +62,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_resume_checkpoint(ckpt_path, model.run_config)
     trainer = build_trainer(cfg)
     save_config(cfg)
-    log_run_config(trainer, model.run_config, command_line_overrides())
+    log_run_config(trainer, model.run_config, app.command_line_overrides())
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}

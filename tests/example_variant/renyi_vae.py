@@ -1,0 +1,51 @@
+"""A second example of a new model variant, made by the README's recipe alone: this class and
+conf/model/renyi_vae.yaml. To train it:
+
+    PYTHONPATH=tests/example_variant python train.py \\
+        'hydra.searchpath=[file://tests/example_variant/conf]' model=renyi_vae model.alpha=0.5
+
+(tests/test_new_variant.py does that and reads back what the run logged.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from omegaconf import DictConfig
+from torch import Tensor
+
+from vaelab.checks import is_int, is_number, require
+from vaelab.models import VAE
+
+
+def renyi_bound(log_w: Tensor, alpha: float) -> Tensor:
+    """The variational Rényi bound from k log-weights [k, B] (Li & Turner 2016, eq. 5 with its
+    Monte-Carlo estimate, eq. 9): L_alpha = 1 / (1 - alpha) * log (1/k) sum_k w_k^(1 - alpha); [B].
+    alpha = 0 is the IWAE bound; alpha -> 1 is the ELBO, the mean of log w."""
+    if alpha == 1:
+        return log_w.mean(0)
+    return (torch.logsumexp((1 - alpha) * log_w, dim=0) - math.log(log_w.shape[0])) / (1 - alpha)
+
+
+class RenyiVAE(VAE):
+    """Trains the VR bound with ``k`` samples of q(z|x) and order ``alpha`` in [0, 1]: between the
+    ELBO (alpha = 1) and the IWAE bound (alpha = 0). The bound is logged as ``vr_bound``; recon, kl
+    and the ELBO stay those of the model's single-sample terms."""
+
+    def __init__(self, *args, alpha: float = 0.5, k: int = 5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.alpha, self.k = alpha, k
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        super().check_config(model_cfg, cfg)
+        alpha, k = model_cfg.alpha, model_cfg.k
+        require(is_number(alpha) and 0 <= alpha <= 1, f"model.alpha must be in [0, 1], got {alpha!r}")
+        require(is_int(k) and k >= 1, f"model.k must be a whole number ≥ 1, got {k!r}")
+
+    def objective(self, x: Tensor) -> dict[str, Tensor]:
+        terms = self.terms(x)
+        terms["vr_bound"] = renyi_bound(self.log_weights(x, self.k), self.alpha)
+        terms["loss"] = -terms["vr_bound"].mean()
+        return terms
