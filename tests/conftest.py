@@ -12,6 +12,32 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("WANDB_API_KEY", None)
 
+
+@pytest.fixture(autouse=True, scope="session")
+def no_network():
+    """A connection to anything but this machine (loopback: DDP's gloo, W&B's local service) fails
+    at once in every test of this process, so a test that would reach the network fails instead."""
+    import ipaddress
+    import socket
+
+    connect = socket.socket.connect
+
+    def local_only(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                local = False
+            if not local:
+                raise OSError(f"the tests may not reach the network (a connection to {host})")
+        return connect(self, address)
+
+    socket.socket.connect = local_only
+    yield
+    socket.socket.connect = connect
+
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
