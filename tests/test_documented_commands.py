@@ -26,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from conftest import ROOT
+from test_config import QUICK
 from vaelab import eval as eval_entry
 from vaelab import report
 from vaelab import training as train_entry
@@ -73,14 +74,7 @@ RUN = [
     "python train.py callbacks=[default,early_stopping]",
     "python train.py -m model=beta_vae model.beta=1,2,4,8",
 ]
-SHORT = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.limit_test_batches=1",
-    "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false",
-]
+SHORT = QUICK  # the shortening every option's run in test_config takes
 
 
 def documented_commands() -> list[tuple[str, str]]:
