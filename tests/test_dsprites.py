@@ -236,12 +236,17 @@ def test_bad_files_and_settings_fail_with_one_line(tmp_path):
         assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="leave none of the 92160 images"):
         small(val_size=50000, test_size=50000).prepare()
-    with pytest.raises(UserError, match="data.draw must be per_batch or once"):
-        small(draw="lazy")
+    from vaelab.settings import validate
+
+    settings = {"image_shape": [1, 32, 32], "batch_size": 2, "eval_batch_size": 2, "num_levels": 2, "draw": "lazy"}
+    with pytest.raises(UserError, match="^data.draw must be per_batch or once, got 'lazy'$"):
+        validate(DSpritesDataModule.Settings, settings, "data")  # the data module's schema, checked before it is built
     with pytest.raises(UserError, match=r"must be \[1, S, S\]"):
         small(image_shape=[3, 32, 32])
-    with pytest.raises(UserError, match="data.num_positions must be a whole number"):
-        small(num_positions=0)
+    with pytest.raises(
+        UserError, match="^data.num_positions must be a whole number ≥ 1, got 0; set data.num_positions=<N>$"
+    ):
+        validate(DSpritesDataModule.Settings, {**settings, "draw": "once", "num_positions": 0}, "data")
     with pytest.raises(UserError, match="train images have shape \\[1, 64, 64\\] but the config says"):
         DSpritesDataModule(
             path=cases["has 10 images but 9 rows"].replace("d.npz", "g.npz"),

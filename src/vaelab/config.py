@@ -5,7 +5,6 @@ the copies of it a run keeps."""
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.resources
 import os
@@ -20,13 +19,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab import app
 from vaelab.app import CONFIG_DIR
-from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS, load_checkpoint, resolve_ckpt_path
+from vaelab.checkpoints import load_checkpoint, resolve_ckpt_path
 from vaelab.checks import (
     and_list,
     check_arguments,
     check_callbacks,
     check_ckpt_path,
-    check_data,
     check_extras,
     check_loggers,
     check_optimizer,
@@ -37,7 +35,6 @@ from vaelab.checks import (
     check_trainer,
     flag,
     group_changed,
-    keyword_parameters,
     locate,
     option_files,
     option_name,
@@ -184,25 +181,13 @@ def model_class(target: Any) -> type:
 
 
 def check_model(cfg: DictConfig) -> type:
-    """The settings every model has, then the model's own (its class's ``check_config``), then that
-    the class takes every key; returns the class."""
+    """The optimizer and scheduler every model has, then the model's own settings (its class's
+    ``Settings`` and ``check_config``); returns the class."""
     model = cfg.model
     check_optimizer(model.optimizer)
     check_scheduler(model.get("scheduler"))
-    for key in ("compile", "channels_last"):
-        if key in model:
-            flag(model[key], f"model.{key}")
     cls = model_class(model.get("_target_"))
     cls.check_config(model, cfg)
-    takes = list(keyword_parameters(cls) or ())
-    for key in model:
-        if not key.startswith("_") and key not in RUN_ONLY_MODEL_KEYS and not cls.takes(key):
-            close = difflib.get_close_matches(key, takes, 1)
-            raise UserError(
-                f"model.{key} is not a setting of {model_label(cfg, cls)}"
-                + (f" (did you mean model.{close[0]}?)" if close else "")
-                + "; drop it"
-            )
     return cls
 
 
@@ -241,11 +226,26 @@ def check_config(cfg: DictConfig) -> None:
     check_callbacks_apply(cfg, cls)
 
 
+def check_data(data: DictConfig, cfg: DictConfig | None = None) -> None:
+    """A vaelab data module's own checks (its ``check_config``: its ``Settings``, then the rules
+    across settings); one of the user's own is checked against its signature (``check_data_keys``)."""
+    from vaelab.data.in_memory import InMemoryDataModule
+
+    module = locate(data._target_, "data")
+    if isinstance(module, type) and issubclass(module, InMemoryDataModule):
+        module.check_config(data, cfg)
+
+
 def check_data_keys(cfg: DictConfig) -> None:
-    """Every key of ``data`` is a setting of its data module, of a type it takes (InMemoryDataModule
-    would take and ignore any other key)."""
+    """A data module of the user's own, with no ``Settings`` schema (vaelab's are checked against
+    theirs in ``check_data``): every key of ``data`` is a keyword argument, of a type it takes."""
+    from vaelab.data.in_memory import InMemoryDataModule
+
+    module = locate(cfg.data._target_, "data")
+    if isinstance(module, type) and issubclass(module, InMemoryDataModule):
+        return
     label = option_name(cfg, "data") or cfg.data._target_
-    check_arguments(cfg.data, "data", locate(cfg.data._target_, "data"), f"a setting of data={label}")
+    check_arguments(cfg.data, "data", module, f"a setting of data={label}")
 
 
 # -- settings that cannot change the run -----------------------------------------------------------

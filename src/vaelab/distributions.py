@@ -8,11 +8,14 @@ and is computed in float32 even when the networks run in reduced precision.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vaelab.checks import and_list, require
+from vaelab.settings import Settings, setting, validate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -194,6 +197,9 @@ class Likelihood(nn.Module):
 class BernoulliLikelihood(Likelihood):
     """p(x|z) = prod_i Bernoulli(x_i; sigmoid(logit_i)), computed on logits for stability."""
 
+    class Settings(Settings):
+        name: Literal["bernoulli"] = setting("bernoulli", "the likelihood")
+
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         x = x.float().expand_as(params)
         nll = F.binary_cross_entropy_with_logits(params.float(), x, reduction="none")
@@ -212,12 +218,20 @@ class GaussianLikelihood(Likelihood):
     -log P(x) <= -E_u[log p(y)] + D log(num_levels), so bits/dim add log(num_levels) per dimension.
     """
 
+    class Settings(Settings):
+        name: Literal["gaussian"] = setting("gaussian", "the likelihood")
+        sigma: float = setting(0.1, "the standard deviation (the initial one if learned)", gt=0)
+        learn_sigma: Literal["none", "global", "pixel"] = setting(
+            "none", "fixed sigma, one learned sigma, or one per pixel"
+        )
+        num_levels: int = setting(256, "the data's values per pixel: dequantization bins, bits/dim offset", ge=2)
+
     def __init__(
         self,
-        sigma: float = 1.0,
-        learn_sigma: str = "none",
+        sigma: float = Settings.default("sigma"),
+        learn_sigma: str = Settings.default("learn_sigma"),
         image_shape: Sequence[int] | None = None,
-        num_levels: int = 256,
+        num_levels: int = Settings.default("num_levels"),
     ):
         super().__init__()
         self.bpd_offset_nats_per_dim = math.log(num_levels)
@@ -242,11 +256,44 @@ class GaussianLikelihood(Likelihood):
         return params.float()
 
 
-def build_likelihood(
-    name: str, image_shape: Sequence[int] | None, sigma: float = 1.0, learn_sigma: str = "none", num_levels: int = 256
-) -> Likelihood:
-    if name == "bernoulli":
-        return BernoulliLikelihood()
+LIKELIHOODS: dict[str, type[Likelihood]] = {"bernoulli": BernoulliLikelihood, "gaussian": GaussianLikelihood}
+
+
+def build_likelihood(name: str, image_shape: Sequence[int] | None, **settings: Any) -> Likelihood:
+    """The likelihood ``name`` with its settings (``num_levels``, ``sigma``, ...)."""
+    if name not in LIKELIHOODS:
+        raise ValueError(f"unknown likelihood {name!r}: use {' or '.join(LIKELIHOODS)}")
     if name == "gaussian":
-        return GaussianLikelihood(sigma=sigma, learn_sigma=learn_sigma, image_shape=image_shape, num_levels=num_levels)
-    raise ValueError(f"unknown likelihood {name!r}: use bernoulli or gaussian")
+        settings["image_shape"] = image_shape
+    return LIKELIHOODS[name](**settings)
+
+
+def check_likelihood(lik: Any, data_levels: int | None = None) -> Settings:
+    """The ``likelihood`` node against the schema of its ``name``, and its levels against the data's."""
+    name = lik.get("name")
+    require(
+        name in LIKELIHOODS,
+        f"likelihood.name must be bernoulli or gaussian, got {name!r}; "
+        "choose likelihood=bernoulli|gaussian|gaussian_learned",
+    )
+    schema = LIKELIHOODS[name].Settings
+    takes = [key for key in schema.model_fields if key != "name"]
+
+    def unknown(key: str) -> str:
+        other = next((o for o, cls in LIKELIHOODS.items() if key in cls.Settings.model_fields), None)
+        if other:
+            return (
+                f"likelihood.{key} has no effect with likelihood={name}: it is a setting of likelihood={other}; "
+                f"drop likelihood.{key} or choose likelihood={other}"
+            )
+        return f"likelihood.{key} is not a setting of likelihood={name}" + (
+            f" (it takes {and_list(takes)}); drop it" if takes else ", which takes none; drop it"
+        )
+
+    if name == "gaussian" and "num_levels" in lik and data_levels is not None:
+        require(
+            lik.num_levels == data_levels,
+            f"likelihood.num_levels={lik.num_levels} but data.num_levels={data_levels}: "
+            "the bits/dim offset must be the data's; drop likelihood.num_levels (it follows data.num_levels)",
+        )
+    return validate(schema, lik, "likelihood", unknown)

@@ -16,10 +16,66 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any, Literal
 
+from pydantic import PositiveInt
 from torch import Tensor, nn
 
+from vaelab.checks import and_list, require
+from vaelab.settings import Settings, setting, validate
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "gelu": nn.GELU, "silu": nn.SiLU}
+Activation = Literal[tuple(ACTIVATIONS)]
+ACTIVATION_CHOICES = f"one of {sorted(ACTIVATIONS)}"
+
+
+class MLPSettings(Settings):
+    """``net=mlp``: fully connected encoder and decoder."""
+
+    kind: Literal["mlp"] = setting("mlp", "the kind of network")
+    hidden_dims: list[PositiveInt] = setting(..., "hidden layer widths (size.hidden_dims)", min_length=1)
+    activation: Activation = setting("tanh", "the nonlinearity", says=ACTIVATION_CHOICES)
+
+
+class ConvSettings(Settings):
+    """``net=conv``: stride-2 convolutions and their mirror image, optionally with dense layers."""
+
+    kind: Literal["conv"] = setting("conv", "the kind of network")
+    channels: list[PositiveInt] = setting(..., "channels of each stride-2 convolution (size.channels)", min_length=1)
+    activation: Activation = setting("relu", "the nonlinearity", says=ACTIVATION_CHOICES)
+    kernel: Literal[3, 4] = setting(3, "3 (padding 1) or 4 (padding 1, exact halving)")
+    dense: list[PositiveInt] = setting([], "widths of dense layers after the convolutions")
+
+
+NETS: dict[str, type[Settings]] = {"mlp": MLPSettings, "conv": ConvSettings}
+
+
+def check_net(net: Any, image_shape: Sequence[int]) -> Settings:
+    """The ``net`` node against the schema of its kind, and images large enough for a conv net's
+    stride-2 convolutions (a 4x4 kernel halves the size, so n convolutions need 2^n pixels)."""
+    kind = net.get("kind")
+    require(kind in NETS, f"net.kind must be mlp or conv, got {kind!r}; choose net=mlp or net=conv")
+    schema = NETS[kind]
+    takes = and_list([key for key in schema.model_fields if key != "kind"])
+
+    def unknown(key: str) -> str:
+        other = next((name for name, option in NETS.items() if key in option.model_fields), None)
+        if other:
+            return (
+                f"net.{key} has no effect with net.kind={kind} (it takes {takes}); drop net.{key} or choose net={other}"
+            )
+        return f"net.{key} is not a setting of net.kind={kind} (it takes {takes}); drop it"
+
+    settings = validate(schema, net, "net", unknown)
+    if kind == "conv":
+        smallest = 2 ** len(settings.channels) if settings.kernel == 4 else 1
+        require(
+            min(image_shape[1:]) >= smallest,
+            f"the net's {len(settings.channels)} stride-2 4x4 convolutions need images of at least "
+            f"{smallest}x{smallest}, but data.image_shape is {list(image_shape)}; use larger images or fewer "
+            "net.channels",
+        )
+    return settings
 
 
 def activation(name: str) -> nn.Module:
@@ -178,7 +234,7 @@ def build_networks(
             MLPDecoder(image_shape, latent_dim, widths, net["activation"]),
         )
     if kind == "conv":
-        kernel, dense = net.get("kernel", 3), list(net.get("dense") or [])
+        kernel, dense = net.get("kernel", ConvSettings.default("kernel")), list(net.get("dense") or [])
         return (
             ConvEncoder(image_shape, num_params, widths, net["activation"], kernel, dense),
             ConvDecoder(image_shape, latent_dim, widths, net["activation"], kernel, dense),

@@ -16,11 +16,14 @@ every process holds the same codebook, equal to a single process on the same glo
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vaelab.settings import Settings, setting
 
 
 def distributed() -> bool:
@@ -77,22 +80,40 @@ def kmeans(x: Tensor, k: int, iterations: int, generator: torch.Generator) -> Te
 
 
 class VectorQuantizer(nn.Module):
+    class Settings(Settings):
+        num_codes: int = setting(512, "K, the codebook's size", ge=2, message="{key} (K) must be ≥ 2, got {value!r}")
+        code_dim: int = setting(64, "D, a code's dimension", ge=1)
+        beta: float = setting(0.25, "the commitment loss's weight", ge=0)
+        update: Literal["ema", "loss"] = setting(
+            "ema", "codebook learning: moving averages, or the paper's codebook loss"
+        )
+        decay: float = setting(0.99, "the EMA updates' rate", gt=0, lt=1)
+        epsilon: float = setting(1e-5, "the EMA counts' Laplace smoothing", gt=0)
+        kmeans_init: bool = setting(True, "initialise the codebook by k-means on the first batch")
+        kmeans_iterations: int = setting(10, "Lloyd iterations of that k-means", ge=0)
+        restart_dead: bool = setting(True, "move dead codes onto encoder outputs")
+        dead_threshold: float = setting(0.03, "a code is dead below this fraction of a fair share of use", ge=0)
+        usage_decay: float = setting(0.99, "the usage averages' decay", gt=0, lt=1)
+        cosine: bool = setting(False, "cosine-similarity codebook (l2-normalised codes and encodings)")
+        lookup_dim: int | None = setting(None, "match codes in a projection of this size", ge=1, says="null or ≥ 1")
+        seed: int = setting(0, "the k-means and restart random stream (the run's seed)")
+
     def __init__(
         self,
-        num_codes: int = 512,
-        code_dim: int = 64,
-        beta: float = 0.25,
-        update: str = "ema",
-        decay: float = 0.99,
-        epsilon: float = 1e-5,
-        kmeans_init: bool = True,
-        kmeans_iterations: int = 10,
-        restart_dead: bool = True,
-        dead_threshold: float = 0.03,
-        usage_decay: float = 0.99,
-        cosine: bool = False,
-        lookup_dim: int | None = None,
-        seed: int = 0,
+        num_codes: int = Settings.default("num_codes"),
+        code_dim: int = Settings.default("code_dim"),
+        beta: float = Settings.default("beta"),
+        update: str = Settings.default("update"),
+        decay: float = Settings.default("decay"),
+        epsilon: float = Settings.default("epsilon"),
+        kmeans_init: bool = Settings.default("kmeans_init"),
+        kmeans_iterations: int = Settings.default("kmeans_iterations"),
+        restart_dead: bool = Settings.default("restart_dead"),
+        dead_threshold: float = Settings.default("dead_threshold"),
+        usage_decay: float = Settings.default("usage_decay"),
+        cosine: bool = Settings.default("cosine"),
+        lookup_dim: int | None = Settings.default("lookup_dim"),
+        seed: int = Settings.default("seed"),
     ):
         super().__init__()
         self.num_codes, self.beta, self.update = num_codes, beta, update

@@ -12,8 +12,9 @@ from __future__ import annotations
 from omegaconf import DictConfig
 from torch import Tensor
 
-from vaelab.checks import is_number, require
+from vaelab.checks import require
 from vaelab.models import VAE
+from vaelab.settings import setting
 
 
 class FreeBitsVAE(VAE):
@@ -22,18 +23,22 @@ class FreeBitsVAE(VAE):
     below ``free_bits`` nats costs nothing more, so the objective stops pushing it to zero. The
     loss's KL term is logged as ``kl_floored`` beside the true ``kl`` (the ELBO keeps the true KL)."""
 
-    def __init__(self, *args, free_bits: float = 0.5, **kwargs):
+    class Settings(VAE.Settings):
+        free_bits: float = setting(
+            0.5,
+            "nats per latent dimension below which its KL costs nothing more",
+            ge=0,
+            unit=" nats per latent dimension",
+            message="{key} must be ≥ 0 nats per latent dimension, got {value!r}; set {key}=<λ>",
+        )
+
+    def __init__(self, *args, free_bits: float = Settings.default("free_bits"), **kwargs):
         super().__init__(*args, **kwargs)
         self.free_bits = free_bits
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        super().check_config(model_cfg, cfg)  # the VAE's own settings first
-        free_bits = model_cfg.free_bits
-        require(
-            is_number(free_bits) and free_bits >= 0,
-            f"model.free_bits must be ≥ 0 nats per latent dimension, got {free_bits!r}; set model.free_bits=<λ>",
-        )
+        super().check_config(model_cfg, cfg)  # every setting against Settings first
         require(
             model_cfg.posterior == "diagonal",
             "model=free_bits_vae needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",

@@ -12,11 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
-from vaelab.checks import is_int, is_number, require
 from vaelab.models import VAE
+from vaelab.settings import setting
 
 
 def renyi_bound(log_w: Tensor, alpha: float) -> Tensor:
@@ -33,16 +32,13 @@ class RenyiVAE(VAE):
     ELBO (alpha = 1) and the IWAE bound (alpha = 0). The bound is logged as ``vr_bound``; recon, kl
     and the ELBO stay those of the model's single-sample terms."""
 
-    def __init__(self, *args, alpha: float = 0.5, k: int = 5, **kwargs):
+    class Settings(VAE.Settings):
+        alpha: float = setting(0.5, "the bound's order: 1 the ELBO, 0 the IWAE bound", ge=0, le=1)
+        k: int = setting(5, "samples of q(z|x) per example", ge=1)
+
+    def __init__(self, *args, alpha: float = Settings.default("alpha"), k: int = Settings.default("k"), **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.k = alpha, k
-
-    @classmethod
-    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        super().check_config(model_cfg, cfg)
-        alpha, k = model_cfg.alpha, model_cfg.k
-        require(is_number(alpha) and 0 <= alpha <= 1, f"model.alpha must be in [0, 1], got {alpha!r}")
-        require(is_int(k) and k >= 1, f"model.k must be a whole number ≥ 1, got {k!r}")
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)

@@ -8,13 +8,19 @@ import urllib.request
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import model_validator
 
+from vaelab.checks import set_by_user
 from vaelab.data.in_memory import InMemoryDataModule, Split, split_off
 from vaelab.errors import UserError
+from vaelab.settings import setting
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 def no_labels(n: int) -> torch.Tensor:
@@ -43,8 +49,19 @@ class SyntheticDataModule(InMemoryDataModule):
 
     name = "synthetic"
 
+    class Settings(InMemoryDataModule.Settings):
+        num_train: int = setting(512, "training images", ge=1)
+        num_eval: int = setting(128, "validation images, and as many test images", ge=1)
+        num_prototypes: int = setting(4, "random binary prototypes", ge=1)
+        flip: float = setting(0.05, "each pixel's chance to flip", ge=0, le=1, says="a probability in [0, 1]")
+
     def __init__(
-        self, num_train: int = 512, num_eval: int = 128, num_prototypes: int = 4, flip: float = 0.05, **kwargs
+        self,
+        num_train: int = Settings.default("num_train"),
+        num_eval: int = Settings.default("num_eval"),
+        num_prototypes: int = Settings.default("num_prototypes"),
+        flip: float = Settings.default("flip"),
+        **kwargs,
     ):
         super().__init__(**kwargs)
         self.sizes = [num_train, num_eval, num_eval]
@@ -105,7 +122,21 @@ class BinarizedMNISTDataModule(InMemoryDataModule):
 
     name = "binarized_mnist"
 
-    def __init__(self, path: str, download: bool = True, **kwargs):
+    class Settings(InMemoryDataModule.Settings):
+        path: str | None = setting(..., "the packed .npz, or a folder for the .amat files")
+        download: bool = setting(True, "download the .amat files where they are missing")
+
+    @classmethod
+    def check_config(cls, data: DictConfig, cfg: DictConfig | None = None) -> None:
+        super().check_config(data, cfg)
+        path = Path(data.path)
+        if not (path.suffix == ".npz" or path.is_dir() or not path.exists()):
+            raise UserError(
+                f"data.path={path} is a file but not a .npz; point data.path at binarized_mnist.npz "
+                "or at a folder for the .amat files"
+            )
+
+    def __init__(self, path: str, download: bool = Settings.default("download"), **kwargs):
         super().__init__(**kwargs)
         self.path, self.download = Path(path), download
 
@@ -183,7 +214,33 @@ class TorchvisionDataModule(InMemoryDataModule):
     the last ``val_size`` training images (CelebA has its own). Fashion-MNIST also reads a
     folder of raw IDX files such as Debian's /usr/share/datasets/fashion-mnist."""
 
-    def __init__(self, name: str, root: str, download: bool = True, val_size: int = 5000, **kwargs):
+    class Settings(InMemoryDataModule.Settings):
+        name: Literal["mnist", "fashion_mnist", "cifar10", "celeba"] = setting(
+            ...,
+            "the data set",
+            message="{key} must be one of mnist, fashion_mnist, cifar10, celeba, got {value!r}; "
+            "choose data=<name> (or data=image_folder for other images)",
+        )
+        root: str = setting(..., "the folder it is read from (and downloaded to)")
+        download: bool = setting(True, "download it there when missing and a network exists")
+        val_size: int = setting(5000, "the last training images, held out for validation (not CelebA's)", ge=1)
+
+    @classmethod
+    def check_config(cls, data: DictConfig, cfg: DictConfig | None = None) -> None:
+        super().check_config(data, cfg)
+        if data.name == "celeba" and cfg is not None and set_by_user(cfg, "data.val_size", like=("_target_", "name")):
+            raise UserError(
+                "data.val_size has no effect on data=celeba, which has its own validation split; drop data.val_size"
+            )
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        download: bool = Settings.default("download"),
+        val_size: int = Settings.default("val_size"),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.name, self.root, self.download, self.val_size = name, Path(root), download, val_size
 
@@ -322,7 +379,31 @@ class ImageFolderDataModule(InMemoryDataModule):
 
     name = "image_folder"
 
-    def __init__(self, path: str, val_fraction: float = 0.1, test_fraction: float = 0.1, **kwargs):
+    class Settings(InMemoryDataModule.Settings):
+        path: str | None = setting(..., "a folder of images (recursively)")
+        val_fraction: float = setting(0.1, "the images held out for validation", ge=0)
+        test_fraction: float = setting(0.1, "the images held out for testing", ge=0)
+
+        @model_validator(mode="after")
+        def leaves_images_to_train_on(self) -> ImageFolderDataModule.Settings:
+            if self.val_fraction + self.test_fraction >= 1:
+                raise ValueError(
+                    "data.val_fraction and data.test_fraction must be ≥ 0 and leave images to train on (sum < 1), "
+                    f"got {self.val_fraction!r} and {self.test_fraction!r}"
+                )
+            if self.image_shape[0] not in (1, 3):
+                raise ValueError(
+                    f"data.image_shape[0] (channels) must be 1 or 3 for image_folder, got {self.image_shape[0]}"
+                )
+            return self
+
+    def __init__(
+        self,
+        path: str,
+        val_fraction: float = Settings.default("val_fraction"),
+        test_fraction: float = Settings.default("test_fraction"),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.path, self.val_fraction, self.test_fraction = Path(path), val_fraction, test_fraction
 

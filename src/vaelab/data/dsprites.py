@@ -35,14 +35,20 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from vaelab.checks import set_by_user
 from vaelab.data.factors import DSPRITES_FACTORS, DSpritesFactors, FactorGrid, TabulatedFactors
 from vaelab.data.in_memory import InMemoryDataModule, Split
 from vaelab.errors import UserError
+from vaelab.settings import setting
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 DSPRITES_FILE = "dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
 DRAW_MODES = ("per_batch", "once")
@@ -134,27 +140,53 @@ class DSpritesDataModule(InMemoryDataModule):
     ``vaelab.data.factors.GroundTruth``) serves the disentanglement metrics."""
 
     name = "dsprites"
+    path_is_needed = False  # without a file, the images are drawn
+
+    # The settings of the images it draws, which a file of DeepMind's images replaces.
+    DRAWING_KEYS: ClassVar[dict[str, str]] = {
+        "num_scales": "the file's factors make the grid",
+        "num_orientations": "the file's factors make the grid",
+        "num_positions": "the file's factors make the grid",
+        "draw": "the file's images are read, not drawn",
+    }
+
+    class Settings(InMemoryDataModule.Settings):
+        path: str | None = setting(None, "null: draw the images; or DeepMind's .npz (its factors set the grid)")
+        num_scales: int = setting(6, "scales, linearly from 0.5 to 1", ge=1)
+        num_orientations: int = setting(40, "orientations 2 pi k / n over [0, 2 pi)", ge=1)
+        num_positions: int = setting(32, "positions per axis over [0, 1]", ge=1)
+        val_size: int = setting(10000, "validation images", ge=1)
+        test_size: int = setting(10000, "test images (the rest train)", ge=1)
+        split_seed: int = setting(0, "the split's seed: fixed, so runs of every seed are evaluated alike")
+        draw: Literal[DRAW_MODES] = setting("per_batch", "per_batch: each batch drawn when cut; once: all at the start")
+
+    @classmethod
+    def check_config(cls, data: DictConfig, cfg: DictConfig | None = None) -> None:
+        super().check_config(data, cfg)
+        if data.get("path") is None or cfg is None:
+            return
+        for key, reason in cls.DRAWING_KEYS.items():
+            if set_by_user(cfg, f"data.{key}", like=("_target_",)):
+                raise UserError(
+                    f"data.{key} has no effect with data.path set: {reason}; drop data.{key}, "
+                    "or set data.path=null to draw the images"
+                )
 
     def __init__(
         self,
-        path: str | None = None,
-        num_scales: int = 6,
-        num_orientations: int = 40,
-        num_positions: int = 32,
-        val_size: int = 10000,
-        test_size: int = 10000,
-        split_seed: int = 0,
-        draw: str = "per_batch",
+        path: str | None = Settings.default("path"),
+        num_scales: int = Settings.default("num_scales"),
+        num_orientations: int = Settings.default("num_orientations"),
+        num_positions: int = Settings.default("num_positions"),
+        val_size: int = Settings.default("val_size"),
+        test_size: int = Settings.default("test_size"),
+        split_seed: int = Settings.default("split_seed"),
+        draw: str = Settings.default("draw"),
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.path = Path(path).expanduser() if path else None
         self.val_size, self.test_size, self.split_seed, self.draw = val_size, test_size, split_seed, draw
-        for key, value in (("val_size", val_size), ("test_size", test_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{key} must be a whole number ≥ 1, got {value!r}; set data.{key}=<N>")
-        if draw not in DRAW_MODES:
-            raise UserError(f"data.draw must be per_batch or once, got {draw!r}")
         if self.path is not None:
             if not self.path.is_file():
                 raise UserError(
@@ -163,13 +195,6 @@ class DSpritesDataModule(InMemoryDataModule):
                 )
             self._ground_truth: FactorGrid | None = None  # read with the file
             return
-        for key, value in (
-            ("num_scales", num_scales),
-            ("num_orientations", num_orientations),
-            ("num_positions", num_positions),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"data.{key} must be a whole number ≥ 1, got {value!r}; set data.{key}=<N>")
         channels, height, width = self.image_shape
         if channels != 1 or height != width or height < 8:
             raise UserError(

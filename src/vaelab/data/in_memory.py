@@ -17,19 +17,24 @@ draws the same noise as an uninterrupted one without any saved state.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import lightning as L
 import numpy as np
 import torch
+from pydantic import PositiveInt, model_validator
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.errors import UserError
+from vaelab.settings import Settings, setting, validate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -191,6 +196,9 @@ class TrainLoader(DataLoader):
         return super().__iter__()
 
 
+BOTH_FLAGS = "data.on_device and data.pin_memory must be true or false"
+
+
 class InMemoryDataModule(L.LightningDataModule):
     """Base for data sets held in memory. A subclass implements ``load`` and sets ``name``.
 
@@ -206,20 +214,89 @@ class InMemoryDataModule(L.LightningDataModule):
     """
 
     name = "data"
+    path_is_needed = True  # a ``path`` setting must name the data (dSprites draws its own without one)
+
+    class Settings(Settings):
+        image_shape: list[PositiveInt] = setting(
+            ...,
+            "[channels, height, width] of the images",
+            message="{key} must be [channels, height, width] of positive integers, got {value}",
+        )
+        batch_size: int = setting(..., "the global training batch (split across devices)", ge=1)
+        eval_batch_size: int | None = setting(
+            ...,
+            "the validation and test batch; null: batch_size",
+            ge=1,
+            message="{key} must be a whole number ≥ 1, got {value!r}; set {key}=<N>",
+        )
+        binarize: Literal["auto", "dynamic", "none"] = setting(
+            "auto", "auto: dynamic binarization when the likelihood is Bernoulli and pixels have grey levels"
+        )
+        likelihood: Literal["bernoulli", "gaussian"] = setting("bernoulli", "the model's likelihood (likelihood.name)")
+        seed: int | None = setting(0, "the noise streams' seed (the run's seed)")
+        on_device: bool = setting(False, "move the data set to the GPU once; batches are cut there", message=BOTH_FLAGS)
+        pin_memory: bool = setting(False, "batches in page-locked host memory", message=BOTH_FLAGS)
+        num_workers: int = setting(
+            0,
+            "worker processes assembling the batches",
+            ge=0,
+            message="{key} must be a whole number ≥ 0, got {value!r}",
+        )
+        num_levels: int | None = setting(..., "values a pixel takes: checked against the files", ge=2)
+        overfit_batches: int = setting(0, "> 0: only that many training batches, evaluated on the same", ge=0)
+
+        @model_validator(mode="after")
+        def dynamic_binarization_has_an_effect(self) -> InMemoryDataModule.Settings:
+            if self.binarize == "dynamic" and self.likelihood != "bernoulli":
+                raise ValueError(
+                    f"data.binarize=dynamic has no effect with likelihood={self.likelihood}: a continuous likelihood "
+                    "sees dequantized pixels; drop data.binarize or choose likelihood=bernoulli"
+                )
+            if self.binarize == "dynamic" and self.num_levels == 2:
+                raise ValueError(
+                    "data.binarize=dynamic has no effect on binary images (data.num_levels=2); drop data.binarize"
+                )
+            return self
+
+    @classmethod
+    def check_config(cls, data: DictConfig, cfg: DictConfig | None = None) -> None:
+        """The ``data`` node against ``Settings``, then the rules across settings; a subclass adds
+        its own after this. ``cfg``: the whole run config (None for a config of the data alone),
+        to tell the values a user set from the config files' own."""
+        from vaelab.checks import option_name
+
+        label = (option_name(cfg, "data") if cfg is not None else None) or cls.__name__
+
+        def unknown(key: str) -> str:
+            close = difflib.get_close_matches(key, list(cls.Settings.model_fields), 1)
+            return (
+                f"data.{key} is not a setting of data={label}"
+                + (f" (did you mean data.{close[0]}?)" if close else "")
+                + "; drop it"
+            )
+
+        validate(cls.Settings, data, "data", unknown)
+        if "path" in data and data.path is None and cls.path_is_needed:
+            raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
+        if data.get("on_device") and (data.get("num_workers") or data.get("pin_memory")):
+            raise UserError(
+                "data.on_device=true cuts batches on the GPU itself; drop data.num_workers and data.pin_memory "
+                "(they are for data kept on the host)"
+            )
 
     def __init__(
         self,
         image_shape: Sequence[int],
         batch_size: int = 100,
         eval_batch_size: int | None = None,
-        binarize: str = "auto",
-        likelihood: str = "bernoulli",
+        binarize: str = Settings.default("binarize"),
+        likelihood: str = Settings.default("likelihood"),
         seed: int = 0,
-        on_device: bool = False,
-        pin_memory: bool = False,
-        num_workers: int = 0,
+        on_device: bool = Settings.default("on_device"),
+        pin_memory: bool = Settings.default("pin_memory"),
+        num_workers: int = Settings.default("num_workers"),
         num_levels: int | None = None,
-        overfit_batches: int = 0,
+        overfit_batches: int = Settings.default("overfit_batches"),
         **_,
     ):
         super().__init__()

@@ -1,8 +1,9 @@
 """What a model is, as the training loop (``vaelab.loop.TrainingLoop``) and evaluation see it.
 
 A model implements ``step_metrics`` (its loss and the batch means it logs), ``with_derived``
-(metrics computed from those means, exact for epoch means), ``reconstruct`` and ``sample``, and
-checks its own config values in the classmethod ``check_config``. Everything about how it is
+(metrics computed from those means, exact for epoch means), ``reconstruct`` and ``sample``; it
+declares its settings once, in its nested ``Settings`` schema (``vaelab.settings``), and checks the
+rules that join several of them in the classmethod ``check_config``. Everything about how it is
 trained lives in the loop.
 
 Two families, told apart by what they can do (``isinstance(model, LatentVariableModel)``), never
@@ -12,14 +13,16 @@ VQ-VAE itself, and its learned prior)."""
 
 from __future__ import annotations
 
-import inspect
+import difflib
 from typing import Protocol, runtime_checkable
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from vaelab.checks import option_name
 from vaelab.loop import TrainingLoop, WeightedSums
+from vaelab.settings import Settings, setting, validate
 
 __all__ = ["CodebookModel", "GenerativeModel", "LatentVariableModel", "WeightedSums"]
 
@@ -66,6 +69,14 @@ class CodebookModel(Protocol):
         """-log p(codes) per image [B], nats; None under a uniform prior."""
 
 
+def every_model(base: type | None = None) -> list[type]:
+    """Every model class imported so far, depth first."""
+    found = []
+    for subclass in (base or GenerativeModel).__subclasses__():
+        found += [subclass, *every_model(subclass)]
+    return found
+
+
 class GenerativeModel(TrainingLoop):
     """Base of every model; see the module docstring for what a subclass implements."""
 
@@ -73,38 +84,47 @@ class GenerativeModel(TrainingLoop):
     # (the VQ-VAE's prior trains on its VQ-VAE's data): None for a model trained on data=...
     data_from: str | None = None
 
+    class Settings(Settings):
+        """The settings every model has; a model's own schema extends its base class's."""
+
+        optimizer: dict = setting(..., "torch.optim class (_target_, _partial_: true) and its arguments")
+        scheduler: dict | None = setting(None, "a torch.optim.lr_scheduler (_target_, _partial_: true), or null")
+        compile: bool = setting(False, "torch.compile the networks (checkpoints load either way)")
+
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        """Checks of this model's own settings, run by ``vaelab.config.check_config`` before
-        anything is loaded or built, on the class named by ``model._target_``. ``model_cfg`` is
-        the run's ``model`` node, ``cfg`` the whole run config (for what the model's settings
-        must agree with, such as ``cfg.data``).
+        """Checks of this model's settings, run by ``vaelab.config.check_config`` before anything
+        is loaded or built, on the class named by ``model._target_``. ``model_cfg`` is the run's
+        ``model`` node, ``cfg`` the whole run config (for what the model's settings must agree
+        with, such as ``cfg.data``).
 
-        A bad value raises a ``UserError`` whose one-line message names the key, the value and
-        what to set instead; ``vaelab.checks`` has helpers for that (``require``,
-        ``positive_int``, ``flag``, ...). The settings every model has (``optimizer``,
-        ``scheduler``, ``compile``, ``channels_last``) are checked before this is called. A
-        subclass checks its own keys after its base class's::
+        Here: every key against the class's ``Settings`` (types, ranges, allowed values, unknown
+        keys). A subclass adds the rules that join several settings, after its base class's, each
+        a ``UserError`` with a one-line message that names the key and what to set instead
+        (``vaelab.checks.require``)::
 
             @classmethod
             def check_config(cls, model_cfg, cfg):
                 super().check_config(model_cfg, cfg)
-                require(model_cfg.k >= 1, f"model.k must be ≥ 1, got {model_cfg.k!r}")
+                require(model_cfg.k <= model_cfg.k_eval, "model.k must not exceed model.k_eval")
         """
+        validate(cls.Settings, model_cfg, "model", unknown=lambda key: cls.unknown_setting(key, cfg))
 
     @classmethod
-    def takes(cls, key: str) -> bool:
-        """Whether the constructor has a parameter ``key`` (its own, or a base class's that it
-        passes ``**kwargs`` on to)."""
-        for klass in cls.__mro__:
-            if "__init__" not in vars(klass):
-                continue
-            parameters = inspect.signature(vars(klass)["__init__"]).parameters
-            if key in parameters:
-                return True
-            if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-                return False
-        return False
+    def unknown_setting(cls, key: str, cfg: DictConfig) -> str:
+        """The message for ``model.key``, which this model does not take: where it belongs if
+        another model declares it with ``belongs``, else the closest setting's name."""
+        for model in every_model():
+            field = model.Settings.model_fields.get(key)
+            belongs = ((field.json_schema_extra or {}).get("belongs") if field else None) or None
+            if belongs and key not in cls.Settings.model_fields:
+                return f"model.{key} {belongs} (this is model={cls.__name__})"
+        close = difflib.get_close_matches(key, list(cls.Settings.model_fields), 1)
+        return (
+            f"model.{key} is not a setting of model={option_name(cfg, 'model') or cls.__name__}"
+            + (f" (did you mean model.{close[0]}?)" if close else "")
+            + "; drop it"
+        )
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Literal
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import is_int, is_number, require, set_by_user
+from vaelab.checks import require, set_by_user
 from vaelab.errors import UserError
 from vaelab.models.vae import VAE
+from vaelab.settings import setting
 
 
 class BetaTCVAE(VAE):
@@ -34,23 +35,47 @@ class BetaTCVAE(VAE):
     Logged beside loss, recon and kl: ``mi``, ``tc``, ``dwkl`` (batch means, in nats). ``elbo`` is
     the true bound -(recon + kl) with the closed-form KL, whatever the weights."""
 
-    own_settings: ClassVar[dict[str, str]] = {
-        "alpha": "weighs the mutual information of model=beta_tcvae",
-        "gamma": "weighs the dimension-wise KL of model=beta_tcvae",
-        "sampling": "is the estimator of q(z) of model=beta_tcvae",
-        "dataset_size": "is the training set's size N of model=beta_tcvae",
-    }
+    class Settings(VAE.Settings):
+        alpha: float = setting(
+            1.0,
+            "the mutual information's weight",
+            ge=0,
+            says="a number ≥ 0",
+            belongs="weighs the mutual information of model=beta_tcvae",
+        )
+        beta: float = setting(6.0, "the total correlation's weight", ge=0, says="a number ≥ 0")
+        gamma: float = setting(
+            1.0,
+            "the dimension-wise KL's weight",
+            ge=0,
+            says="a number ≥ 0",
+            belongs="weighs the dimension-wise KL of model=beta_tcvae",
+        )
+        sampling: Literal["mss", "mws"] = setting(
+            "mss",
+            "the estimator of q(z): stratified or minibatch-weighted",
+            says="mws or mss",
+            belongs="is the estimator of q(z) of model=beta_tcvae",
+        )
+        dataset_size: int | None = setting(
+            None,
+            "N, the training set's size; null: the training split's",
+            ge=1,
+            says="null (the training split's size) or a whole number ≥ 1",
+            belongs="is the training set's size N of model=beta_tcvae",
+        )
 
     def __init__(
         self,
         *args,
-        alpha: float = 1.0,
-        gamma: float = 1.0,
-        sampling: str = "mss",
-        dataset_size: int | None = None,
+        alpha: float = Settings.default("alpha"),
+        beta: float = Settings.default("beta"),
+        gamma: float = Settings.default("gamma"),
+        sampling: str = Settings.default("sampling"),
+        dataset_size: int | None = Settings.default("dataset_size"),
         **kwargs,
     ):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, beta=beta, **kwargs)
         if sampling not in ("mws", "mss"):
             raise ValueError(f"sampling must be mws or mss, got {sampling!r}")
         self.alpha, self.gamma, self.sampling = alpha, gamma, sampling
@@ -68,16 +93,6 @@ class BetaTCVAE(VAE):
             "only; drop model.baseline_decay",
         )
         super().check_config(model_cfg, cfg)
-        for key in ("alpha", "gamma"):
-            value = model_cfg[key]
-            require(is_number(value) and value >= 0, f"model.{key} must be a number ≥ 0, got {value!r}")
-        sampling = model_cfg.sampling
-        require(sampling in ("mws", "mss"), f"model.sampling must be mws or mss, got {sampling!r}")
-        size = model_cfg.dataset_size
-        require(
-            size is None or (is_int(size) and size >= 1),
-            f"model.dataset_size must be null (the training split's size) or a whole number ≥ 1, got {size!r}",
-        )
         require(
             model_cfg.posterior == "diagonal",
             "model=beta_tcvae needs model.posterior=diagonal (q(z) is estimated dimension by dimension)",

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from vaelab.checks import check_kl_schedule, is_number, require, set_by_user
+from vaelab.checks import require, set_by_user
 from vaelab.models.vae import VAE
-from vaelab.schedules import build_kl_schedule
+from vaelab.schedules import build_kl_schedule, check_kl_schedule
+from vaelab.settings import setting
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,11 +24,25 @@ class BetaVAE(VAE):
     ``free_bits`` (Kingma et al. 2016): each latent dimension's batch-averaged KL counts as at
     least ``free_bits`` nats, so the objective stops pushing a dimension below that."""
 
-    own_settings: ClassVar[dict[str, str]] = dict.fromkeys(("kl_schedule", "free_bits"), "needs model=beta_vae")
+    class Settings(VAE.Settings):
+        beta: float = setting(4.0, "the KL's weight (its end value under a schedule)", ge=0, says="a number ≥ 0")
+        kl_schedule: dict = setting(
+            {"name": "constant"}, "beta(t) over training (the kl_schedule group)", belongs="needs model=beta_vae"
+        )
+        free_bits: float = setting(
+            0.0, "nats per latent below which the KL is not pushed", ge=0, unit=" nats", belongs="needs model=beta_vae"
+        )
 
-    def __init__(self, *args, kl_schedule: dict | None = None, free_bits: float = 0.0, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.kl_schedule_spec = kl_schedule or {"name": "constant"}
+    def __init__(
+        self,
+        *args,
+        beta: float = Settings.default("beta"),
+        kl_schedule: dict = Settings.default("kl_schedule"),  # noqa: B008 (copied below, never mutated)
+        free_bits: float = Settings.default("free_bits"),
+        **kwargs,
+    ):
+        super().__init__(*args, beta=beta, **kwargs)
+        self.kl_schedule_spec = dict(kl_schedule)
         self.free_bits = free_bits
         self._schedule = None
 
@@ -40,10 +55,8 @@ class BetaVAE(VAE):
             "model.beta has no effect with kl_schedule=capacity, whose KL weight is kl_schedule.gamma; "
             "drop model.beta or set kl_schedule.gamma=<weight>",
         )
-        free_bits = model_cfg.free_bits
-        require(is_number(free_bits) and free_bits >= 0, f"model.free_bits must be ≥ 0 nats, got {free_bits!r}")
         require(
-            free_bits == 0 or model_cfg.posterior == "diagonal",
+            model_cfg.free_bits == 0 or model_cfg.posterior == "diagonal",
             "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",
         )
 

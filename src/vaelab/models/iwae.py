@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig
@@ -10,8 +10,9 @@ from torch import Tensor
 from torch.func import functional_call
 
 from vaelab import objectives
-from vaelab.checks import flag, positive_int, require, set_by_user
+from vaelab.checks import require, set_by_user
 from vaelab.models.vae import VAE
+from vaelab.settings import setting
 
 if TYPE_CHECKING:
     from vaelab.distributions import DiagonalGaussian, FullCovGaussian
@@ -22,16 +23,27 @@ def detached_parameters(module: torch.nn.Module) -> dict[str, Tensor]:
     return {name: t.detach() for name, t in (*module.named_parameters(), *module.named_buffers())}
 
 
+IWAE_BOUND = "belongs to the IWAE bound; use model=iwae"
+
+
 class IWAE(VAE):
     """loss = -L_k, L_k = log (1/k) sum_k p(x, z_k) / q(z_k|x) with z_k ~ q(z|x), the k-sample bound
     (k in training, ``k_eval`` in validation and test). ``dreg``: the doubly reparameterized
     gradient for the encoder (Tucker et al. 2018), which has lower variance for large k."""
 
-    own_settings: ClassVar[dict[str, str]] = dict.fromkeys(
-        ("k", "k_eval", "dreg"), "belongs to the IWAE bound; use model=iwae"
-    )
+    class Settings(VAE.Settings):
+        k: int = setting(5, "samples of q(z|x) per example in training", ge=1, belongs=IWAE_BOUND)
+        k_eval: int = setting(50, "samples per example in validation and test", ge=1, belongs=IWAE_BOUND)
+        dreg: bool = setting(False, "the doubly reparameterized encoder gradient", belongs=IWAE_BOUND)
 
-    def __init__(self, *args, k: int = 5, k_eval: int = 50, dreg: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        k: int = Settings.default("k"),
+        k_eval: int = Settings.default("k_eval"),
+        dreg: bool = Settings.default("dreg"),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.k, self.k_eval, self.dreg = k, k_eval, dreg
 
@@ -44,15 +56,12 @@ class IWAE(VAE):
             "drop model.baseline_decay",
         )
         super().check_config(model_cfg, cfg)
-        positive_int(model_cfg.k, "model.k")
         # The bound weighs no KL term (beta = 1 is what it computes).
         require(
             model_cfg.beta == 1,
             "model.beta has no effect on model=iwae: the importance-weighted bound has no KL term to weigh; "
             "drop model.beta (model=beta_vae weighs the KL)",
         )
-        positive_int(model_cfg.k_eval, "model.k_eval")
-        flag(model_cfg.dreg, "model.dreg")
         require(
             model_cfg.get("estimator", "reparam") == "reparam",
             "model=iwae trains with reparameterized gradients; "

@@ -19,10 +19,11 @@ from torch import Tensor, nn
 
 from vaelab import objectives
 from vaelab.checkpoints import load_checkpoint
-from vaelab.checks import check_file, is_number, positive_int, require
+from vaelab.checks import check_file, require
 from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel
 from vaelab.models.vqvae import VQVAE
+from vaelab.settings import setting
 
 
 def load_vqvae(path: str) -> dict:
@@ -67,15 +68,22 @@ class CodePrior(GenerativeModel):
 
     data_from = "vqvae_ckpt"  # it trains on the data set of its VQ-VAE's run
 
+    class Settings(GenerativeModel.Settings):
+        vqvae_ckpt: str | None = setting(..., "the VQ-VAE run's checkpoint (prior.vqvae_ckpt)")
+        width: int = setting(128, "the transformer's width", ge=1)
+        layers: int = setting(4, "transformer blocks", ge=1)
+        heads: int = setting(4, "attention heads (a divisor of width)", ge=1)
+        dropout: float = setting(0.1, "dropout in the blocks", ge=0, lt=1)
+
     def __init__(
         self,
         vqvae_ckpt: str | None,
         optimizer: dict,
         scheduler: dict | None = None,
-        width: int = 128,
-        layers: int = 4,
-        heads: int = 4,
-        dropout: float = 0.1,
+        width: int = Settings.default("width"),
+        layers: int = Settings.default("layers"),
+        heads: int = Settings.default("heads"),
+        dropout: float = Settings.default("dropout"),
         vqvae_hparams: dict | None = None,
     ):
         vqvae_state = None
@@ -100,15 +108,11 @@ class CodePrior(GenerativeModel):
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
         """The transformer's values, then the VQ-VAE's checkpoint."""
         super().check_config(model_cfg, cfg)
-        for key in ("width", "layers", "heads"):
-            positive_int(model_cfg[key], f"model.{key}")
         require(
             model_cfg.width % model_cfg.heads == 0,
             f"model.width ({model_cfg.width}) must be a multiple of model.heads "
             f"({model_cfg.heads}); set model.heads to a divisor of it",
         )
-        dropout = model_cfg.dropout
-        require(is_number(dropout) and 0 <= dropout < 1, f"model.dropout must be in [0, 1), got {dropout!r}")
         require(model_cfg.vqvae_ckpt is not None, "model=vqvae_prior needs prior.vqvae_ckpt=<a VQ-VAE checkpoint>")
         check_file(model_cfg.vqvae_ckpt, "prior.vqvae_ckpt", "a VQ-VAE run's checkpoint")
 

@@ -3,7 +3,7 @@
 The module only orchestrates: the encoder gives q(z|x) (``distributions.DiagonalGaussian``),
 a reparameterized sample goes through the decoder into the likelihood p(x|z), the KL to the
 prior is closed form, and ``objective`` turns those terms into the loss. A variant overrides
-``objective`` (and adds its own hyperparameters); everything else is shared.
+``objective`` (and declares its own settings in its ``Settings``); everything else is shared.
 
 The constructor takes plain values only, so ``VAE.load_from_checkpoint(path)`` rebuilds the
 model from the checkpoint alone.
@@ -12,32 +12,20 @@ model from the checkpoint alone.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import (
-    and_list,
-    check_likelihood,
-    is_int,
-    is_list,
-    is_number,
-    plain,
-    positive_int,
-    require,
-    set_by_user,
-)
-from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood
-from vaelab.errors import UserError
+from vaelab.checks import require, set_by_user
+from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
-from vaelab.nets import ACTIVATIONS, build_networks
+from vaelab.nets import build_networks, check_net
+from vaelab.settings import setting
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from vaelab.distributions import DiagonalGaussian, FullCovGaussian
 
 
@@ -46,23 +34,27 @@ if TYPE_CHECKING:
 TERMS_LOGGED_APART = ("loss", "log_px_given_z", "kl", "kl_per_dim", "elbo")
 
 
-def variants_of(cls: type) -> list[type]:
-    """Every subclass of ``cls`` imported so far, depth first."""
-    found = []
-    for subclass in cls.__subclasses__():
-        found += [subclass, *variants_of(subclass)]
-    return found
-
-
 class VAE(GenerativeModel):
     """Gaussian VAE. ``posterior``: ``diagonal`` or ``full`` (Cholesky-factored covariance).
     ``estimator``: the encoder's gradient, ``reparam`` (pathwise) or ``score_function``
     (likelihood ratio with a moving-average baseline, decay ``baseline_decay``).
     ``test_k`` > 0 also reports the k-sample importance-weighted bound at test time."""
 
-    # The settings only this variant takes, each with what it is: given to another model, the
-    # check says where it belongs (e.g. "model.k belongs to the IWAE bound; use model=iwae").
-    own_settings: ClassVar[dict[str, str]] = {}
+    class Settings(GenerativeModel.Settings):
+        image_shape: list[int] = setting(..., "the images' [channels, height, width] (data.image_shape)")
+        latent_dim: int = setting(..., "latent dimensions (size.latent_dim)", ge=1)
+        net: dict = setting(..., "the encoder and decoder (the net group)")
+        likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
+        beta: float = setting(1.0, "the KL's weight in the loss", ge=0, says="a number ≥ 0")
+        posterior: Literal["diagonal", "full"] = setting(
+            "diagonal", "q(z|x): diagonal, or full covariance through a Cholesky factor"
+        )
+        estimator: Literal["reparam", "score_function"] = setting(
+            "reparam", "the encoder's gradient: pathwise, or likelihood ratio with a moving-average baseline"
+        )
+        baseline_decay: float = setting(0.99, "the score-function baseline's moving-average decay", ge=0, lt=1)
+        test_k: int = setting(0, "> 0: also report the k-sample IWAE bound on the test split", ge=0)
+        channels_last: bool = setting(False, "conv nets: NHWC memory layout (faster on GPUs with tensor cores)")
 
     def __init__(
         self,
@@ -72,11 +64,11 @@ class VAE(GenerativeModel):
         likelihood: dict,
         optimizer: dict,
         scheduler: dict | None = None,
-        beta: float = 1.0,
-        posterior: str = "diagonal",
-        estimator: str = "reparam",
-        baseline_decay: float = 0.99,
-        test_k: int = 0,
+        beta: float = Settings.default("beta"),
+        posterior: str = Settings.default("posterior"),
+        estimator: str = Settings.default("estimator"),
+        baseline_decay: float = Settings.default("baseline_decay"),
+        test_k: int = Settings.default("test_k"),
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
@@ -96,93 +88,23 @@ class VAE(GenerativeModel):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        """The latent size, the networks, the likelihood, the posterior and the gradient estimator;
-        a variant's key given to a model that does not take it."""
+        """The networks and the likelihood against the data, and the settings that only have an
+        effect together."""
         super().check_config(model_cfg, cfg)
-        positive_int(model_cfg.latent_dim, "size.latent_dim")
-        beta = model_cfg.beta
-        require(is_number(beta) and beta >= 0, f"model.beta must be a number ≥ 0, got {beta!r}")
-        net = model_cfg.net
+        check_net(model_cfg.net, cfg.data.image_shape)
         require(
-            net.kind in ("mlp", "conv"), f"net.kind must be mlp or conv, got {net.kind!r}; choose net=mlp or net=conv"
-        )
-        # The keys each kind of net takes (build_networks reads no others).
-        settings = {
-            "mlp": ("kind", "hidden_dims", "activation"),
-            "conv": ("kind", "channels", "activation", "kernel", "dense"),
-        }
-        for key in net:
-            takes = settings[net.kind]
-            if key in takes:
-                continue
-            other = next((kind for kind, keys in settings.items() if key in keys), None)
-            require(
-                other is None,
-                f"net.{key} has no effect with net.kind={net.kind} (it takes {and_list(takes[1:])}); "
-                f"drop net.{key} or choose net={other}",
-            )
-            raise UserError(
-                f"net.{key} is not a setting of net.kind={net.kind} (it takes {and_list(takes[1:])}); drop it"
-            )
-        require(
-            net.activation in ACTIVATIONS,
-            f"net.activation must be one of {sorted(ACTIVATIONS)}, got {net.activation!r}",
-        )
-        require(
-            not model_cfg.get("channels_last") or net.kind == "conv",
+            not model_cfg.get("channels_last") or model_cfg.net.kind == "conv",
             "model.channels_last=true is a memory layout for convolutions; use it with net=conv",
         )
-        widths_key = "hidden_dims" if net.kind == "mlp" else "channels"
-        widths = net[widths_key]
-        require(
-            len(widths) >= 1 and all(is_int(w) and w >= 1 for w in widths),
-            f"net.{widths_key} (from size.{widths_key}) must be a non-empty list of positive integers, "
-            f"got {list(widths)}",
-        )
-        if net.kind == "conv":
-            cls.check_conv_net(net, widths, cfg.data.image_shape)
         check_likelihood(model_cfg.likelihood, cfg.data.get("num_levels"))
-        posterior = model_cfg.get("posterior", "diagonal")
-        require(posterior in ("diagonal", "full"), f"model.posterior must be diagonal or full, got {posterior!r}")
-        estimator = model_cfg.get("estimator", "reparam")
         require(
-            estimator in ("reparam", "score_function"),
-            f"model.estimator must be reparam or score_function, got {estimator!r}",
-        )
-        decay = model_cfg.get("baseline_decay", 0.99)
-        require(is_number(decay) and 0 <= decay < 1, f"model.baseline_decay must be in [0, 1), got {decay!r}")
-        require(
-            estimator != "reparam" or not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+            model_cfg.estimator != "reparam" or not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
             "model.baseline_decay has no effect with model.estimator=reparam: it is the score-function estimator's "
             "baseline; set model.estimator=score_function or drop model.baseline_decay",
         )
-        test_k = model_cfg.get("test_k", 0)
-        require(is_int(test_k) and test_k >= 0, f"model.test_k must be a whole number ≥ 0, got {test_k!r}")
         require(
-            not test_k or cfg.get("test", True) or cfg.trainer.get("fast_dev_run"),
+            not model_cfg.test_k or cfg.get("test", True) or cfg.trainer.get("fast_dev_run"),
             "model.test_k reports a bound on the test split, which test=false skips; set test=true or model.test_k=0",
-        )
-        # A setting of another variant, refused with where it belongs (each variant lists its own).
-        for variant in variants_of(VAE):
-            for key, where in variant.own_settings.items():
-                require(key not in model_cfg or cls.takes(key), f"model.{key} {where} (this is model={cls.__name__})")
-
-    @staticmethod
-    def check_conv_net(net: DictConfig, channels: Sequence[int], image_shape: Sequence[int]) -> None:
-        """The optional ``kernel`` and ``dense`` of a conv net, and images large enough for its
-        stride-2 convolutions (a 4x4 kernel halves the size, so n convolutions need 2^n pixels)."""
-        kernel = net.get("kernel", 3)
-        require(kernel in (3, 4), f"net.kernel must be 3 or 4, got {kernel!r}")
-        dense = net.get("dense") or []
-        require(
-            is_list(dense) and all(is_int(w) and w >= 1 for w in dense),
-            f"net.dense must be a list of positive integers, got {plain(dense)}",
-        )
-        smallest = 2 ** len(channels) if kernel == 4 else 1
-        require(
-            min(image_shape[1:]) >= smallest,
-            f"the net's {len(channels)} stride-2 4x4 convolutions need images of at least {smallest}x{smallest}, "
-            f"but data.image_shape is {list(image_shape)}; use larger images or fewer net.channels",
         )
 
     # ---- the model -------------------------------------------------------------------

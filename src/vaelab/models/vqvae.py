@@ -16,10 +16,11 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from vaelab import objectives
-from vaelab.checks import check_likelihood, flag, is_int, is_number, positive_int, require, set_by_user, whole_number
-from vaelab.distributions import build_likelihood
+from vaelab.checks import require, set_by_user
+from vaelab.distributions import build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.quantizer import VectorQuantizer
+from vaelab.settings import setting, validate
 
 if TYPE_CHECKING:
     from torch.optim import Optimizer
@@ -62,6 +63,14 @@ def vq_decoder(out_channels: int, hidden: int, res_blocks: int, code_dim: int) -
 
 
 class VQVAE(GenerativeModel):
+    class Settings(GenerativeModel.Settings):
+        image_shape: list[int] = setting(..., "the images' [channels, height, width] (data.image_shape)")
+        likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
+        quantizer: dict = setting(..., "the vector quantizer (vaelab.quantizer.VectorQuantizer.Settings)")
+        hidden: int = setting(256, "channels of the networks (size.vq_hidden); the first convolution has half", ge=2)
+        res_blocks: int = setting(2, "residual blocks of each network (size.vq_res_blocks)", ge=0)
+        channels_last: bool = setting(False, "NHWC memory layout (faster convolutions on GPUs with tensor cores)")
+
     def __init__(
         self,
         image_shape: list[int],
@@ -69,8 +78,8 @@ class VQVAE(GenerativeModel):
         quantizer: dict,
         optimizer: dict,
         scheduler: dict | None = None,
-        hidden: int = 256,
-        res_blocks: int = 2,
+        hidden: int = Settings.default("hidden"),
+        res_blocks: int = Settings.default("res_blocks"),
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the loggers get the whole run config (train())
@@ -90,29 +99,12 @@ class VQVAE(GenerativeModel):
         """The quantizer, the networks, the image size and the likelihood."""
         super().check_config(model_cfg, cfg)
         q = model_cfg.quantizer
-        require(
-            is_int(q.num_codes) and q.num_codes >= 2, f"model.quantizer.num_codes (K) must be ≥ 2, got {q.num_codes!r}"
+        validate(
+            VectorQuantizer.Settings,
+            q,
+            "model.quantizer",
+            unknown=lambda key: f"model.quantizer.{key} is not a setting of the quantizer; drop it",
         )
-        positive_int(q.code_dim, "model.quantizer.code_dim")
-        require(is_number(q.beta) and q.beta >= 0, f"model.quantizer.beta must be ≥ 0, got {q.beta!r}")
-        require(q["update"] in ("ema", "loss"), f"model.quantizer.update must be ema or loss, got {q['update']!r}")
-        require(is_number(q.decay) and 0 < q.decay < 1, f"model.quantizer.decay must be in (0, 1), got {q.decay!r}")
-        require(
-            is_number(q.dead_threshold) and q.dead_threshold >= 0,
-            f"model.quantizer.dead_threshold must be ≥ 0, got {q.dead_threshold!r}",
-        )
-        require(
-            q.lookup_dim is None or (is_int(q.lookup_dim) and q.lookup_dim >= 1),
-            f"model.quantizer.lookup_dim must be null or ≥ 1, got {q.lookup_dim!r}",
-        )
-        require(is_number(q.epsilon) and q.epsilon > 0, f"model.quantizer.epsilon must be > 0, got {q.epsilon!r}")
-        require(
-            is_number(q.usage_decay) and 0 < q.usage_decay < 1,
-            f"model.quantizer.usage_decay must be in (0, 1), got {q.usage_decay!r}",
-        )
-        whole_number(q.kmeans_iterations, "model.quantizer.kmeans_iterations", 0)
-        for key in ("kmeans_init", "restart_dead", "cosine"):
-            flag(q[key], f"model.quantizer.{key}")
         if q["update"] == "loss":  # the codebook learns by gradient: no moving averages
             for key in ("decay", "epsilon"):
                 require(
@@ -126,8 +118,6 @@ class VQVAE(GenerativeModel):
             "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
             "drop it or set model.quantizer.kmeans_init=true",
         )
-        whole_number(model_cfg.hidden, "size.vq_hidden", 2)  # the first convolution has hidden / 2 channels
-        whole_number(model_cfg.res_blocks, "size.vq_res_blocks", 0)
         _, height, width = model_cfg.image_shape
         require(
             height % 4 == 0 and width % 4 == 0 and height >= 4 and width >= 4,
