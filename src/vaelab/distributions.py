@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.checks import and_list, require
-from vaelab.settings import Settings, setting, validate
+from vaelab.checks import require
+from vaelab.settings import Settings, not_an_option_setting, setting, validate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -286,9 +286,7 @@ def check_likelihood(lik: Any, data_levels: int | None = None) -> Settings:
                 f"likelihood.{key} has no effect with likelihood={name}: it is a setting of likelihood={other}; "
                 f"drop likelihood.{key} or choose likelihood={other}"
             )
-        return f"likelihood.{key} is not a setting of likelihood={name}" + (
-            f" (it takes {and_list(takes)}); drop it" if takes else ", which takes none; drop it"
-        )
+        return not_an_option_setting(f"likelihood.{key}", f"likelihood={name}", takes)
 
     if name == "gaussian" and "num_levels" in lik and data_levels is not None:
         require(

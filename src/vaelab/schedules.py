@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from omegaconf import OmegaConf
 
-from vaelab.checks import and_list, require, set_by_user
-from vaelab.settings import Settings, setting, validate
+from vaelab.checks import require, set_by_user
+from vaelab.settings import Settings, not_an_option_setting, setting, validate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -121,9 +121,7 @@ def check_kl_schedule(spec: Any, cfg: DictConfig | None = None) -> Settings:
     takes = [key for key in schema.model_fields if key != "name"]
 
     def unknown(key: str) -> str:
-        return f"kl_schedule.{key} is not a setting of kl_schedule={name}" + (
-            f" (it takes {and_list(takes)}); drop it" if takes else ", which takes none; drop it"
-        )
+        return not_an_option_setting(f"kl_schedule.{key}", f"kl_schedule={name}", takes)
 
     # A length in epochs that follows trainer.max_epochs: not read when the steps are given.
     followed = [k for k in takes if k.endswith("epochs") and k in spec and OmegaConf.is_interpolation(spec, k)]

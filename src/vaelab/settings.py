@@ -19,6 +19,7 @@ values of configs composed outside Hydra (the Python API, checkpoints of earlier
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -30,6 +31,7 @@ from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
+from vaelab.checks import and_list, plain
 from vaelab.errors import UserError
 
 REFERENCE = re.compile(r"^\$\{([\w.]+)\}$")
@@ -84,10 +86,6 @@ def setting(
 
 
 # -- checking a config node -------------------------------------------------------------------------
-
-
-def plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def source_of(node: Any, name: str) -> str | None:
@@ -163,10 +161,6 @@ def interval(found: dict[str, float], unit: str = "") -> str:
     return "a number"
 
 
-def or_list(words: list[str]) -> str:
-    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
-
-
 def requirement(field: FieldInfo, key: str) -> tuple[str, str]:
     """What ``field`` must be, in words, and what the message adds after the value."""
     extra = field.json_schema_extra or {}
@@ -180,7 +174,7 @@ def requirement(field: FieldInfo, key: str) -> tuple[str, str]:
     elif base is bool:
         says = "true or false"
     elif typing.get_origin(base) is Literal:
-        says = or_list([str(o) for o in typing.get_args(base)])
+        says = and_list([str(o) for o in typing.get_args(base)], "or")
     elif base is int:
         low = found.get("ge", found.get("gt", -1) + 1) if ("ge" in found or "gt" in found) else None
         says = f"a whole number ≥ {low}" if low is not None else "a whole number"
@@ -190,6 +184,24 @@ def requirement(field: FieldInfo, key: str) -> tuple[str, str]:
     else:
         says = interval(found, extra.get("unit", ""))
     return (f"null or {says}" if nullable and "says" not in extra else says), tail
+
+
+def not_a_setting(path: str, label: str, names: list[str]) -> str:
+    """The message for ``path`` (``data.batchsize``), which ``label`` (``data=digits``) does not
+    take: with the closest of its ``names`` if one is close."""
+    prefix, _, key = path.rpartition(".")
+    close = difflib.get_close_matches(key, names, 1)
+    return (
+        f"{path} is not a setting of {label}" + (f" (did you mean {prefix}.{close[0]}?)" if close else "") + "; drop it"
+    )
+
+
+def not_an_option_setting(path: str, label: str, takes: list[str]) -> str:
+    """The message for ``path`` (``likelihood.sigma``), which option ``label`` (``likelihood=bernoulli``)
+    does not take, listing the settings it does take."""
+    return f"{path} is not a setting of {label}" + (
+        f" (it takes {and_list(takes)}); drop it" if takes else ", which takes none; drop it"
+    )
 
 
 def describe(schema: type[Settings]) -> list[tuple[str, str, str, str]]:

@@ -17,7 +17,6 @@ draws the same noise as an uninterrupted one without any saved state.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -29,7 +28,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vaelab.errors import UserError
-from vaelab.settings import Settings, setting, validate
+from vaelab.settings import Settings, not_a_setting, setting, validate
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -268,12 +267,7 @@ class InMemoryDataModule(L.LightningDataModule):
         label = (option_name(cfg, "data") if cfg is not None else None) or cls.__name__
 
         def unknown(key: str) -> str:
-            close = difflib.get_close_matches(key, list(cls.Settings.model_fields), 1)
-            return (
-                f"data.{key} is not a setting of data={label}"
-                + (f" (did you mean data.{close[0]}?)" if close else "")
-                + "; drop it"
-            )
+            return not_a_setting(f"data.{key}", f"data={label}", list(cls.Settings.model_fields))
 
         validate(cls.Settings, data, "data", unknown)
         if "path" in data and data.path is None and cls.path_is_needed:

@@ -13,7 +13,6 @@ VQ-VAE itself, and its learned prior)."""
 
 from __future__ import annotations
 
-import difflib
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from vaelab.checks import option_name
 from vaelab.loop import TrainingLoop, WeightedSums
-from vaelab.settings import Settings, setting, validate
+from vaelab.settings import Settings, not_a_setting, setting, validate
 
 __all__ = ["CodebookModel", "GenerativeModel", "LatentVariableModel", "WeightedSums"]
 
@@ -119,12 +118,8 @@ class GenerativeModel(TrainingLoop):
             belongs = ((field.json_schema_extra or {}).get("belongs") if field else None) or None
             if belongs and key not in cls.Settings.model_fields:
                 return f"model.{key} {belongs} (this is model={cls.__name__})"
-        close = difflib.get_close_matches(key, list(cls.Settings.model_fields), 1)
-        return (
-            f"model.{key} is not a setting of model={option_name(cfg, 'model') or cls.__name__}"
-            + (f" (did you mean model.{close[0]}?)" if close else "")
-            + "; drop it"
-        )
+        label = f"model={option_name(cfg, 'model') or cls.__name__}"
+        return not_a_setting(f"model.{key}", label, list(cls.Settings.model_fields))
 
     def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the detached batch means of what is logged."""
