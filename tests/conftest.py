@@ -74,7 +74,14 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
     images.mkdir()
     for i in range(30):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    # data=tensors: binary 8x8 images around four prototypes, one array and its labels.
+    labels = rng.integers(0, 4, 200)
+    flips = rng.random((200, 1, 8, 8)) < 0.05
+    np.savez(
+        root / "tensors.npz", images=(rng.integers(0, 2, (4, 1, 8, 8))[labels] ^ flips).astype(np.uint8), labels=labels
+    )
     return {
+        "tensors": root / "tensors.npz",
         "binarized_mnist": root / "binarized_mnist.npz",
         "torchvision": root / "torchvision",
         "fashion": fashion,

@@ -71,6 +71,8 @@ def data_overrides(group: str, option: str, files: dict) -> list[str]:
         if "root" in data:
             return [*data_overrides("data", data.name, files), *extra]
         return extra
+    if (group, option) == ("data", "tensors"):
+        return [f"data.path={files['tensors']}"]
     if (group, option) == ("data", "binarized_mnist"):
         return [f"data.path={files['binarized_mnist']}"]
     if (group, option) == ("data", "mnist"):

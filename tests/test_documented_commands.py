@@ -264,10 +264,17 @@ def test_the_trainer_keys_the_docs_name_are_in_the_trainer_configs():
 
 def test_fast_dev_run_writes_what_its_config_says(tmp_path):
     """debug=fast_dev_run: one training and one validation batch, no test, no checkpoints or metrics;
-    the run folder gets config.yaml and the first image grids (and from Hydra, .hydra/ and train.log)."""
+    the run folder gets config.yaml, the first image grids and its one-point curves (and from Hydra,
+    .hydra/ and train.log)."""
     metrics = train_entry.train(compose_config(["debug=fast_dev_run", "trainer.enable_progress_bar=false"], tmp_path))
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert written == ["config.yaml", "images/reconstructions_epoch000.png", "images/samples_epoch000.png"]
+    assert written == [
+        "config.yaml",
+        "curves.csv",
+        "images/curves.png",
+        "images/reconstructions_epoch000.png",
+        "images/samples_epoch000.png",
+    ]
     assert not [name for name in metrics if name.startswith("test/")]
 
 

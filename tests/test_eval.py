@@ -106,7 +106,7 @@ def test_evaluation_is_reproducible_and_nll_is_below_negative_elbo():
 
 def shown(stderr: str, name: str) -> tuple[str, float]:
     """The last state of an evaluation's progress bar: its 'done/total' and the running value."""
-    last = stderr.replace("\r", "\n").strip().splitlines()[-1]
+    last = [line for line in stderr.replace("\r", "\n").splitlines() if f"{name}=" in line][-1]
     return re.search(r"(\d+/\d+) \[", last).group(1), float(re.search(rf"{name}=(-?[\d.]+)", last).group(1))
 
 
@@ -257,7 +257,15 @@ def test_eval_scores_disentanglement_when_the_data_has_ground_truth(tmp_path, mo
     cfg = compose_config([*overrides, "seed=4", "pictures=true"], tmp_path / "eval", config_name="eval")
     capsys.readouterr()
     metrics = evaluate_checkpoint(cfg)
-    assert "disentanglement: MIG" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "disentanglement: MIG" in printed.out
+    # Every phase shows its progress on stderr, a bar with its count where it has steps, and the
+    # summary says how long each took.
+    for bar in (r"DCI .*\| 2/2 \[", r"SAP .*\| 4/4 \[", r"FactorVAE \(votes\).*\| \d+/150 \["):
+        assert re.search(bar, printed.err), (bar, printed.err[-2000:])
+    phases = json.loads((tmp_path / "eval" / "metrics.json").read_text())["phase_seconds"]
+    assert {"NLL", "MIG", "pictures"} <= set(phases) and all(seconds >= 0 for seconds in phases.values())
+    assert phases["pictures"] > 0 and f"pictures {phases['pictures']:.1f} s" in printed.out
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 

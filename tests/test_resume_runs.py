@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
+from vaelab.curves import read_curves
 
 QUICK = ["data=synthetic", "trainer.enable_progress_bar=false"]
 
@@ -76,6 +77,12 @@ def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, 
         int(r.split(",")[header.index("epoch")]) for r in rows[1:] if r.split(",")[header.index("val/elbo")]
     }
     assert logged_epochs == set(range(epochs))
+    # Its learning curves too: every epoch's training means and validation, as the whole run's.
+    whole_curves, resumed_curves = (read_curves(run / "curves.csv") for run in (whole, interrupted))
+    assert [(r["split"], r["epoch"]) for r in resumed_curves] == [(r["split"], r["epoch"]) for r in whole_curves]
+    assert {r["epoch"] for r in resumed_curves if r["split"] == "train"} == set(range(1, epochs + 1))
+    for a_row, b_row in zip(whole_curves, resumed_curves):
+        assert b_row == pytest.approx(a_row, rel=1e-6)
 
 
 @pytest.mark.slow

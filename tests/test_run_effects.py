@@ -100,6 +100,36 @@ def test_the_best_checkpoint_is_the_best_validation_elbo_and_last_the_last_epoch
     assert best_epoch < 3 and last["epoch"] == 3, (best_epoch, last["epoch"])
 
 
+# ---- learning curves -------------------------------------------------------------------------
+def test_the_runs_curves_are_what_it_logged_mid_epoch_validations_included(tmp_path):
+    """curves.csv holds each epoch's training means and every validation, two per epoch here, with
+    the values metrics.csv logged; curves.png draws them (not a blank canvas)."""
+    cfg = compose_config(
+        [*QUICK, "trainer.max_epochs=2", "+trainer.val_check_interval=0.5", "trainer.limit_val_batches=2"], tmp_path
+    )
+    train(cfg)
+    with open(tmp_path / "curves.csv") as f:
+        curves = list(csv.DictReader(f))
+    rows = logged_rows(tmp_path)
+    train_logged = [r for r in rows if r.get("train/loss_epoch")]
+    val_logged = [r for r in rows if r.get("val/loss")]
+    train_curve = [r for r in curves if r["split"] == "train"]
+    val_curve = [r for r in curves if r["split"] == "val"]
+    assert [float(r["epoch"]) for r in train_curve] == [1.0, 2.0]
+    assert [float(r["epoch"]) for r in val_curve] == [0.5, 1.0, 1.5, 2.0]
+    for name in ("loss", "elbo", "kl"):
+        assert [float(r[name]) for r in train_curve] == pytest.approx(
+            [float(r[f"train/{name}_epoch"]) for r in train_logged], rel=1e-6
+        )
+        val_values = [float(r[f"val/{name}"]) for r in val_logged]
+        assert [float(r[name]) for r in val_curve] == pytest.approx(val_values, rel=1e-6)
+    import matplotlib.image
+
+    picture = matplotlib.image.imread(tmp_path / "images" / "curves.png")
+    assert picture.shape[1] > 2 * picture.shape[0]  # three panels side by side
+    assert picture[..., :3].std() > 0.05  # lines and text, not a blank canvas
+
+
 # ---- bits/dim of a continuous likelihood on discrete data -------------------------------------
 def test_gaussian_bits_per_dim_on_digits_is_a_bound_that_beats_a_uniform_guess(tmp_path):
     """Digits have 17 grey levels, so a uniform guess costs log2(17) = 4.09 bits/dim. A trained
@@ -201,6 +231,37 @@ def test_every_logger_receives_the_whole_resolved_run_config(tmp_path):
     assert logged["data"]["batch_size"] == 16, sorted(logged)
     assert logged["seed"] == 5 and logged["trainer"]["max_epochs"] == 1
     assert logged["model"]["latent_dim"] == cfg.size.latent_dim and logged["model"]["net"]["kind"] == "mlp"
+
+
+def test_mlflow_receives_the_config_the_curves_and_the_image_grids(tmp_path):
+    """logger=mlflow with its default local store in the run folder, read back with MLflow's own client."""
+    from mlflow.tracking import MlflowClient
+
+    cfg = compose_config(
+        [
+            *QUICK,
+            "logger=[csv,mlflow]",
+            "trainer.max_epochs=2",
+            "data.batch_size=16",
+            "seed=5",
+            "trainer.log_every_n_steps=5",
+        ],
+        tmp_path,
+    )
+    train(cfg)
+    client = MlflowClient(tracking_uri=f"file:{tmp_path / 'mlruns'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "vaelab"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    params = run.data.params
+    assert params["data/batch_size"] == "16" and params["seed"] == "5" and params["model/net/kind"] == "mlp"
+    steps = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
+    logged = logged_series(tmp_path, "train/loss")
+    assert steps.keys() == logged.keys() and len(steps) >= 10
+    assert [steps[k] for k in sorted(steps)] == pytest.approx([logged[k] for k in sorted(logged)], rel=1e-6)
+    assert len(client.get_metric_history(run.info.run_id, "val/elbo")) == 2
+    assert "test/elbo" in run.data.metrics
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert any("reconstructions" in path for path in images), images
 
 
 # ---- extending a run ----------------------------------------------------------------------

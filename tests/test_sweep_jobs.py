@@ -1,6 +1,8 @@
 """Sweeps end to end: every job's status, and the report of several sweeps (its series, its folder)."""
 
+import csv
 import json
+import math
 import re
 
 import matplotlib.figure
@@ -74,15 +76,28 @@ def test_a_stopped_job_resumed_to_its_end_is_no_longer_failed(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_job_of_a_sweep_ends_ok(tmp_path):
-    result = run_cli(["-m", "model=beta_vae", "model.beta=1,4,8", *TINY], cwd=tmp_path)
+def test_every_job_of_a_sweep_ends_ok_and_its_report_aggregates_the_seeds(tmp_path):
+    """Two settings with three seeds each: six jobs, and the sweep's report gives each setting's
+    mean and sample standard deviation over its seeds, as a hand computation from the jobs' files."""
+    result = run_cli(["-m", "model=beta_vae", "model.beta=1,4", "seed=0,1,2", *TINY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
-    assert job_statuses(sweep) == {"0": "ok", "1": "ok", "2": "ok"}, result.stderr[-3000:]
-    for job in ("0", "1", "2"):
-        assert json.loads((sweep / job / "test_metrics.json").read_text())["test/beta"] == [1, 4, 8][int(job)]
+    assert job_statuses(sweep) == {str(job): "ok" for job in range(6)}, result.stderr[-3000:]
+    metrics = [json.loads((sweep / str(job) / "test_metrics.json").read_text()) for job in range(6)]
+    assert [m["test/beta"] for m in metrics] == [1, 1, 1, 4, 4, 4]
     report = (sweep / "report.md").read_text()
-    assert "failed" not in report and report.count("\n") == 5  # header, rule, three jobs
+    assert "failed" not in report and report.count("| beta_vae |") == 2 + 6  # two settings, six jobs
+    with open(sweep / "report_seeds.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["model.beta"], row["seeds"], row["n"]) for row in rows] == [("1", "0 1 2", "3"), ("4", "0 1 2", "3")]
+    for row, jobs in zip(rows, ([0, 1, 2], [3, 4, 5])):
+        for key in ("test/elbo", "test/kl", "test/recon"):
+            values = [metrics[j][key] for j in jobs]
+            assert len(set(values)) == 3  # the seeds gave three different runs
+            mean = sum(values) / 3
+            sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 2)
+            assert float(row[f"{key} mean"]) == pytest.approx(mean, rel=1e-12)
+            assert float(row[f"{key} sd"]) == pytest.approx(sd, rel=1e-9)
 
 
 def fake_run(folder, overrides, metrics, model_target=None, choices=None):
@@ -206,3 +221,17 @@ def test_series_split_on_a_differing_setting_but_not_on_display_or_on_an_equal_d
     runs = [str(tmp_path / "runs" / job) for job in ("0", "1")]
     report_main([*runs, "--metric", "test/elbo", "--against", "model.beta", "--out", str(tmp_path / "two")])
     assert series(plotted[1]) == {"model=beta_vae": [(1.0, 0.0), (4.0, -1.0)]}
+
+
+def test_the_plot_of_a_seeded_sweep_draws_each_settings_mean_and_standard_deviation(tmp_path, plotted):
+    elbos = {1: [-100.0, -102.0, -104.0], 4: [-110.0, -111.0, -115.0]}
+    for beta, values in elbos.items():
+        for seed, elbo in enumerate(values):
+            fake_run(tmp_path / "runs" / f"{beta}-{seed}", [f"model.beta={beta}", f"seed={seed}"], {"test/elbo": elbo})
+    report_main([str(tmp_path / "runs"), "--metric", "test/elbo", "--against", "model.beta"])
+    (line,) = series(plotted[0]).values()  # one line: the seeds are no series of their own
+    assert line == [(1.0, -102.0), (4.0, pytest.approx(-112.0))]
+    (bars,) = plotted[0].axes[0].collections
+    spans = [segment[:, 1] for segment in bars.get_segments()]
+    assert [tuple(span) for span in spans] == [(-104.0, -100.0), pytest.approx((-112 - 7**0.5, -112 + 7**0.5))]
+    assert "mean ± sd over seeds" in plotted[0].axes[0].get_title()

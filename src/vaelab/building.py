@@ -131,6 +131,10 @@ def build_loggers(cfg: DictConfig) -> list:
         if name == "wandb":
             with open_dict(node):
                 configure_wandb(node, cfg)
+        if name == "mlflow" and str(node.get("tracking_uri") or "").startswith("file:"):
+            # MLflow 3 keeps its file store for existing users only, behind this flag; the store
+            # in the run folder is what needs no server and no database.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         logger = hydra.utils.instantiate(node, _convert_="all")
         if isinstance(logger, CSVLogger) and cfg.get("ckpt_path"):
             continue_csv_log(logger)

@@ -1,5 +1,5 @@
-"""Callbacks that write what a person looks at: image grids every validation epoch, and the
-disentanglement scores on data with ground-truth factors."""
+"""Callbacks that write what a person looks at: image grids every validation epoch, learning
+curves at the end of training, and the disentanglement scores on data with ground-truth factors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 
 from vaelab.checks import require
-from vaelab.models.base import LatentVariableModel
+from vaelab.curves import draw_curves, write_curves
+from vaelab.models.base import CodebookModel, LatentVariableModel
 from vaelab.pictures import grid as image_grid
 
 if TYPE_CHECKING:
@@ -34,7 +36,14 @@ class ImageGrids(L.Callback):
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.draws = getattr(trainer.datamodule, "is_images", True)
+        if not self.draws:
+            rank_zero_info("image grids: skipped, the data are vectors, not images")
+
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.draws:
+            return
         epoch = trainer.current_epoch
         if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
             return
@@ -48,11 +57,63 @@ class ImageGrids(L.Callback):
             grid = image_grid(images, nrow=8)
             save_image(grid, self.dirpath / f"{name}_epoch{epoch:03d}.png")
             log_image(trainer.loggers, f"images/{name}", grid, trainer.global_step)
-        quantizer = getattr(pl_module, "quantizer", None)
-        if quantizer is not None:
+        if isinstance(pl_module, CodebookModel) and pl_module.vq is pl_module:  # a prior's codebook is frozen
+            quantizer = pl_module.quantizer
             path = self.dirpath / f"codebook_usage_epoch{epoch:03d}.png"
             usage_histogram(quantizer.usage.cpu(), quantizer.dead_threshold, path)
             log_image(trainer.loggers, "images/codebook_usage", read_png(path), trainer.global_step)
+
+
+class LearningCurves(L.Callback):
+    """The run's curves for a reader without W&B or TensorBoard: each epoch's training means (what
+    ``train/<name>_epoch`` logs) and each validation (``val/<name>``) of ``metrics``, against the
+    epochs trained (a validation in the middle of an epoch at its fraction). At the end of training
+    rank 0 writes them to ``<run>/curves.csv`` and draws them into ``<run>/images/curves.png``, one
+    panel per metric. The history is in every checkpoint, so a resumed run's curves start at epoch 1.
+
+    The training means are taken at the epoch's last validation or, in an epoch without one, at its
+    end, from the loop's epoch sums: the numbers the loop logs, but in time for the checkpoint that
+    validation writes."""
+
+    def __init__(self, dirpath: str, metrics: Iterable[str] = ("loss", "elbo", "kl")):
+        self.dirpath = Path(dirpath)
+        self.metrics = list(metrics)
+        self.rows: list[dict] = []  # {"split", "epoch", <metric>: value}
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
+
+    def _record(self, split: str, epoch: float, values: dict) -> None:
+        row = {name: float(values[name]) for name in self.metrics if name in values}
+        if row:
+            self.rows.append({"split": split, "epoch": epoch, **row})
+
+    def _record_train(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch + 1
+        if any(r["split"] == "train" and r["epoch"] == epoch for r in self.rows):
+            return
+        self._record("train", epoch, pl_module.train_epoch_means())
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        epoch = trainer.current_epoch + done / max(1, trainer.num_training_batches)
+        metrics = trainer.callback_metrics
+        self._record("val", epoch, {n: metrics[f"val/{n}"] for n in self.metrics if f"val/{n}" in metrics})
+        if done >= trainer.num_training_batches:
+            self._record_train(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record_train(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and self.rows:
+            write_curves(self.rows, self.metrics, self.dirpath / "curves.csv")
+            draw_curves({"train": self.rows}, self.metrics, self.dirpath / "images" / "curves.png")
 
 
 def usage_histogram(usage: torch.Tensor, dead_threshold: float, path: Path) -> None:
@@ -87,12 +148,16 @@ def read_png(path: Path) -> torch.Tensor:
 
 
 def log_image(loggers: Iterable[Logger], key: str, grid: torch.Tensor, step: int) -> None:
-    """Send an image grid to the loggers that take images (W&B, TensorBoard)."""
+    """Send an image grid [3, H, W] in [0, 1] to the loggers that take images (W&B, TensorBoard,
+    MLflow)."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[grid], step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, grid, step)
+        elif isinstance(logger, MLFlowLogger):
+            pixels = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            logger.experiment.log_image(logger.run_id, pixels, key=key, step=step)
 
 
 class EncoderGradientVariance(L.Callback):

@@ -59,7 +59,7 @@ def model_from_checkpoint(checkpoint: dict) -> L.LightningModule:
     target = str(config["model"]["_target_"])
     module_name, _, name = target.rpartition(".")
     try:
-        module = importlib.import_module(module_name)
+        python_module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
             raise  # the module is there but imports something missing: its traceback says what
@@ -67,10 +67,10 @@ def model_from_checkpoint(checkpoint: dict) -> L.LightningModule:
             f"the checkpoint's model class {target} cannot be imported; put the folder of its module on "
             "PYTHONPATH, as when it was trained"
         ) from None
-    cls = getattr(module, name, None)
+    cls = getattr(python_module, name, None)
     require(
         isinstance(cls, type),
-        f"the checkpoint's model class {target} is not in {module.__file__}; put the folder of the module "
+        f"the checkpoint's model class {target} is not in {python_module.__file__}; put the folder of the module "
         "it was trained with on PYTHONPATH",
     )
     model = cls(**checkpoint["hyper_parameters"])

@@ -50,6 +50,23 @@ from vaelab.models.base import GenerativeModel, LatentVariableModel
 from vaelab.models.prior import load_vqvae
 
 
+def _tensor_shape(path: str | None, key: str | None = None) -> list[int] | None:
+    from vaelab.data.tensors import tensor_shape
+
+    return tensor_shape(path, key)
+
+
+def _tensor_levels(path: str | None, key: str | None = None) -> int | None:
+    from vaelab.data.tensors import tensor_levels
+
+    return tensor_levels(path, key)
+
+
+# data=tensors reads the example shape and the number of levels from the user's file.
+OmegaConf.register_new_resolver("tensor_shape", _tensor_shape, replace=True)
+OmegaConf.register_new_resolver("tensor_levels", _tensor_levels, replace=True)
+
+
 def compose_config(overrides: list[str], output_dir: str, config_name: str = "train") -> DictConfig:
     """The config `python train.py *overrides` would get, writing its run to ``output_dir``."""
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

@@ -41,6 +41,7 @@ from torch import Tensor
 
 from vaelab.data.factors import GroundTruth
 from vaelab.errors import UserError
+from vaelab.progress import Phases
 
 if TYPE_CHECKING:
     import lightning as L
@@ -246,6 +247,7 @@ def _votes(
     active: Tensor,
     vote_batch_size: int,
     batch_size: int,
+    step: Callable[[int], None] = lambda n: None,
 ) -> Tensor:
     """[F', L] counts of (fixed factor, dimension of least normalised variance) over ``num_votes``
     batches of ``vote_batch_size`` points, each with one varying factor fixed to a random value
@@ -267,6 +269,7 @@ def _votes(
         dims = active_dims[normalised.var(1, correction=1).argmin(1)]
         votes.index_put_((fixed, dims), torch.ones(m, dtype=torch.int64), accumulate=True)
         done += m
+        step(m)
     return votes
 
 
@@ -280,6 +283,7 @@ def factor_vae(
     vote_batch_size: int = VOTE_BATCH_SIZE,
     prune_threshold: float = PRUNE_THRESHOLD,
     batch_size: int = REPRESENT_BATCH_SIZE,
+    step: Callable[[int], None] = lambda n: None,
 ) -> FactorVAEScore:
     """The FactorVAE disentanglement score. The scale of each dimension is its standard deviation
     over ``num_variance_estimate`` random points; a dimension whose scale is below
@@ -288,7 +292,8 @@ def factor_vae(
     divides the representation of a batch with one factor fixed by the scale and picks the
     dimension of least variance; the classifier maps each dimension to the factor it got most
     training votes for (the first factor for a dimension without votes, as numpy's argmax).
-    With no active dimension both accuracies are 0, as disentanglement_lib defines them."""
+    With no active dimension both accuracies are 0, as disentanglement_lib defines them.
+    ``step(n)`` is told of every n votes counted (a progress bar)."""
     codes, _ = sample_all_factors(ground_truth, represent, num_variance_estimate, generator, batch_size)
     scale = codes.var(0, correction=1).sqrt()
     active = (scale >= prune_threshold) & (scale > 0)
@@ -296,7 +301,7 @@ def factor_vae(
     if not active.any():
         empty = torch.zeros(num_factors, num_dims, dtype=torch.int64)
         return FactorVAEScore(0.0, 0.0, 0, empty, torch.full((num_dims,), -1))
-    args = (scale, active, vote_batch_size, batch_size)
+    args = (scale, active, vote_batch_size, batch_size, step)
     train = _votes(ground_truth, represent, generator, num_train, *args)
     classifier = train.argmax(0)
     dims = torch.arange(num_dims)
@@ -354,9 +359,15 @@ class DCI:
 
 
 def dci_from_codes(
-    codes_train: Tensor, factors_train: Tensor, codes_test: Tensor, factors_test: Tensor, random_state: int = 0
+    codes_train: Tensor,
+    factors_train: Tensor,
+    codes_test: Tensor,
+    factors_test: Tensor,
+    random_state: int = 0,
+    step: Callable[[int], None] = lambda n: None,
 ) -> DCI:
-    """DCI from one scikit-learn ``GradientBoostingClassifier`` (its defaults) per factor."""
+    """DCI from one scikit-learn ``GradientBoostingClassifier`` (its defaults) per factor;
+    ``step(1)`` after each factor's (a progress bar)."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     x_train, x_test = codes_train.double().numpy(), codes_test.double().numpy()
@@ -368,6 +379,7 @@ def dci_from_codes(
         importance[:, j] = np.abs(model.feature_importances_)
         train_accuracy.append(np.mean(model.predict(x_train) == y_train[:, j]))
         test_accuracy.append(np.mean(model.predict(x_test) == y_test[:, j]))
+        step(1)
     return DCI(
         disentanglement=dci_disentanglement(importance),
         completeness=dci_completeness(importance),
@@ -406,10 +418,12 @@ def sap_from_codes(
     factors_test: Tensor,
     continuous: bool = False,
     random_state: int = 0,
+    step: Callable[[int], None] = lambda n: None,
 ) -> SAP:
     """The SAP score. Discrete factors (disentanglement_lib's studies): the test accuracy of a
     ``LinearSVC(C=0.01, class_weight="balanced")`` trained on the one latent. Continuous: the
-    squared correlation of latent and factor on the training points (0 for a constant latent)."""
+    squared correlation of latent and factor on the training points (0 for a constant latent).
+    ``step(1)`` after each latent (a progress bar)."""
     check_codes(codes_train, factors_train, "SAP")
     x_train, x_test = codes_train.double().numpy(), codes_test.double().numpy()
     y_train, y_test = factors_train.numpy(), factors_test.numpy()
@@ -420,6 +434,7 @@ def sap_from_codes(
             for j in range(num_factors):
                 cov = np.cov(x_train[:, i], y_train[:, j], ddof=1)
                 matrix[i, j] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[0, 0] > 1e-12 else 0.0
+            step(1)
     else:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.svm import LinearSVC
@@ -431,6 +446,7 @@ def sap_from_codes(
                     svm = LinearSVC(C=0.01, class_weight="balanced", random_state=random_state)
                     svm.fit(x_train[:, i : i + 1], y_train[:, j])
                     matrix[i, j] = np.mean(svm.predict(x_test[:, i : i + 1]) == y_test[:, j])
+                step(1)
     top = np.sort(matrix, axis=0)
     return SAP(float(np.mean(top[-1] - top[-2])), torch.from_numpy(matrix))
 
@@ -465,38 +481,45 @@ def disentanglement_metrics(
     num_bins: int = NUM_BINS,
     batch_size: int = REPRESENT_BATCH_SIZE,
     dci_points: int | None = None,
+    phases: Phases | None = None,
 ) -> dict[str, float]:
     """Every score, reproducible for a ``seed``. MIG, DCI and SAP share one sample of
     ``num_train`` training and ``num_test`` test points (disentanglement_lib, seeding each
     metric alike, draws the same points for each); FactorVAE draws its own from the same seed.
     ``dci_points``: DCI's trees learn from the first ``dci_points`` training points and are
     tested on the first ``dci_points // 2`` test points (None: all). The trees cost most of the
-    time: on 2 CPU cores 10,000 points of 10 latents take minutes, 2,000 take seconds.
+    time. ``phases`` (``vaelab.progress``) shows each score's progress and keeps its time.
 
     Keys: mig, factor_vae (evaluation accuracy), factor_vae_train, factor_vae_active_dims,
     dci_disentanglement, dci_completeness, dci_informativeness_train, dci_informativeness_test
     (classification accuracies, as disentanglement_lib's informativeness), sap."""
+    phases = phases or Phases(enabled=False)
     generator = torch.Generator().manual_seed(seed)
-    train = sample_codes(ground_truth, represent, num_train, generator, batch_size)
-    test = sample_codes(ground_truth, represent, num_test, generator, batch_size)
-    mig_result = mig_from_codes(*train, num_bins=num_bins)
-    if dci_points is None:
-        dci_result = dci_from_codes(*train, *test, random_state=seed)
+    with phases("disentanglement: encoding the points"):
+        train = sample_codes(ground_truth, represent, num_train, generator, batch_size)
+        test = sample_codes(ground_truth, represent, num_test, generator, batch_size)
+    with phases("MIG"):
+        mig_result = mig_from_codes(*train, num_bins=num_bins)
+    if dci_points is not None:
+        train_dci, test_dci = [t[:dci_points] for t in train], [t[: max(1, dci_points // 2)] for t in test]
     else:
-        dci_train = [t[:dci_points] for t in train]
-        dci_test = [t[: max(1, dci_points // 2)] for t in test]
-        dci_result = dci_from_codes(*dci_train, *dci_test, random_state=seed)
-    sap_result = sap_from_codes(*train, *test, random_state=seed)
-    factor_vae_result = factor_vae(
-        ground_truth,
-        represent,
-        torch.Generator().manual_seed(seed),
-        num_variance_estimate=num_variance_estimate,
-        num_train=num_votes_train,
-        num_eval=num_votes_eval,
-        vote_batch_size=vote_batch_size,
-        batch_size=batch_size,
-    )
+        train_dci, test_dci = train, test
+    with phases("DCI (a boosted classifier per factor)", total=train[1].shape[1], unit="factor") as step:
+        dci_result = dci_from_codes(*train_dci, *test_dci, random_state=seed, step=step)
+    with phases("SAP (a linear SVM per latent and factor)", total=train[0].shape[1], unit="latent") as step:
+        sap_result = sap_from_codes(*train, *test, random_state=seed, step=step)
+    with phases("FactorVAE (votes)", total=num_votes_train + num_votes_eval, unit="vote") as step:
+        factor_vae_result = factor_vae(
+            ground_truth,
+            represent,
+            torch.Generator().manual_seed(seed),
+            num_variance_estimate=num_variance_estimate,
+            num_train=num_votes_train,
+            num_eval=num_votes_eval,
+            vote_batch_size=vote_batch_size,
+            batch_size=batch_size,
+            step=step,
+        )
     return {
         "mig": mig_result.score,
         "factor_vae": factor_vae_result.eval_accuracy,

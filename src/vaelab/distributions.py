@@ -216,6 +216,7 @@ class GaussianLikelihood(Likelihood):
     ``pixel`` learns one sigma per pixel (``image_shape`` is then required).
     A density of uniformly dequantized data y = (x + u) / num_levels (``vaelab.data.in_memory``):
     -log P(x) <= -E_u[log p(y)] + D log(num_levels), so bits/dim add log(num_levels) per dimension.
+    ``num_levels`` None: continuous data (``data=tensors`` of floats), a density with no offset.
     """
 
     class Settings(Settings):
@@ -224,17 +225,19 @@ class GaussianLikelihood(Likelihood):
         learn_sigma: Literal["none", "global", "pixel"] = setting(
             "none", "fixed sigma, one learned sigma, or one per pixel"
         )
-        num_levels: int = setting(256, "the data's values per pixel: dequantization bins, bits/dim offset", ge=2)
+        num_levels: int | None = setting(
+            256, "the data's values per pixel: dequantization bins, bits/dim offset; null: continuous data", ge=2
+        )
 
     def __init__(
         self,
         sigma: float = Settings.default("sigma"),
         learn_sigma: str = Settings.default("learn_sigma"),
         image_shape: Sequence[int] | None = None,
-        num_levels: int = Settings.default("num_levels"),
+        num_levels: int | None = Settings.default("num_levels"),
     ):
         super().__init__()
-        self.bpd_offset_nats_per_dim = math.log(num_levels)
+        self.bpd_offset_nats_per_dim = math.log(num_levels) if num_levels is not None else 0.0
         log_sigma = torch.tensor(math.log(sigma))
         if learn_sigma == "none":
             self.register_buffer("log_sigma", log_sigma)

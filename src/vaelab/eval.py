@@ -28,6 +28,7 @@ from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, m
 from vaelab.errors import UserError
 from vaelab.metrics import evaluate_split, evaluate_vq_split
 from vaelab.models.base import CodebookModel, LatentVariableModel
+from vaelab.progress import Phases
 
 if TYPE_CHECKING:
     from vaelab.data.factors import GroundTruth
@@ -108,15 +109,16 @@ def ground_truth_to_score(
     return truth if cfg.disentanglement is not False and scorable else None
 
 
-def evaluate_disentanglement(model: VAE, truth: GroundTruth, datamodule: InMemoryDataModule, cfg: DictConfig) -> dict:
+def evaluate_disentanglement(
+    model: VAE, truth: GroundTruth, datamodule: InMemoryDataModule, cfg: DictConfig, phases: Phases
+) -> dict:
     """``disentanglement/<metric>`` for each score of ``disentanglement_metrics`` on the posterior
     means, the factors' names and the mutual information [latent][factor] of each latent with each
     factor (on the points MIG is scored on), which names the factor a latent is about."""
-    if cfg.progress:
-        print("disentanglement metrics (MIG, FactorVAE, DCI, SAP) ...", file=sys.stderr, flush=True)
     represent = posterior_means(model, cfg.batch_size, dequantize_levels=dequantize_levels(datamodule))
-    scores = disentanglement_metrics(truth, represent, seed=cfg.seed, dci_points=cfg.get("dci_points"))
-    information = mutual_information(truth, represent, torch.Generator().manual_seed(cfg.seed))
+    scores = disentanglement_metrics(truth, represent, seed=cfg.seed, dci_points=cfg.get("dci_points"), phases=phases)
+    with phases("mutual information of each latent with each factor"):
+        information = mutual_information(truth, represent, torch.Generator().manual_seed(cfg.seed))
     return {
         **{f"disentanglement/{name}": value for name, value in scores.items()},
         "disentanglement/factor_names": list(truth.factor_names),
@@ -144,47 +146,19 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     split = datamodule.fixed_eval_split(cfg.split)
     is_vq = isinstance(model, CodebookModel)
     truth = ground_truth_to_score(cfg, datamodule, model, is_vq)
-    if is_vq:
-        results = evaluate_vq_split(
-            model,
-            split,
-            batch_size=cfg.batch_size,
-            dequantize=datamodule.dequantize,
-            noise=SPLIT_NOISE[cfg.split],
-            progress=cfg.progress,
-        )
-    else:
-        results = evaluate_split(
-            model,
-            split,
-            k=cfg.k,
-            chunk=cfg.chunk,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            dequantize=datamodule.dequantize,
-            noise=SPLIT_NOISE[cfg.split],
-            progress=cfg.progress,
-        )
+    phases = Phases(enabled=cfg.progress)
+    with phases("NLL bound" if is_vq else "NLL", quiet=True):  # the split's own bar
+        results = measure(model, split, datamodule, cfg, is_vq)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
     if truth is not None:
-        metrics.update(evaluate_disentanglement(model, truth, datamodule, cfg))
+        metrics.update(evaluate_disentanglement(model, truth, datamodule, cfg, phases))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if not cfg.pictures:
-        images = {}
-    elif is_vq:
-        images = draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
-    else:
-        images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
-        if truth is not None and cfg.pictures:
-            labels = pictures.factor_labels(
-                results["kl_per_dim"],
-                torch.tensor(metrics["disentanglement/mutual_information"]),
-                list(truth.factor_names),
-                list(truth.factor_sizes),
-            )
-            pictures.save_labelled_rows(images["traversals"], labels, out / "images" / "traversals_by_factor.png")
+    if cfg.pictures and not datamodule.is_images:
+        print("pictures: skipped, the data are vectors, not images", file=sys.stderr)
+    with phases("pictures"):
+        images = pictures_of(model, split, results, metrics, truth, out, cfg, is_vq) if datamodule.is_images else {}
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
@@ -192,8 +166,62 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
         log_image(loggers, f"eval/{name}", image, step=0)
     for logger in loggers:
         logger.finalize("success")
+    metrics["phase_seconds"] = {name: round(seconds, 3) for name, seconds in phases.seconds.items()}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(vq_summary(metrics, out) if is_vq else summary(metrics, out))
     return metrics
+
+
+def measure(model: GenerativeModel, split: Split, datamodule: InMemoryDataModule, cfg: DictConfig, is_vq: bool) -> dict:
+    """The split's metrics (``vaelab.metrics``): the NLL bound, reconstruction and codebook health
+    of a VQ model, the importance-sampled NLL, KL per dimension and active units of the others."""
+    if is_vq:
+        return evaluate_vq_split(
+            model,
+            split,
+            batch_size=cfg.batch_size,
+            dequantize=datamodule.dequantize,
+            noise=SPLIT_NOISE[cfg.split],
+            progress=cfg.progress,
+        )
+    return evaluate_split(
+        model,
+        split,
+        k=cfg.k,
+        chunk=cfg.chunk,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        dequantize=datamodule.dequantize,
+        noise=SPLIT_NOISE[cfg.split],
+        progress=cfg.progress,
+    )
+
+
+def pictures_of(
+    model: GenerativeModel,
+    split: Split,
+    results: dict,
+    metrics: dict,
+    truth: GroundTruth | None,
+    out: Path,
+    cfg: DictConfig,
+    is_vq: bool,
+) -> dict:
+    """The pictures (``pictures=true``) under ``out/images``, by name."""
+    if not cfg.pictures:
+        return {}
+    if is_vq:
+        return draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
+    images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
+    if truth is not None:
+        labels = pictures.factor_labels(
+            results["kl_per_dim"],
+            torch.tensor(metrics["disentanglement/mutual_information"]),
+            list(truth.factor_names),
+            list(truth.factor_sizes),
+        )
+        pictures.save_labelled_rows(images["traversals"], labels, out / "images" / "traversals_by_factor.png")
+    return images
 
 
 def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images: int, seed: int) -> dict:
@@ -238,6 +266,10 @@ def draw_vq_pictures(model: VQVAE | CodePrior, split: Split, out: Path, num_imag
     return images
 
 
+def phase_times(m: dict) -> str:
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in m.get("phase_seconds", {}).items())
+
+
 def vq_summary(m: dict, out: Path) -> str:
     return "\n".join(
         [
@@ -249,6 +281,7 @@ def vq_summary(m: dict, out: Path) -> str:
             f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, "
             f"perplexity {m['perplexity']:.1f}, "
             f"{m['dead_codes']} dead",
+            f"  time:           {phase_times(m)}",
             f"  written to:     {out}",
         ]
     )
@@ -274,6 +307,7 @@ def summary(m: dict, out: Path) -> str:
                 if "disentanglement/mig" in m
                 else []
             ),
+            f"  time:           {phase_times(m)}",
             f"  written to:     {out}",
         ]
     )

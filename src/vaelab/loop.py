@@ -375,15 +375,21 @@ class TrainingLoop(L.LightningModule):
                 self._validated_this_epoch = False
             else:
                 scheduler.step()
-        means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
-        if means:
-            metrics = self.with_derived(means)
+        metrics = self.train_epoch_means()
+        if metrics:
             # Already reduced over processes, so identical on every rank: sync_dist is a no-op mean.
             self.log_dict(
                 {f"train/{k}_epoch": v for k, v in metrics.items()}, on_step=False, on_epoch=True, sync_dist=True
             )
         if self.skipped_steps:
             self.log("train/skipped_steps", float(self.skipped_steps), on_epoch=True)
+
+    @final
+    def train_epoch_means(self) -> dict[str, Tensor]:
+        """This epoch's training means so far, reduced over processes, with the metrics derived
+        from them: what ``train/<name>_epoch`` logs at the epoch's end (a collective under DDP)."""
+        means = self.train_epoch_sums.means(reduce=self.trainer.strategy.reduce)
+        return self.with_derived(means) if means else {}
 
     @final
     def on_validation_epoch_end(self) -> None:

@@ -99,8 +99,7 @@ class PreemptionCheckpoint(L.Callback):
     ) -> None:
         if self.received is None and trainer.world_size == 1:
             return  # the common case, at every step: nothing more to look at
-        group = getattr(pl_module, "accumulation_group", None)
-        if group is not None and batch_idx + 1 < sum(group(batch_idx)):
+        if batch_idx + 1 < sum(pl_module.accumulation_group(batch_idx)):  # config.py admits loop models only
             return  # inside a gradient-accumulation group: its gradients are in no checkpoint
         if batch_idx + 1 >= trainer.num_training_batches:
             # Lightning resumes a checkpoint of an epoch's last batch as a finished epoch, skipping

@@ -5,9 +5,15 @@ PATH is a multirun folder, a run folder or any folder above them. Every run foun
 its command-line overrides and its final metrics. Writes ``report.md``, ``report.csv`` and, with
 ``--against``, a plot of the metric against that override, into ``--out``; without it, into PATH
 when there is one, and into a new folder ``outputs/report/<date>_<time>/`` when there are several
-(so that no sweep's own report is overwritten). With ``--against``, runs that differ in anything
+(so that no sweep's own report is overwritten), with ``curves.png``: the learning curves of the runs
+that kept them (``curves.csv``). With ``--against``, runs that differ in anything
 but that override (their model, or any other setting) are separate series: one line each in the
 plot, labelled by what differs, and a ``series`` column in the table.
+
+Runs that differ only in ``seed`` are repetitions of one setting: when there are any, the report
+also holds one row per setting with n and the mean ± standard deviation (sample, n - 1) of every
+metric over its seeds (the first table of ``report.md``, and ``report_seeds.csv``), and the plot
+draws each setting's mean with its standard deviation as an error bar.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import csv
 import json
 import re
+import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -44,6 +51,7 @@ NEUTRAL_KEYS = (
     "data_dir",
 )
 MODEL_TARGET = "model._target_"
+SEED = "seed"  # runs differing only in it repeat one setting
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
@@ -133,7 +141,9 @@ def series_of(runs: list[Path], overrides: list[dict], against: str) -> list[str
     on_axis = [i for i, o in enumerate(overrides) if as_number(o.get(against)) is not None]
     runs, overrides = [runs[i] for i in on_axis], [overrides[i] for i in on_axis]
     settings = [read_settings(run) for run in runs]
-    keys = sorted({k for o in overrides for k in o if k != against and not is_neutral(k)} | {"model", MODEL_TARGET})
+    keys = sorted(
+        {k for o in overrides for k in o if k not in (against, SEED) and not is_neutral(k)} | {"model", MODEL_TARGET}
+    )
     values = {k: [setting(k, o, *s) for o, s in zip(overrides, settings)] for k in keys}
     differing = [k for k in keys if len({comparable(v) for v in values[k]}) > 1]
     if "model" in differing and MODEL_TARGET in differing:
@@ -149,6 +159,50 @@ def series_of(runs: list[Path], overrides: list[dict], against: str) -> list[str
     for j, i in enumerate(on_axis):
         labels[i] = ", ".join(shown(k, values[k][j]) for k in differing)
     return labels
+
+
+def setting_key(overrides: dict) -> tuple:
+    """What a run's overrides set, but for its seed and what only changes display: runs with equal
+    keys repeat one setting."""
+    return tuple(sorted((k, comparable(v)) for k, v in overrides.items() if k != SEED and not is_neutral(k)))
+
+
+def seed_groups(rows: list) -> list[list[int]]:
+    """Indices of the rows of each setting, in the order settings first appear."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (_, overrides, _) in enumerate(rows):
+        groups.setdefault(setting_key(overrides), []).append(i)
+    return list(groups.values())
+
+
+def mean_and_sd(values: list[float]) -> tuple[float, float | None]:
+    """The mean and the sample standard deviation (n - 1 in the denominator; None for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def seed_table(rows: list, groups: list[list[int]], metric_keys: list[str]) -> tuple[list[str], list[list]]:
+    """One row per setting: its overrides but the seed, the seeds, n (runs that did not fail) and,
+    for each numeric metric, its mean and standard deviation over those runs."""
+    keys = sorted({k for _, o, _ in rows for k in o if k != SEED})
+    numeric = [k for k in metric_keys if k != "status"]
+    header = [*keys, "seeds", "n", *(f"{k} {part}" for k in numeric for part in ("mean", "sd"))]
+    table = []
+    for group in groups:
+        first = rows[group[0]][1]
+        ok = [i for i in group if "status" not in rows[i][2]]
+        cells = [*(first.get(k, "") for k in keys), " ".join(rows[i][1].get(SEED, "") for i in group), len(ok)]
+        for key in numeric:
+            values = [rows[i][2][key] for i in ok if isinstance(rows[i][2].get(key), (int, float))]
+            mean, sd = mean_and_sd(values) if values else ("", None)
+            cells += [mean, "" if sd is None else sd]
+        table.append(cells)
+    return header, table
+
+
+def markdown(header: list[str], table: list[list]) -> list[str]:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
 
 
 def write_report(runs: list[Path], out: Path, metric: str | None, against: str | None) -> list[Path]:
@@ -170,14 +224,50 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "report.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    lines = markdown(header, table)
     written = [out / "report.md", out / "report.csv"]
+    groups = seed_groups(rows)
+    if any(len(g) > 1 and len({rows[i][1].get(SEED) for i in g} - {None}) == len(g) for g in groups):
+        # some setting was run with several seeds
+        seed_header, seeds = seed_table(rows, groups, metric_keys)
+        with open(out / "report_seeds.csv", "w", newline="") as f:
+            csv.writer(f).writerows([seed_header, *seeds])
+        written.append(out / "report_seeds.csv")
+        lines = [
+            "Mean and standard deviation (sample, n - 1) over the seeds of each setting; n counts the runs that "
+            "did not fail.",
+            "",
+            *markdown(seed_header, seeds),
+            "",
+            "Each run:",
+            "",
+            *lines,
+        ]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    curves = plot_curves(rows, out)
+    if curves is not None:
+        written.append(curves)
     if against:
         written.append(plot_series(rows, series, out, metric, against, override_keys, metric_keys))
     return written
+
+
+def plot_curves(rows: list, out: Path) -> Path | None:
+    """The learning curves of every run that kept them (``curves.csv``) in one ``curves.png``, each
+    run labelled by the overrides that tell it from the others."""
+    from vaelab.curves import draw_curves, read_curves
+
+    curves = [(o, read_curves(run / "curves.csv")) for run, o, _ in rows if (run / "curves.csv").is_file()]
+    if not curves:
+        return None
+    keys = sorted({k for o, _ in curves for k in o if not is_neutral(k)})
+    differing = [k for k in keys if len({comparable(o.get(k)) for o, _ in curves}) > 1]
+    runs = {}
+    for number, (o, run_rows) in enumerate(curves):
+        label = ", ".join(f"{k}={o.get(k, '?')}" for k in differing) or f"run {number}"
+        runs[label] = run_rows
+    metrics = [m for m in ("loss", "elbo", "kl") if any(m in r for _, rs in curves for r in rs)]
+    return draw_curves(runs, metrics, out / "curves.png") if metrics else None
 
 
 def x_key(value: str | None) -> tuple:
@@ -205,10 +295,21 @@ def plot_series(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    repeated = False
     for name in sorted(points):
-        xy = sorted(points[name])
-        ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=name or None)
-    ax.set(xlabel=against, ylabel=metric, title=f"{metric} against {against}")
+        by_x: dict[float, list[float]] = {}
+        for x, y in points[name]:
+            by_x.setdefault(x, []).append(y)  # the seeds of one setting
+        xs = sorted(by_x)
+        means, sds = zip(*(mean_and_sd(by_x[x]) for x in xs))
+        if any(sd is not None for sd in sds):
+            repeated = True
+            errors = [0.0 if sd is None else sd for sd in sds]
+            ax.errorbar(xs, means, yerr=errors, marker="o", capsize=0, label=name or None)
+        else:
+            ax.plot(xs, means, marker="o", label=name or None)
+    title = f"{metric} against {against}" + ("\n(mean ± sd over seeds)" if repeated else "")
+    ax.set(xlabel=against, ylabel=metric, title=title)
     xs = [x for xy in points.values() for x, _ in xy]
     if all(x > 0 for x in xs) and max(xs) / min(xs) >= 8:
         ax.set_xscale("log", base=2)

@@ -7,6 +7,7 @@ from vaelab.data.datasets import (
 )
 from vaelab.data.dsprites import DSpritesDataModule
 from vaelab.data.in_memory import InMemoryDataModule, Split
+from vaelab.data.tensors import TensorsDataModule
 
 __all__ = [
     "BinarizedMNISTDataModule",
@@ -16,5 +17,6 @@ __all__ = [
     "InMemoryDataModule",
     "Split",
     "SyntheticDataModule",
+    "TensorsDataModule",
     "TorchvisionDataModule",
 ]

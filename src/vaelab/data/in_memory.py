@@ -38,14 +38,15 @@ if TYPE_CHECKING:
 
 @dataclass
 class Split:
-    """Images as integers 0..``levels`` ([N, C, H, W], uint8) and labels ([N], -1 if none; or [N, F]
-    factor indices, as dSprites has). ``images`` may also be an object that draws them when indexed
+    """Images as integers 0..``levels`` ([N, C, H, W], uint8), or real numbers (float32) with
+    ``levels`` None (continuous data), and labels ([N], -1 if none; or [N, F] factor indices, as
+    dSprites has). ``images`` may also be an object that draws them when indexed
     (``vaelab.data.dsprites.DrawnImages``): batches are cut with ``index_select``, slices and
     ``.to(device)``, never by reading the whole tensor."""
 
     images: Tensor
     labels: Tensor
-    levels: int
+    levels: int | None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -89,6 +90,8 @@ class BatchDataset(Dataset):
         indices = ref.indices.to(device)
         # index_select, not x[indices]: 5x faster on a CPU for a batch of rows (measured).
         x = self.split.images.index_select(0, indices).float()
+        if self.split.levels is None:  # continuous data (data=tensors of floats): as they are
+            return x, self.split.labels.index_select(0, indices)
         if self.binarize or self.dequantize:
             g = torch.Generator(device=device).manual_seed(ref.noise_seed)
             u = torch.rand(ref.global_size, *x.shape[1:], generator=g, device=device)[ref.offset : ref.offset + len(x)]
@@ -213,6 +216,7 @@ class InMemoryDataModule(L.LightningDataModule):
     """
 
     name = "data"
+    is_images = True  # False for vectors (data=tensors [N, D]): no pictures of them
     path_is_needed = True  # a ``path`` setting must name the data (dSprites draws its own without one)
 
     class Settings(Settings):
@@ -324,7 +328,7 @@ class InMemoryDataModule(L.LightningDataModule):
                 )
             if len(split) == 0:
                 raise UserError(f"data {self.name}: the {split_name} split is empty; check the data files")
-            if self.num_levels is not None and split.levels + 1 != self.num_levels:
+            if self.num_levels is not None and split.levels is not None and split.levels + 1 != self.num_levels:
                 raise UserError(
                     f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
                     f"says data.num_levels={self.num_levels}; set data.num_levels={split.levels + 1}"
@@ -370,6 +374,8 @@ class InMemoryDataModule(L.LightningDataModule):
     def binarize(self) -> bool:
         if self.dequantize:
             return False
+        if self.splits["train"].levels is None:
+            return False  # continuous data
         if self.binarize_mode == "auto":
             return self.likelihood == "bernoulli" and self.splits["train"].levels > 1
         return self.binarize_mode == "dynamic"
@@ -377,7 +383,7 @@ class InMemoryDataModule(L.LightningDataModule):
     @property
     def dequantize(self) -> bool:
         """A continuous likelihood on discrete data: uniform dequantization (module docstring)."""
-        return self.likelihood != "bernoulli"
+        return self.likelihood != "bernoulli" and self.splits["train"].levels is not None
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
         trainer = self.trainer
