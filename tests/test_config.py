@@ -823,13 +823,28 @@ def test_an_unknown_key_is_refused_by_hydra_naming_it(tmp_path):
         compose_config(["model.latent_size=3"], tmp_path)
 
 
+def documented_messages() -> dict[str, str]:
+    """docs/errors.md's rows: {the command as typed there: its message}."""
+    rows = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text().splitlines()
+    cells = [row[len("| `") :].rstrip(" |").split("` | ", 1) for row in rows if row.startswith("| `")]
+    return {cell[0]: cell[1] for cell in cells if len(cell) == 2}
+
+
 @pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=[" ".join(o) for o, _ in BAD_VALUES])
 def test_bad_values_fail_before_training_with_one_line(overrides, message, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from error_table import typed
+
     cfg = compose_config(overrides, tmp_path)
     with pytest.raises(UserError) as err:
         train(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+    # The whole message is the one docs/errors.md shows (a tail added here would not be there).
+    shown = str(err.value).replace(str(tmp_path), "<run dir>").replace("|", "/")
+    assert documented_messages().get(typed(overrides)) == shown, "run benchmarks/error_table.py"
 
 
 @pytest.mark.parametrize("overrides,message", EVAL_BAD_VALUES, ids=[" ".join(o) for o, _ in EVAL_BAD_VALUES])

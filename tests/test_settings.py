@@ -142,21 +142,28 @@ def test_messages_are_worded_from_the_field():
         weight: float = setting(1.0, "a weight", ge=0, unit=" nats")
         mode: str | None = setting(None, "a mode")
         flag: bool = setting(False, "a switch")
+        options: dict = setting({}, "a group")
+        needed: int = setting(..., "a count", ge=0)
 
     cases = {
         "k": (0, "m.k must be a whole number ≥ 1, got 0; set m.k=<N>"),
         "rate": (0, "m.rate must be in (0, 1], got 0"),
         "weight": (-1, "m.weight must be ≥ 0 nats, got -1"),
         "flag": ("yes", "m.flag must be true or false, got 'yes'"),
+        "mode": (5, "m.mode must be null or a text (a name or a path), got 5"),
+        "options": (3, "m.options must be a group of settings (key: value), got 3"),
     }
     for key, (value, message) in cases.items():
         with pytest.raises(UserError) as err:
-            validate(Example, {key: value}, "m")
+            validate(Example, {"needed": 1, key: value}, "m")
         assert str(err.value) == message
+    with pytest.raises(UserError) as err:  # removed with ~m.needed, and no default to fall back on
+        validate(Example, {}, "m")
+    assert str(err.value) == "m.needed is required (a count); set m.needed=<value>"
     with pytest.raises(UserError, match=r"^m.other is not a setting here; drop it$"):
         validate(Example, {"other": 1}, "m")
-    assert validate(Example, {"k": 3}, "m").k == 3
-    assert validate(Example, {}, "m").rate == 0.5  # a key not given takes the declared default
+    assert validate(Example, {"k": 3, "needed": 0}, "m").k == 3
+    assert validate(Example, {"needed": 0}, "m").rate == 0.5  # a key not given takes the declared default
     rows = {row[0]: row for row in describe(Example)}
     assert rows["rate"][1:] == ("in (0, 1]", "0.5", "a rate")
 

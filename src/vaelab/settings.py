@@ -124,6 +124,8 @@ def explain(schema: type[Settings], error: dict, values: dict, node: Any, prefix
         return str(error["ctx"]["error"])
     name = str(error["loc"][0])
     field = schema.model_fields[name]
+    if error["type"] == "missing":  # a key removed from the config (~key) that has no default
+        return f"{prefix}.{name} is required ({field.description}); set {prefix}.{name}=<value>"
     value = values[name]
     key, source = f"{prefix}.{name}", source_of(node, name)
     if source and isinstance(value, list):
@@ -181,6 +183,10 @@ def requirement(field: FieldInfo, key: str) -> tuple[str, str]:
         tail = f"; set {key}=<N>"
     elif typing.get_origin(base) is list:
         says = ("a non-empty list" if found.get("min_length") else "a list") + " of positive integers"
+    elif base is str:
+        says = "a text (a name or a path)"
+    elif base is dict or typing.get_origin(base) is dict:
+        says = "a group of settings (key: value)"
     else:
         says = interval(found, extra.get("unit", ""))
     return (f"null or {says}" if nullable and "says" not in extra else says), tail
