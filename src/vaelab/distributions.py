@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vaelab.checks import require
+from vaelab.checks import and_list, require
 from vaelab.settings import Settings, not_an_option_setting, setting, validate
 
 if TYPE_CHECKING:
@@ -243,10 +243,8 @@ class GaussianLikelihood(Likelihood):
             self.register_buffer("log_sigma", log_sigma)
         elif learn_sigma == "global":
             self.log_sigma = nn.Parameter(log_sigma)
-        elif learn_sigma == "pixel":
+        else:  # "pixel": the schema admits no other value
             self.log_sigma = nn.Parameter(log_sigma.expand(*image_shape).clone())
-        else:
-            raise ValueError(f"learn_sigma must be none, global or pixel, got {learn_sigma!r}")
 
     def log_prob(self, x: Tensor, params: Tensor) -> Tensor:
         mu = params.float()
@@ -276,7 +274,7 @@ def check_likelihood(lik: Any, data_levels: int | None = None) -> Settings:
     name = lik.get("name")
     require(
         name in LIKELIHOODS,
-        f"likelihood.name must be bernoulli or gaussian, got {name!r}; "
+        f"likelihood.name must be {and_list(list(LIKELIHOODS), 'or')}, got {name!r}; "
         "choose likelihood=bernoulli|gaussian|gaussian_learned",
     )
     schema = LIKELIHOODS[name].Settings

@@ -54,7 +54,8 @@ def check_net(net: Any, image_shape: Sequence[int]) -> Settings:
     """The ``net`` node against the schema of its kind, and images large enough for a conv net's
     stride-2 convolutions (a 4x4 kernel halves the size, so n convolutions need 2^n pixels)."""
     kind = net.get("kind")
-    require(kind in NETS, f"net.kind must be mlp or conv, got {kind!r}; choose net=mlp or net=conv")
+    choices = and_list(list(NETS), "or")
+    require(kind in NETS, f"net.kind must be {choices}, got {kind!r}; choose net={choices.replace(' or ', ' or net=')}")
     schema = NETS[kind]
     takes = and_list([key for key in schema.model_fields if key != "kind"])
 
@@ -225,18 +226,18 @@ def build_networks(
     """Encoder (to ``num_params`` outputs, default 2L) and decoder for
     ``net`` = {kind: mlp|conv, hidden_dims|channels, activation}; a conv net may also give
     ``kernel`` (3, the default, or 4) and ``dense`` (widths of dense layers after the convolutions)."""
-    kind = net["kind"]
+    kind = net.get("kind")
+    require(kind in NETS, f"net.kind must be {and_list(list(NETS), 'or')}, got {kind!r}")
+    settings = validate(NETS[kind], net, "net")  # the schema's defaults for what ``net`` leaves out
     num_params = num_params or 2 * latent_dim
-    widths = list(net["hidden_dims"] if kind == "mlp" else net.get("channels", []))
-    if kind == "mlp":
+    if isinstance(settings, MLPSettings):
+        widths = list(settings.hidden_dims)
         return (
-            MLPEncoder(image_shape, num_params, widths, net["activation"]),
-            MLPDecoder(image_shape, latent_dim, widths, net["activation"]),
+            MLPEncoder(image_shape, num_params, widths, settings.activation),
+            MLPDecoder(image_shape, latent_dim, widths, settings.activation),
         )
-    if kind == "conv":
-        kernel, dense = net.get("kernel", ConvSettings.default("kernel")), list(net.get("dense") or [])
-        return (
-            ConvEncoder(image_shape, num_params, widths, net["activation"], kernel, dense),
-            ConvDecoder(image_shape, latent_dim, widths, net["activation"], kernel, dense),
-        )
-    raise ValueError(f"unknown net kind {kind!r}: use net=mlp or net=conv")
+    widths, kernel, dense = list(settings.channels), settings.kernel, list(settings.dense)
+    return (
+        ConvEncoder(image_shape, num_params, widths, settings.activation, kernel, dense),
+        ConvDecoder(image_shape, latent_dim, widths, settings.activation, kernel, dense),
+    )

@@ -116,7 +116,7 @@ class VectorQuantizer(nn.Module):
         seed: int = Settings.default("seed"),
     ):
         super().__init__()
-        self.num_codes, self.beta, self.update = num_codes, beta, update
+        self.num_codes, self.code_dim, self.beta, self.update = num_codes, code_dim, beta, update
         self.decay, self.epsilon, self.usage_decay = decay, epsilon, usage_decay
         self.kmeans_init, self.kmeans_iterations = kmeans_init, kmeans_iterations
         self.restart_dead, self.dead_threshold, self.cosine = restart_dead, dead_threshold, cosine

@@ -27,6 +27,7 @@ from pydantic import PositiveInt, model_validator
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from vaelab.distributions import LIKELIHOODS
 from vaelab.errors import UserError
 from vaelab.settings import Settings, not_a_setting, setting, validate
 
@@ -235,7 +236,7 @@ class InMemoryDataModule(L.LightningDataModule):
         binarize: Literal["auto", "dynamic", "none"] = setting(
             "auto", "auto: dynamic binarization when the likelihood is Bernoulli and pixels have grey levels"
         )
-        likelihood: Literal["bernoulli", "gaussian"] = setting("bernoulli", "the model's likelihood (likelihood.name)")
+        likelihood: Literal[tuple(LIKELIHOODS)] = setting("bernoulli", "the model's likelihood (likelihood.name)")
         seed: int | None = setting(0, "the noise streams' seed (the run's seed)")
         on_device: bool = setting(False, "move the data set to the GPU once; batches are cut there", message=BOTH_FLAGS)
         pin_memory: bool = setting(False, "batches in page-locked host memory", message=BOTH_FLAGS)

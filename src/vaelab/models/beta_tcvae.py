@@ -76,8 +76,6 @@ class BetaTCVAE(VAE):
         **kwargs,
     ):
         super().__init__(*args, beta=beta, **kwargs)
-        if sampling not in ("mws", "mss"):
-            raise ValueError(f"sampling must be mws or mss, got {sampling!r}")
         self.alpha, self.gamma, self.sampling = alpha, gamma, sampling
         self.given_dataset_size = dataset_size
         self.dataset_size = dataset_size  # N once known

@@ -46,7 +46,7 @@ class VAE(GenerativeModel):
         net: dict = setting(..., "the encoder and decoder (the net group)")
         likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
         beta: float = setting(1.0, "the KL's weight in the loss", ge=0, says="a number ≥ 0")
-        posterior: Literal["diagonal", "full"] = setting(
+        posterior: Literal[tuple(POSTERIORS)] = setting(
             "diagonal", "q(z|x): diagonal, or full covariance through a Cholesky factor"
         )
         estimator: Literal["reparam", "score_function"] = setting(

@@ -88,7 +88,7 @@ class VQVAE(GenerativeModel):
         self.num_dims = math.prod(image_shape)
         self.latent_shape = (height // 4, width // 4)
         self.quantizer = VectorQuantizer(**quantizer)
-        code_dim = quantizer["code_dim"]
+        code_dim = self.quantizer.code_dim
         self.encoder = vq_encoder(channels, hidden, res_blocks, code_dim)
         self.decoder = vq_decoder(channels, hidden, res_blocks, code_dim)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
