@@ -42,23 +42,31 @@ def schema_of(group: str, node) -> type[Settings]:
         return LIKELIHOODS[node.name].Settings
     if group == "net":
         return NETS[node.kind]
+    if group == "callbacks":
+        module, _, name = str(node._target_).rpartition(".")
+        return getattr(__import__(module, fromlist=[name]), name).Settings
     return KL_SCHEDULES[node.name].Settings
 
 
 def options() -> list[tuple[str, str]]:
+    own_callbacks = [  # vaelab's callbacks declare their settings; Lightning's are Lightning's
+        ("callbacks", path.stem)
+        for path in sorted((CONF / "callbacks").glob("*.yaml"))
+        if "_target_: vaelab.callbacks." in path.read_text()
+    ]
     return [
         (group, path.stem)
         for group in ("model", "data", "likelihood", "net", "kl_schedule")
         for path in sorted((CONF / group).glob("*.yaml"))
         if not path.stem.startswith("_")
-    ]
+    ] + own_callbacks
 
 
 def nodes_of(group: str, option: str, tmp_path) -> list[tuple[str, object, type[Settings]]]:
     """(name, config node, its schema) of an option, and of the quantizer inside a VQ-VAE."""
     overrides = [f"{group}={option}"] + (["net=conv"] if group == "data" and option == "celeba" else [])
     cfg = compose_config(overrides, tmp_path)
-    node = cfg[group]
+    node = cfg[group] if group != "callbacks" else cfg.callbacks[option]
     found = [(f"{group}/{option}", node, schema_of(group, node))]
     if group == "model" and "quantizer" in node:
         found.append((f"{group}/{option}:quantizer", node.quantizer, VectorQuantizer.Settings))
@@ -150,7 +158,7 @@ def test_messages_are_worded_from_the_field():
         "rate": (0, "m.rate must be in (0, 1], got 0"),
         "weight": (-1, "m.weight must be ≥ 0 nats, got -1"),
         "flag": ("yes", "m.flag must be true or false, got 'yes'"),
-        "mode": (5, "m.mode must be null or a text (a name or a path), got 5"),
+        "mode": (5, "m.mode must be null or a string, got 5"),
         "options": (3, "m.options must be a group of settings (key: value), got 3"),
     }
     for key, (value, message) in cases.items():

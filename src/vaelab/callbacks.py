@@ -10,12 +10,14 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from pydantic import model_validator
 from torchvision.utils import save_image
 
 from vaelab.checks import require
 from vaelab.curves import draw_curves, write_curves
 from vaelab.models.base import CodebookModel, LatentVariableModel
 from vaelab.pictures import grid as image_grid
+from vaelab.settings import Settings, setting
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -31,7 +33,18 @@ class ImageGrids(L.Callback):
     samples decoded from fixed prior draws (the same draws every epoch, so progress shows).
     Small images are enlarged in the grids as in ``eval.py``'s (``vaelab.pictures.grid``)."""
 
-    def __init__(self, dirpath: str, num_images: int = 64, every_n_epochs: int = 1):
+    class Settings(Settings):
+        dirpath: str = setting(..., "the folder of the PNG grids")
+        # Half of num_images are inputs shown beside their reconstructions.
+        num_images: int = setting(64, "images in each grid", ge=2)
+        every_n_epochs: int = setting(1, "draw every this many validation epochs", ge=1)
+
+    def __init__(
+        self,
+        dirpath: str,
+        num_images: int = Settings.default("num_images"),
+        every_n_epochs: int = Settings.default("every_n_epochs"),
+    ):
         self.dirpath = Path(dirpath)
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
@@ -75,7 +88,11 @@ class LearningCurves(L.Callback):
     end, from the loop's epoch sums: the numbers the loop logs, but in time for the checkpoint that
     validation writes."""
 
-    def __init__(self, dirpath: str, metrics: Iterable[str] = ("loss", "elbo", "kl")):
+    class Settings(Settings):
+        dirpath: str = setting(..., "the run folder: curves.csv there, curves.png under images/")
+        metrics: list[str] = setting(["loss", "elbo", "kl"], "the logged metrics drawn, a panel each", min_length=1)
+
+    def __init__(self, dirpath: str, metrics: Iterable[str] = tuple(Settings.default("metrics"))):
         self.dirpath = Path(dirpath)
         self.metrics = list(metrics)
         self.rows: list[dict] = []  # {"split", "epoch", <metric>: value}
@@ -167,7 +184,31 @@ class EncoderGradientVariance(L.Callback):
     (``model.estimator``) on the same model. The batch is the data as the model trains on it
     (see ``training_batch``)."""
 
-    def __init__(self, num_draws: int = 0, batch_size: int = 100, every_n_epochs: int = 1):
+    class Settings(Settings):
+        num_draws: int = setting(
+            0,
+            "gradient draws per measurement; 0: off",
+            ge=0,
+            message="{key} must be 0 (off) or a whole number ≥ 2, got {value!r}; a variance needs two draws",
+        )
+        batch_size: int = setting(100, "the fixed training batch the gradients are drawn on", ge=1)
+        every_n_epochs: int = setting(1, "measure every this many training epochs", ge=1)
+
+        @model_validator(mode="after")
+        def two_draws_for_a_variance(self) -> EncoderGradientVariance.Settings:
+            if self.num_draws == 1:
+                raise ValueError(
+                    "callbacks.encoder_gradient_variance.num_draws must be 0 (off) or a whole number ≥ 2, got 1; "
+                    "a variance needs two draws"
+                )
+            return self
+
+    def __init__(
+        self,
+        num_draws: int = Settings.default("num_draws"),
+        batch_size: int = Settings.default("batch_size"),
+        every_n_epochs: int = Settings.default("every_n_epochs"),
+    ):
         self.num_draws, self.batch_size, self.every_n_epochs = num_draws, batch_size, every_n_epochs
         self.active = num_draws > 0  # when off, train() leaves it out (see build_callbacks)
 
@@ -212,8 +253,24 @@ class DisentanglementScores(L.Callback):
     from (their cost dominates).
     Every process computes the same numbers from the same seed."""
 
+    class Settings(Settings):
+        every_n_epochs: int = setting(0, "score every this many validations; 0: only in the test", ge=0)
+        # Fewer points leave some factor value unsampled (MIG needs every factor to vary).
+        num_points: int = setting(10_000, "MIG/DCI/SAP training points and FactorVAE training votes", ge=200)
+        dci_points: int | None = setting(
+            2_000,
+            "the points DCI's trees learn from; null: all",
+            ge=20,
+            message="{key} must be null (all points) or a whole number ≥ 20, got {value!r}",
+        )
+        seed: int = setting(0, "the seed of the points and votes")
+
     def __init__(
-        self, every_n_epochs: int = 0, num_points: int = 10_000, dci_points: int | None = 2_000, seed: int = 0
+        self,
+        every_n_epochs: int = Settings.default("every_n_epochs"),
+        num_points: int = Settings.default("num_points"),
+        dci_points: int | None = Settings.default("dci_points"),
+        seed: int = Settings.default("seed"),
     ):
         self.every_n_epochs, self.num_points, self.dci_points, self.seed = every_n_epochs, num_points, dci_points, seed
 

@@ -184,7 +184,7 @@ def requirement(field: FieldInfo, key: str) -> tuple[str, str]:
     elif typing.get_origin(base) is list:
         says = ("a non-empty list" if found.get("min_length") else "a list") + " of positive integers"
     elif base is str:
-        says = "a text (a name or a path)"
+        says = "a string"
     elif base is dict or typing.get_origin(base) is dict:
         says = "a group of settings (key: value)"
     else:
