@@ -95,7 +95,7 @@ def check_scheduler(scheduler: DictConfig | None) -> None:
         f"model.scheduler must be null or a config with _target_ and _partial_: true (the optimizer is passed "
         f"in), got {plain(scheduler)!r}",
     )
-    interval = scheduler.get("interval", "epoch")
+    interval = scheduler.get("interval", SCHEDULER_DEFAULTS["interval"])
     require(interval in ("epoch", "step"), f"model.scheduler.interval must be epoch or step, got {interval!r}")
     name = str(scheduler._target_).rsplit(".", 1)[-1]
     require(
@@ -108,7 +108,7 @@ def check_scheduler(scheduler: DictConfig | None) -> None:
             interval == "epoch",
             "model.scheduler ReduceLROnPlateau follows a validation metric; use model.scheduler.interval=epoch",
         )
-        monitor = scheduler.get("monitor", "val/elbo")
+        monitor = scheduler.get("monitor", SCHEDULER_DEFAULTS["monitor"])
         higher_is_better = any(word in monitor for word in ("elbo", "iwae_bound", "psnr", "ssim"))
         mode = scheduler.get("mode", "min")
         require(
@@ -316,14 +316,6 @@ def check_callbacks(callbacks: DictConfig | None) -> None:
             f"callbacks.model_checkpoint.mode must be min or max, got {node.get('mode')!r}",
         )
         whole_number(node.get("save_top_k", 1), "callbacks.model_checkpoint.save_top_k", -1)
-    for name, node in callbacks.items():
-        # vaelab's own callbacks declare their settings (vaelab.callbacks); Lightning's are checked here.
-        if node is not None and str(node.get("_target_", "")).startswith("vaelab.callbacks."):
-            from vaelab.settings import validate
-
-            schema = getattr(locate(node._target_, f"callbacks.{name}"), "Settings", None)
-            if schema is not None:
-                validate(schema, node, f"callbacks.{name}")
     if callbacks.get("early_stopping") is not None:
         node = callbacks.early_stopping
         require(
@@ -435,8 +427,10 @@ def check_targets(cfg: DictConfig, skip: tuple[str, ...] = ()) -> None:
         check_arguments(node, path, found, f"an argument of {node._target_}", ours)
 
 
-# Keys that vaelab reads (or rewrites) itself before the object is built.
-SCHEDULER_KEYS = ("interval", "monitor")
+# Keys that vaelab reads (or rewrites) itself before the object is built: a scheduler's, with
+# their defaults (when the loop steps it, what a ReduceLROnPlateau follows).
+SCHEDULER_DEFAULTS = {"interval": "epoch", "monitor": "val/elbo"}
+SCHEDULER_KEYS = tuple(SCHEDULER_DEFAULTS)
 VAELAB_REWRITES = {"logger.wandb": ("offline",)}
 
 

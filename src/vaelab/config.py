@@ -48,6 +48,7 @@ from vaelab.checks import (
 from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel, LatentVariableModel
 from vaelab.models.prior import load_vqvae
+from vaelab.settings import validate
 
 
 def _tensor_shape(path: str | None, key: str | None = None) -> list[int] | None:
@@ -235,6 +236,7 @@ def check_config(cfg: DictConfig) -> None:
     cls = check_model(cfg)
     check_trainer(cfg.trainer, cfg.model, cfg)
     check_callbacks(cfg.get("callbacks"))
+    check_own_callbacks(cfg.get("callbacks"))
     check_loggers(cfg.get("logger"))
     check_ckpt_path(cfg.get("ckpt_path"))
     check_targets(cfg, skip=("model", "data"))  # their classes and keys: check_model, check_data_keys
@@ -352,6 +354,16 @@ def check_settings_have_effect(cfg: DictConfig, cls: type) -> None:
             f"data.likelihood={cfg.data.likelihood} but likelihood.name={cfg.model.likelihood.name}: the data "
             "must be prepared for the model's likelihood; drop data.likelihood (it follows likelihood.name)",
         )
+
+
+def check_own_callbacks(callbacks: DictConfig | None) -> None:
+    """vaelab's callbacks against the schemas they declare (``vaelab.callbacks``); Lightning's are
+    checked in ``checks.check_callbacks``."""
+    for name, node in (callbacks or {}).items():
+        if node is not None and str(node.get("_target_", "")).startswith("vaelab.callbacks."):
+            schema = getattr(locate(node._target_, f"callbacks.{name}"), "Settings", None)
+            if schema is not None:
+                validate(schema, node, f"callbacks.{name}")
 
 
 def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:

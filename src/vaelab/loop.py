@@ -23,6 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from vaelab.checks import SCHEDULER_DEFAULTS
 from vaelab.errors import UserError
 from vaelab.reliability import TrainingStopped
 from vaelab.version import __version__
@@ -115,8 +116,8 @@ class TrainingLoop(L.LightningModule):
     skipped_steps = 0
     # From model.scheduler's own keys (configure_optimizers): step it every "epoch" or every "step";
     # the metric a ReduceLROnPlateau follows.
-    scheduler_interval = "epoch"
-    scheduler_monitor = "val/elbo"
+    scheduler_interval = SCHEDULER_DEFAULTS["interval"]
+    scheduler_monitor = SCHEDULER_DEFAULTS["monitor"]
     _group_open = False  # inside an accumulation group: gradients added, its optimizer step to come
     _validated_this_epoch = False
 
@@ -474,6 +475,6 @@ class TrainingLoop(L.LightningModule):
         """``model.scheduler`` on ``optimizer``. Its ``interval`` and ``monitor`` are ours (when to
         step it, what a ReduceLROnPlateau follows); the rest builds the scheduler."""
         spec = dict(self.hparams.scheduler)
-        self.scheduler_interval = spec.pop("interval", "epoch")
-        self.scheduler_monitor = spec.pop("monitor", "val/elbo")
+        self.scheduler_interval = spec.pop("interval", SCHEDULER_DEFAULTS["interval"])
+        self.scheduler_monitor = spec.pop("monitor", SCHEDULER_DEFAULTS["monitor"])
         return hydra.utils.instantiate(spec)(optimizer=optimizer)
