@@ -74,8 +74,8 @@ def cpu_has_bf16_matrix_units() -> bool:
 
 
 def warn_if_bf16_is_slow_here(trainer_cfg: DictConfig) -> None:
-    """One line when bf16 precision would run on a CPU that has no bf16 units: measured 5x
-    slower than float32 on an AMD EPYC without AVX-512 (docs/scaling.md)."""
+    """One line when bf16 precision would run on a CPU that has no bf16 units, where it is several
+    times slower than float32 (docs/scaling.md)."""
     on_cpu = trainer_cfg.get("accelerator") == "cpu" or not torch.cuda.is_available()
     if str(trainer_cfg.get("precision")).startswith("bf16") and on_cpu and not cpu_has_bf16_matrix_units():
         rank_zero_warn(
@@ -111,7 +111,7 @@ def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
     nodes = [node for node in (cfg.get("callbacks") or {}).values() if node is not None]  # callbacks.<name>=null: off
     callbacks = [hydra.utils.instantiate(node, _convert_="all") for node in nodes]
     # A callback switched off by its settings is left out: Lightning calls every hook of every
-    # callback at every step, ~1% of a small model's speed per callback (measured).
+    # callback at every step (docs/measurements.md gives the cost).
     callbacks = [c for c in callbacks if getattr(c, "active", True)]
     # Lightning refuses these callbacks when their trainer switch is off, or fails without a
     # scheduler to follow or a logger to write to.

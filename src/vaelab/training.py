@@ -97,9 +97,9 @@ def main(cfg: DictConfig) -> float | None:
 def skip_nvml_checks_without_gpus() -> None:
     """Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1, so that asking whether CUDA
     exists cannot spoil a later fork. With it, every ``torch.cuda.is_available()`` call loads NVML
-    again (nothing is cached until CUDA starts), and Adam asks once per step: on a machine with no
-    GPU that cost a small MLP 12% of its training speed (measured). With no GPU there is nothing
-    a fork could spoil, so the plain check is used."""
+    again (nothing is cached until CUDA starts), and Adam asks once per step, a cost a small model
+    feels (docs/measurements.md). With no GPU there is nothing a fork could spoil, so the plain
+    check is used."""
     if not torch.cuda.is_available():
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 

@@ -17,18 +17,12 @@ last are the same angle; here they are 2 pi k / 40) differ. ``data.path`` pointi
 Labels are the factor indices, [N, 5] int64 (shape, scale, orientation, pos_x, pos_y); the data
 module's ``ground_truth`` gives the factors to the disentanglement metrics (``GroundTruth``).
 
-Drawn once, or per batch (``data.draw``), measured with ``benchmarks/dsprites_drawing.py`` on a
-2-core AMD EPYC, one thread, while other trainings shared the machine (so the ranges): drawing
-takes 20-45 us a 64x64 image (23k-52k images/s), so the whole grid takes 15-32 s, and holding it
-as uint8 takes 2.81 GiB (3.0 GB; 3.8 GB peak resident memory while drawing); DeepMind's file
-decompresses to the same 2.81 GiB. Per batch, drawing 64 (100) images takes 1.2 (1.7-1.9) ms
-against 0.01-0.02 ms to index a stored tensor, while a training step of the default VAE (MLP
-200-200, latent 50) on them takes 36-40 (43-45) ms: 3-4 % more per step, against 15-32 s and
-2.8 GiB at every start (every run of a sweep, every evaluation). So ``data=dsprites`` draws per
-batch (``draw: per_batch``): a split holds only its factor indices (40 bytes an image) and a batch
-is drawn, vectorised, when it is cut; with ``data.on_device=true`` it is drawn on the GPU. The
-small grid takes 0.5-1.3 s and 90 MiB to draw whole, against 0.65-0.76 ms a batch on an 8-15 ms
-step (5-8 %): ``data=dsprites_small`` draws once (``draw: once``).
+Drawn once, or per batch (``data.draw``). The whole grid as uint8 is 2.81 GiB and takes seconds
+to draw at every start (every run of a sweep, every evaluation), while drawing a batch costs a few
+percent of a training step (docs/measurements.md, "Drawing dSprites"). So ``data=dsprites`` draws
+per batch (``draw: per_batch``): a split holds only its factor indices (40 bytes an image) and a
+batch is drawn, vectorised, when it is cut; with ``data.on_device=true`` it is drawn on the GPU.
+The small grid is 90 MiB: ``data=dsprites_small`` draws once (``draw: once``).
 """
 
 from __future__ import annotations
