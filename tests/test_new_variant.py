@@ -110,3 +110,25 @@ def test_the_second_example_variant_trains_on_its_bound(tmp_path):
         assert float(row["val/loss"]) == pytest.approx(-float(row["val/vr_bound"]), rel=1e-5), row
         assert float(row["val/vr_bound"]) > float(row["val/elbo"]), row
     assert float(val[-1]["val/vr_bound"]) > float(val[0]["val/vr_bound"]) + 1, val  # it learns
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.beta=4", "model.beta has no effect on model=renyi_vae, whose bound weighs no KL; drop it"),
+        ("model.estimator=score_function", "model=renyi_vae trains with reparameterized gradients"),
+        ("model.baseline_decay=0.5", "model.baseline_decay has no effect on model=renyi_vae"),
+    ],
+)
+def test_the_second_example_variant_refuses_the_inherited_settings_it_does_not_use(
+    override, message, tmp_path, monkeypatch
+):
+    from vaelab.config import compose_config
+    from vaelab.errors import UserError
+    from vaelab.training import train
+
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    cfg = compose_config([f"hydra.searchpath=[file://{EXAMPLE / 'conf'}]", "model=renyi_vae", override], tmp_path)
+    with pytest.raises(UserError, match=message):
+        train(cfg)
+    assert not (tmp_path / "checkpoints").exists()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
+from vaelab.checks import require, set_by_user
 from vaelab.models import VAE
 from vaelab.settings import setting
 
@@ -39,6 +41,20 @@ class RenyiVAE(VAE):
     def __init__(self, *args, alpha: float = Settings.default("alpha"), k: int = Settings.default("k"), **kwargs):
         super().__init__(*args, **kwargs)
         self.alpha, self.k = alpha, k
+
+    @classmethod
+    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        # Settings inherited from VAE that this bound does not use are refused, not ignored.
+        require(
+            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+            "model.baseline_decay has no effect on model=renyi_vae (reparameterized gradients only); drop it",
+        )
+        super().check_config(model_cfg, cfg)
+        require(model_cfg.beta == 1, "model.beta has no effect on model=renyi_vae, whose bound weighs no KL; drop it")
+        require(
+            model_cfg.get("estimator", "reparam") == "reparam",
+            "model=renyi_vae trains with reparameterized gradients; set model.estimator=reparam",
+        )
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)
