@@ -94,6 +94,9 @@ def test_every_option_file_agrees_with_its_schema(group, option, tmp_path):
         assert not unknown, f"{name} writes keys its schema lacks: {unknown}"
         missing = [k for k, f in schema.model_fields.items() if f.is_required() and k not in node]
         assert not missing, f"{name} lacks {missing}, which have no default"
+        # Every setting has a value in the file, so that key=value needs no "+" (docs/configuration.md).
+        absent = [k for k in schema.model_fields if k not in node]
+        assert not absent, f"{name} gives no value to {absent}"
         changed = differences(node, schema)
         expected = PRESETS.get(name.split(":")[0], set()) if ":" not in name else set()
         assert changed == expected, f"{name} restates defaults differently: {sorted(changed ^ expected)}"

@@ -9,8 +9,8 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from vaelab.diagnostics import encoder_gradient_samples, gradient_variance
 from vaelab.distributions import DiagonalGaussian, FullCovGaussian
+from vaelab.loop import WeightedSums
 from vaelab.models import IWAE, VAE, BetaTCVAE, BetaVAE
-from vaelab.models.base import WeightedSums
 from vaelab.objectives import iwae_bound
 from vaelab.schedules import (
     CapacityControl,

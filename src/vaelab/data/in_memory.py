@@ -237,7 +237,7 @@ class InMemoryDataModule(L.LightningDataModule):
             "auto", "auto: dynamic binarization when the likelihood is Bernoulli and pixels have grey levels"
         )
         likelihood: Literal[tuple(LIKELIHOODS)] = setting("bernoulli", "the model's likelihood (likelihood.name)")
-        seed: int | None = setting(0, "the noise streams' seed (the run's seed)")
+        seed: int = setting(0, "the noise streams' seed (the run's seed)")
         on_device: bool = setting(False, "move the data set to the GPU once; batches are cut there", message=BOTH_FLAGS)
         pin_memory: bool = setting(False, "batches in page-locked host memory", message=BOTH_FLAGS)
         num_workers: int = setting(
@@ -290,7 +290,7 @@ class InMemoryDataModule(L.LightningDataModule):
         eval_batch_size: int | None = None,
         binarize: str = Settings.default("binarize"),
         likelihood: str = Settings.default("likelihood"),
-        seed: int = 0,
+        seed: int = Settings.default("seed"),
         on_device: bool = Settings.default("on_device"),
         pin_memory: bool = Settings.default("pin_memory"),
         num_workers: int = Settings.default("num_workers"),

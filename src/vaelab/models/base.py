@@ -20,10 +20,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab.checks import option_name
-from vaelab.loop import TrainingLoop, WeightedSums
+from vaelab.loop import TrainingLoop
 from vaelab.settings import Settings, not_a_setting, setting, validate
 
-__all__ = ["CodebookModel", "GenerativeModel", "LatentVariableModel", "WeightedSums"]
+__all__ = ["CodebookModel", "GenerativeModel", "LatentVariableModel"]
 
 
 @runtime_checkable
