@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
+from vaelab import objectives
 from vaelab.checks import option_name
 from vaelab.loop import TrainingLoop
 from vaelab.settings import Settings, not_a_setting, setting, validate
@@ -126,8 +127,23 @@ class GenerativeModel(TrainingLoop):
         raise NotImplementedError
 
     def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """``metrics`` plus the metrics that follow from them (exact for epoch means)."""
-        return metrics
+        """``metrics`` plus what follows from them: the ELBO -(recon + KL) (always beta = 1) and its
+        bits/dim, from the means of ``recon`` (-log p(x|z)) and of the model's KL term
+        (``kl_term``). Both are linear in those means, so deriving them from epoch means is exact."""
+        if "recon" not in metrics:
+            return metrics
+        elbo = -(metrics["recon"] + self.kl_term(metrics))
+        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.bpd_offset())
+        return {**metrics, "elbo": elbo, "bpd": bpd}
+
+    def kl_term(self, metrics: dict[str, Tensor]) -> Tensor:
+        """The KL part of the ELBO, from the logged means: ``kl`` (a model whose KL is named
+        otherwise, or is a constant, overrides this)."""
+        return metrics["kl"]
+
+    def bpd_offset(self) -> float:
+        """Nats per dimension that bits/dim add for a density of dequantized data (the likelihood's)."""
+        return self.likelihood.bpd_offset_nats_per_dim
 
     def reconstruct(self, x: Tensor) -> Tensor:
         raise NotImplementedError

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from vaelab import objectives
 from vaelab.checkpoints import load_checkpoint
 from vaelab.checks import check_file, require
 from vaelab.errors import UserError
@@ -147,10 +146,12 @@ class CodePrior(GenerativeModel):
         metrics = {"loss": loss, "prior_nll": prior_nll.mean(), "recon": recon.mean()}
         return loss, {name: value.detach().float() for name, value in metrics.items()}
 
-    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        elbo = -(metrics["recon"] + metrics["prior_nll"])
-        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.vqvae.likelihood.bpd_offset_nats_per_dim)
-        return {**metrics, "elbo": elbo, "bpd": bpd}
+    def kl_term(self, metrics: dict[str, Tensor]) -> Tensor:
+        """-log p(codes) under the learned prior: the KL of the one-hot q(k|x) to it."""
+        return metrics["prior_nll"]
+
+    def bpd_offset(self) -> float:
+        return self.vqvae.likelihood.bpd_offset_nats_per_dim
 
     @torch.no_grad()
     def sample_codes(

@@ -234,13 +234,6 @@ class VAE(GenerativeModel):
         )
         return terms["loss"], {name: value.detach().float() for name, value in metrics.items()}
 
-    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Adds the ELBO (always beta = 1) and its bits/dim; both are linear in the batch means,
-        so deriving them from averaged recon and KL is exact."""
-        elbo = -(metrics["recon"] + metrics["kl"])
-        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
-        return {**metrics, "elbo": elbo, "bpd": bpd}
-
     def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
         if stage == "test" and self.test_k:
             return {"iwae_bound": self.iwae_bound(x, self.test_k).mean()}

@@ -15,7 +15,6 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from vaelab import objectives
 from vaelab.checks import require, set_by_user
 from vaelab.distributions import build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
@@ -169,17 +168,15 @@ class VQVAE(GenerativeModel):
         }
         return loss, {name: value.detach().float() for name, value in metrics.items()}
 
-    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+    def kl_term(self, metrics: dict[str, Tensor]) -> Tensor:
+        """KL(q(k|x) || uniform) = log K per code position: q is one-hot (van den Oord et al. 2017)."""
         kl = math.prod(self.latent_shape) * math.log(self.quantizer.num_codes)
-        elbo = -(metrics["recon"] + kl)
-        bpd = objectives.bits_per_dim(-elbo, self.num_dims, self.likelihood.bpd_offset_nats_per_dim)
-        return {
-            **metrics,
-            "kl": torch.as_tensor(kl, device=elbo.device),
-            "elbo": elbo,
-            "bpd": bpd,
-            "dead_codes": torch.tensor(float(self.quantizer.dead_codes()), device=elbo.device),
-        }
+        return torch.as_tensor(kl, device=metrics["recon"].device)
+
+    def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+        device = metrics["recon"].device
+        dead = torch.tensor(float(self.quantizer.dead_codes()), device=device)
+        return {**super().with_derived(metrics), "kl": self.kl_term(metrics), "dead_codes": dead}
 
     @property
     def vq(self) -> VQVAE:
