@@ -53,6 +53,12 @@ def test_load_reads_a_shipped_results_file(name):
     assert data is None and not model.training
     mean, scale = model.encode(torch.zeros(2, 1, 28, 28))
     assert mean.shape == scale.shape == (2, 50) and (scale > 0).all()
+    # The weights are the file's, not a fresh model's.
+    saved = torch.load(ROOT / "results" / name / "model.ckpt", weights_only=False, map_location="cpu")["state_dict"]
+    loaded = model.state_dict()
+    assert saved.keys() == loaded.keys()
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_load_of_a_missing_path_is_one_line(tmp_path):
