@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -60,6 +61,7 @@ PLACEHOLDERS = {
     "$SLURM_JOB_ID": "4242",
     "ckpt_path=...": "ckpt_path={tmp}/run/checkpoints/best.ckpt",
     "data.path=...": "data.path=../shared/data/binarized_mnist.npz",
+    "<table.npy>": "{tmp}/table.npy",
     " ...": "",  # and any further overrides
 }
 
@@ -162,6 +164,7 @@ def scaffold(tmp_path_factory) -> Path:
     test_metrics.json each, and a config folder of one's own with the docs' my_exp and my_data."""
     tmp = tmp_path_factory.mktemp("documented")
     (tmp / "run" / "checkpoints").mkdir(parents=True)
+    np.save(tmp / "table.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))  # data=tensors
     for sweep, betas in (("sweep1", (1, 4)), ("sweep2", (6,))):
         for job, beta in enumerate(betas):
             folder = tmp / sweep / str(job)
