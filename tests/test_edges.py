@@ -110,6 +110,19 @@ def test_an_extended_run_follows_the_schedule_of_its_new_length(tmp_path):
     assert learning_rates(run) == pytest.approx(first_three + cosine[3:], rel=1e-6)
 
 
+def test_a_run_resumed_without_its_schedule_keeps_the_new_constant_rate(tmp_path):
+    """docs/results.md's IWAE continuation: a cosine run resumed with model.scheduler=null and a new
+    learning rate trains its remaining epochs at that rate, with no scheduler left to move it."""
+    run = tmp_path / "run"
+    train(compose_config([*QUICK, COSINE, "trainer.max_epochs=2", "test=false"], run))
+    overrides = ["ckpt_path=last", "trainer.max_epochs=4", "model.scheduler=null", "model.optimizer.lr=1e-4"]
+    train(compose_config([*QUICK, "test=false", *overrides], run))
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert saved["epoch"] == 3 and not saved.get("lr_schedulers")
+    assert [g["lr"] for g in saved["optimizer_states"][0]["param_groups"]] == [1e-4]
+    assert saved["vaelab"]["config"]["model"]["scheduler"] is None
+
+
 def test_a_resumed_run_refuses_another_optimizer(tmp_path):
     run = tmp_path / "run"
     train(compose_config([*QUICK, "trainer.max_epochs=1", "test=false"], run))
@@ -142,15 +155,22 @@ def test_a_finished_run_is_not_resumed_with_the_same_length(tmp_path):
 
 def test_under_accumulation_every_curve_counts_optimizer_steps(tmp_path):
     """accumulate_grad_batches=2: 8 batches, 4 optimizer steps an epoch. The per-step rows, the
-    validation rows and the epoch means share one x-axis, the optimizer step."""
+    validation rows, the epoch means and a per-step schedule's learning rate share one x-axis, the
+    optimizer step: the rate halves at every optimizer step and is logged once for each."""
     run = tmp_path / "run"
     args = ["trainer.max_epochs=2", "trainer.accumulate_grad_batches=2", "trainer.log_every_n_steps=1", "test=false"]
-    train(compose_config([*QUICK, *args], run))
+    halving = (
+        "model.scheduler={_target_:torch.optim.lr_scheduler.StepLR,_partial_:true,step_size:1,gamma:0.5,interval:step}"
+    )
+    monitor = "callbacks=[model_checkpoint,last_checkpoint,learning_rate_monitor]"
+    train(compose_config([*QUICK, *args, halving, monitor], run))
     logged = rows(run)
     per_step = [int(r["step"]) for r in logged if r.get("train/loss")]
     assert per_step == list(range(8))
     assert [int(r["step"]) for r in logged if r.get("val/elbo")] == [3, 7]  # the epochs' last steps
     assert [int(r["step"]) for r in logged if r.get("train/loss_epoch")] == [3, 7]
+    rates = [(int(r["step"]), float(r["lr-Adam"])) for r in logged if r.get("lr-Adam")]
+    assert rates == [(step, pytest.approx(1e-3 * 0.5**step, rel=1e-9)) for step in range(8)]
 
 
 def test_a_resumed_run_takes_a_schedule_of_another_class(tmp_path):

@@ -49,10 +49,16 @@ def schema_of(group: str, node) -> type[Settings]:
 
 
 def options() -> list[tuple[str, str]]:
-    own_callbacks = [  # vaelab's callbacks declare their settings; Lightning's are Lightning's
+    import vaelab.callbacks
+
+    def declares_settings(text: str) -> bool:
+        found = re.search(r"_target_: vaelab\.callbacks\.(\w+)", text)
+        return bool(found) and hasattr(getattr(vaelab.callbacks, found.group(1)), "Settings")
+
+    own_callbacks = [  # vaelab's callbacks declare their settings; Lightning's (and their subclasses) are Lightning's
         ("callbacks", path.stem)
         for path in sorted((CONF / "callbacks").glob("*.yaml"))
-        if "_target_: vaelab.callbacks." in path.read_text()
+        if declares_settings(path.read_text())
     ]
     return [
         (group, path.stem)

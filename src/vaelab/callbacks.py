@@ -4,9 +4,10 @@ curves at the end of training, and the disentanglement scores on data with groun
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
+import lightning.pytorch.callbacks
 import torch
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -175,6 +176,17 @@ def log_image(loggers: Iterable[Logger], key: str, grid: torch.Tensor, step: int
         elif isinstance(logger, MLFlowLogger):
             pixels = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
             logger.experiment.log_image(logger.run_id, pixels, key=key, step=step)
+
+
+class LearningRateMonitor(lightning.pytorch.callbacks.LearningRateMonitor):
+    """Lightning's monitor, logging a per-step schedule's rate once per optimizer step: at the first
+    batch of each gradient-accumulation group, where the logged step is the optimizer steps done and
+    the rate is the one that group trains with (Lightning's would log it at every batch)."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        batch_idx = args[1] if len(args) > 1 else kwargs.get("batch_idx", 0)
+        if pl_module.accumulation_group(batch_idx)[0] == batch_idx:  # config.py admits loop models only
+            super().on_train_batch_start(trainer, pl_module, *args, **kwargs)
 
 
 class EncoderGradientVariance(L.Callback):

@@ -468,7 +468,9 @@ class TrainingLoop(L.LightningModule):
         optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
         if not self.hparams.scheduler:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.build_scheduler(optimizer)}}
+        scheduler = self.build_scheduler(optimizer)
+        # The loop steps it (manual optimisation); the interval tells LearningRateMonitor when to log.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
 
     @final
     def build_scheduler(self, optimizer: Optimizer) -> Any:
