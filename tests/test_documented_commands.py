@@ -36,7 +36,10 @@ from vaelab.eval import check_eval_config
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # What a command line starts with: environment assignments, srun (in an sbatch script), the program.
-COMMAND = re.compile(r"^(?:[A-Z_]+=\S+ +)*(?:srun +)?(?:python (?:train|eval)\.py|vaelab-(?:train|eval|report))\b")
+COMMAND = re.compile(
+    r"^(?:[A-Z_]+=\S+ +)*(?:srun +)?(?:python (?:train|eval)\.py|python -m vaelab\.report|"
+    r"vaelab-(?:train|eval|report|export-weights))\b"
+)
 FENCE = re.compile(r"^( *)```(bash|sh)\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 ANY_FENCE = re.compile(r"^( *)```.*?^\1```", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
@@ -62,6 +65,7 @@ PLACEHOLDERS = {
     "ckpt_path=...": "ckpt_path={tmp}/run/checkpoints/best.ckpt",
     "data.path=...": "data.path=../shared/data/binarized_mnist.npz",
     "<table.npy>": "{tmp}/table.npy",
+    "results/<name>/model.ckpt": "{tmp}/exported/model.ckpt",
     " ...": "",  # and any further overrides
 }
 
@@ -102,7 +106,7 @@ def documented_commands() -> list[tuple[str, str]]:
         prose = ANY_FENCE.sub(lambda m: "\n" * m.group(0).count("\n"), text)
         for span in CODE_SPAN.finditer(prose):
             command = span.group(1)
-            if COMMAND.match(command) and not re.fullmatch(r"(python )?\S+", command):
+            if COMMAND.match(command) and not re.fullmatch(r"(python (-m )?)?\S+", command):  # a name alone
                 found.append((f"{doc.name}:{prose.count(chr(10), 0, span.start()) + 1}", command))
     first_places = {}
     for where, command in found:  # a command shown in several places is tested once, at its first
@@ -144,6 +148,8 @@ def parsed(words: list[str]) -> tuple[dict[str, str], str, list[str]]:
         env[key] = value
     if words[0] == "srun":
         words.pop(0)
+    if words[:2] == ["python", "-m"]:
+        return env, words[2].rpartition(".")[2], words[3:]
     if words[0] == "python":
         return env, Path(words[1]).stem, words[2:]
     return env, words[0].removeprefix("vaelab-"), words[1:]
@@ -163,7 +169,8 @@ def scaffold(tmp_path_factory) -> Path:
     """What the placeholders point at: a run folder, two sweeps of two and one jobs with a
     test_metrics.json each, and a config folder of one's own with the docs' my_exp and my_data."""
     tmp = tmp_path_factory.mktemp("documented")
-    (tmp / "run" / "checkpoints").mkdir(parents=True)
+    # A trained run's folder (its checkpoints are what vaelab-export-weights reads).
+    train_entry.train(compose_config([*SHORT, "data=synthetic", "test=false"], tmp / "run"))
     np.save(tmp / "table.npy", np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32))  # data=tensors
     for sweep, betas in (("sweep1", (1, 4)), ("sweep2", (6,))):
         for job, beta in enumerate(betas):
@@ -217,6 +224,12 @@ def test_a_documented_command_composes_and_passes_the_checks(where, command, sca
         if key == "PYTHONPATH":
             monkeypatch.syspath_prepend(str(ROOT / value))
         monkeypatch.setenv(key, value)
+    if program == "export-weights":
+        from vaelab.checkpoints import export_main
+
+        export_main(args)
+        assert torch.load(args[1], weights_only=False)["vaelab"]["weights_only"], where
+        return
     if program == "report":
         monkeypatch.chdir(tmp_path)  # where a report of several folders goes by default
         report.main(args)
