@@ -261,7 +261,7 @@ def test_eval_scores_disentanglement_when_the_data_has_ground_truth(tmp_path, mo
     assert "disentanglement: MIG" in printed.out
     # Every phase shows its progress on stderr, a bar with its count where it has steps, and the
     # summary says how long each took.
-    for bar in (r"DCI .*\| 2/2 \[", r"SAP .*\| 4/4 \[", r"FactorVAE \(votes\).*\| \d+/150 \["):
+    for bar in (r"DCI .*\| 200/200 \[", r"SAP .*\| 4/4 \[", r"FactorVAE \(votes\).*\| \d+/150 \["):
         assert re.search(bar, printed.err), (bar, printed.err[-2000:])
     phases = json.loads((tmp_path / "eval" / "metrics.json").read_text())["phase_seconds"]
     assert {"NLL", "MIG", "pictures"} <= set(phases) and all(seconds >= 0 for seconds in phases.values())

@@ -237,6 +237,7 @@ def test_mlflow_receives_the_config_the_curves_and_the_image_grids(tmp_path):
     """logger=mlflow with its default local store in the run folder, read back with MLflow's own client."""
     from mlflow.tracking import MlflowClient
 
+    cfg_overrides = [*QUICK, "logger=[csv,mlflow]", "data.batch_size=16", "seed=5", "trainer.log_every_n_steps=5"]
     cfg = compose_config(
         [
             *QUICK,
@@ -262,6 +263,12 @@ def test_mlflow_receives_the_config_the_curves_and_the_image_grids(tmp_path):
     assert "test/elbo" in run.data.metrics
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert any("reconstructions" in path for path in images), images
+    # Resumed for a third epoch, the run goes on in the same MLflow run.
+    train(compose_config([*cfg_overrides, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
+    (again,) = client.search_runs([experiment.experiment_id])
+    assert again.info.run_id == run.info.run_id
+    assert len(client.get_metric_history(run.info.run_id, "val/elbo")) == 3
+    assert "ckpt_path=last" in client.get_run(run.info.run_id).data.tags["resumed_with"]
 
 
 # ---- extending a run ----------------------------------------------------------------------

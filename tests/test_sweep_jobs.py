@@ -235,3 +235,13 @@ def test_the_plot_of_a_seeded_sweep_draws_each_settings_mean_and_standard_deviat
     spans = [segment[:, 1] for segment in bars.get_segments()]
     assert [tuple(span) for span in spans] == [(-104.0, -100.0), pytest.approx((-112 - 7**0.5, -112 + 7**0.5))]
     assert "mean ± sd over seeds" in plotted[0].axes[0].get_title()
+
+
+def test_a_diverged_seed_makes_its_settings_mean_nan_not_the_report_fail(tmp_path):
+    for seed, elbo in enumerate([-100.0, float("nan"), -104.0]):
+        fake_run(tmp_path / "runs" / str(seed), ["model.beta=1", f"seed={seed}"], {"test/elbo": elbo, "test/kl": 1.0})
+    report_main([str(tmp_path / "runs")])
+    with open(tmp_path / "runs" / "report_seeds.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["n"] == "3" and math.isnan(float(row["test/elbo mean"])) and math.isnan(float(row["test/elbo sd"]))
+    assert float(row["test/kl mean"]) == 1.0 and float(row["test/kl sd"]) == 0.0

@@ -125,3 +125,30 @@ def test_bad_files_fail_before_training_with_one_line(tmp_path, make, overrides,
         train(cfg)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_pt_dictionary_of_float_images_trains_and_draws_its_pictures(tmp_path):
+    """A .pt dict of real-valued images [N, 1, 8, 8] in [0, 1], with labels: continuous data."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 1, 8, 8, generator=g)[torch.randint(3, (120,), generator=g)]
+    images = (images + 0.02 * torch.randn(120, 1, 8, 8, generator=g)).clamp(0, 1)
+    torch.save({"images": images, "labels": torch.arange(120) % 3}, tmp_path / "x.pt")
+    overrides = [*QUICK, "data=tensors", f"data.path={tmp_path / 'x.pt'}", "likelihood=gaussian"]
+    cfg = compose_config([*overrides, "trainer.max_epochs=1", "data.batch_size=24"], tmp_path / "run")
+    assert cfg.data.image_shape == [1, 8, 8] and cfg.data.num_levels is None
+    train(cfg)
+    assert (tmp_path / "run" / "images" / "reconstructions_epoch000.png").is_file()
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare()
+    labels = torch.cat([s.labels for s in datamodule.splits.values()])
+    assert sorted(labels.tolist()) == sorted((torch.arange(120) % 3).tolist())
+
+
+@pytest.mark.parametrize("top, levels", [(1, 2), (16, 17), (255, 256)])
+def test_the_levels_of_integer_data_are_read_from_the_file(tmp_path, top, levels):
+    values = np.arange(80 * 4).reshape(80, 4) % (top + 1)  # every value 0..top
+    np.save(tmp_path / "x.npy", values.astype(np.uint8))
+    cfg = compose_config(["data=tensors", f"data.path={tmp_path / 'x.npy'}"], tmp_path / "run")
+    assert cfg.data.num_levels == levels

@@ -15,8 +15,8 @@ import hydra
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelSummary, ProgressBar
-from lightning.pytorch.loggers import CSVLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from vaelab.checkpoints import RUN_ONLY_MODEL_KEYS
@@ -131,15 +131,32 @@ def build_loggers(cfg: DictConfig) -> list:
         if name == "wandb":
             with open_dict(node):
                 configure_wandb(node, cfg)
-        if name == "mlflow" and str(node.get("tracking_uri") or "").startswith("file:"):
-            # MLflow 3 keeps its file store for existing users only, behind this flag; the store
-            # in the run folder is what needs no server and no database.
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if name == "mlflow":
+            with open_dict(node):
+                configure_mlflow(node, cfg)
         logger = hydra.utils.instantiate(node, _convert_="all")
+        if name == "mlflow" and rank_zero_only.rank == 0:
+            Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.paths.output_dir) / MLFLOW_RUN_ID).write_text(logger.run_id + "\n")
         if isinstance(logger, CSVLogger) and cfg.get("ckpt_path"):
             continue_csv_log(logger)
         loggers.append(logger)
     return loggers
+
+
+MLFLOW_RUN_ID = "mlflow_run_id"  # in the run folder: a resumed run continues its MLflow run
+
+
+def configure_mlflow(node: DictConfig, cfg: DictConfig) -> None:
+    """A resumed run logs into the MLflow run it started (its id is kept in the run folder). A
+    store that is a path: MLflow 3 keeps its file store for existing users only, behind a flag;
+    the store in the run folder is what needs no server and no database."""
+    uri = str(node.get("tracking_uri") or "")
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    kept = Path(cfg.paths.output_dir) / MLFLOW_RUN_ID
+    if cfg.get("ckpt_path") and kept.is_file() and node.get("run_id") is None:
+        node.run_id = kept.read_text().strip()
 
 
 def wandb_has_credentials() -> bool:
@@ -194,6 +211,12 @@ def log_run_config(trainer: L.Trainer, run_config: dict, overrides: list[str]) -
     """Every logger records the whole resolved run, not only the model's arguments, and the
     command-line overrides it was started with."""
     for logger in trainer.loggers:
+        if isinstance(logger, MLFlowLogger) and run_config.get("ckpt_path"):
+            # MLflow's parameters cannot change: a resumed run keeps those it started with, and
+            # the resume's command line goes into a tag.
+            given = " ".join(overrides) or f"ckpt_path={run_config['ckpt_path']}"
+            logger.experiment.set_tag(logger.run_id, "resumed_with", given[:5000])
+            continue
         logger.log_hyperparams({**run_config, "overrides": overrides})
 
 

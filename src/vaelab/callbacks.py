@@ -62,7 +62,7 @@ class ImageGrids(L.Callback):
         if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
             return
         val = trainer.datamodule.splits["val"]
-        x = (val.images[: self.num_images // 2].float() / val.levels).to(pl_module.device)
+        x = val.unit(self.num_images // 2).to(pl_module.device)
         recon = pl_module.reconstruct(x)
         pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # input, reconstruction, input, ...
         samples = pl_module.sample(self.num_images, generator=torch.Generator().manual_seed(0))

@@ -358,6 +358,9 @@ class DCI:
     importance: Tensor  # [L, F]
 
 
+DCI_STAGES = 100  # GradientBoostingClassifier's n_estimators (its default, as disentanglement_lib)
+
+
 def dci_from_codes(
     codes_train: Tensor,
     factors_train: Tensor,
@@ -367,7 +370,7 @@ def dci_from_codes(
     step: Callable[[int], None] = lambda n: None,
 ) -> DCI:
     """DCI from one scikit-learn ``GradientBoostingClassifier`` (its defaults) per factor;
-    ``step(1)`` after each factor's (a progress bar)."""
+    ``step(1)`` after each boosting stage, ``DCI_STAGES`` a factor (a progress bar)."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     x_train, x_test = codes_train.double().numpy(), codes_test.double().numpy()
@@ -375,11 +378,15 @@ def dci_from_codes(
     importance = np.zeros((x_train.shape[1], y_train.shape[1]))
     train_accuracy, test_accuracy = [], []
     for j in range(y_train.shape[1]):
-        model = GradientBoostingClassifier(random_state=random_state).fit(x_train, y_train[:, j])
+
+        def stage_done(*_: object) -> bool:
+            step(1)
+            return False  # go on: the monitor only counts
+
+        model = GradientBoostingClassifier(random_state=random_state).fit(x_train, y_train[:, j], monitor=stage_done)
         importance[:, j] = np.abs(model.feature_importances_)
         train_accuracy.append(np.mean(model.predict(x_train) == y_train[:, j]))
         test_accuracy.append(np.mean(model.predict(x_test) == y_test[:, j]))
-        step(1)
     return DCI(
         disentanglement=dci_disentanglement(importance),
         completeness=dci_completeness(importance),
@@ -504,7 +511,7 @@ def disentanglement_metrics(
         train_dci, test_dci = [t[:dci_points] for t in train], [t[: max(1, dci_points // 2)] for t in test]
     else:
         train_dci, test_dci = train, test
-    with phases("DCI (a boosted classifier per factor)", total=train[1].shape[1], unit="factor") as step:
+    with phases("DCI (boosted trees per factor)", total=train[1].shape[1] * DCI_STAGES, unit="stage") as step:
         dci_result = dci_from_codes(*train_dci, *test_dci, random_state=seed, step=step)
     with phases("SAP (a linear SVM per latent and factor)", total=train[0].shape[1], unit="latent") as step:
         sap_result = sap_from_codes(*train, *test, random_state=seed, step=step)

@@ -229,7 +229,7 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
     folder = out / "images"
     folder.mkdir(exist_ok=True)
     n = min(num_images, len(split))
-    x = split.images[:n].float() / split.levels
+    x = split.unit(n)
     half = max(1, min(8, n // 2))
     images = {
         "samples": pictures.samples(model, num_images, seed),
@@ -253,7 +253,7 @@ def draw_vq_pictures(model: VQVAE | CodePrior, split: Split, out: Path, num_imag
 
     folder = out / "images"
     folder.mkdir(exist_ok=True)
-    x = split.images[: max(1, min(num_images, len(split)) // 2)].float() / split.levels
+    x = split.unit(max(1, min(num_images, len(split)) // 2))
     images = {
         "samples": pictures.samples(model, num_images, seed),
         "reconstructions": pictures.reconstructions(model, x),

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import re
-import statistics
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -167,6 +167,11 @@ def setting_key(overrides: dict) -> tuple:
     return tuple(sorted((k, comparable(v)) for k, v in overrides.items() if k != SEED and not is_neutral(k)))
 
 
+def seed_of(run: Path, overrides: dict) -> str | None:
+    """The run's seed: from its command line, else its config.yaml (a run of the default seed)."""
+    return setting(SEED, overrides, *read_settings(run))
+
+
 def seed_groups(rows: list) -> list[list[int]]:
     """Indices of the rows of each setting, in the order settings first appear."""
     groups: dict[tuple, list[int]] = {}
@@ -176,8 +181,13 @@ def seed_groups(rows: list) -> list[list[int]]:
 
 
 def mean_and_sd(values: list[float]) -> tuple[float, float | None]:
-    """The mean and the sample standard deviation (n - 1 in the denominator; None for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+    """The mean and the sample standard deviation (n - 1 in the denominator; None for one value).
+    A NaN or infinite value (a diverged seed) makes both NaN rather than stopping the report."""
+    n = len(values)
+    if not all(math.isfinite(v) for v in values):
+        return math.nan, math.nan if n > 1 else None
+    mean = math.fsum(values) / n
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
 
 
 def seed_table(rows: list, groups: list[list[int]], metric_keys: list[str]) -> tuple[list[str], list[list]]:
@@ -190,7 +200,8 @@ def seed_table(rows: list, groups: list[list[int]], metric_keys: list[str]) -> t
     for group in groups:
         first = rows[group[0]][1]
         ok = [i for i in group if "status" not in rows[i][2]]
-        cells = [*(first.get(k, "") for k in keys), " ".join(rows[i][1].get(SEED, "") for i in group), len(ok)]
+        seeds = " ".join(str(seed_of(rows[i][0], rows[i][1])) for i in group)
+        cells = [*(first.get(k, "") for k in keys), seeds, len(ok)]
         for key in numeric:
             values = [rows[i][2][key] for i in ok if isinstance(rows[i][2].get(key), (int, float))]
             mean, sd = mean_and_sd(values) if values else ("", None)
@@ -227,7 +238,7 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     lines = markdown(header, table)
     written = [out / "report.md", out / "report.csv"]
     groups = seed_groups(rows)
-    if any(len(g) > 1 and len({rows[i][1].get(SEED) for i in g} - {None}) == len(g) for g in groups):
+    if any(len(g) > 1 and len({seed_of(rows[i][0], rows[i][1]) for i in g} - {None, "None"}) == len(g) for g in groups):
         # some setting was run with several seeds
         seed_header, seeds = seed_table(rows, groups, metric_keys)
         with open(out / "report_seeds.csv", "w", newline="") as f:

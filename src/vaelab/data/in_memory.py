@@ -52,6 +52,12 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def unit(self, n: int) -> Tensor:
+        """The first ``n`` examples without noise, for pictures: integers / levels in [0, 1];
+        continuous data as they are."""
+        x = self.images[:n].float()
+        return x / self.levels if self.levels else x
+
 
 def derive_seed(*keys: int) -> int:
     """A seed for the stream named by ``keys``: hashed (NumPy's SeedSequence), so nearby keys give
@@ -329,6 +335,12 @@ class InMemoryDataModule(L.LightningDataModule):
                 )
             if len(split) == 0:
                 raise UserError(f"data {self.name}: the {split_name} split is empty; check the data files")
+            if self.num_levels is None and split.levels is not None and self.dequantize_mode_needs_levels:
+                raise UserError(
+                    f"data {self.name}: the {split_name} images are discrete ({split.levels + 1} values) but "
+                    f"data.num_levels=null; a continuous likelihood's bits/dim need them: set "
+                    f"data.num_levels={split.levels + 1}"
+                )
             if self.num_levels is not None and split.levels is not None and split.levels + 1 != self.num_levels:
                 raise UserError(
                     f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
@@ -370,6 +382,12 @@ class InMemoryDataModule(L.LightningDataModule):
             self.splits = {
                 name: Split(s.images.to(device), s.labels.to(device), s.levels) for name, s in self.splits.items()
             }
+
+    @property
+    def dequantize_mode_needs_levels(self) -> bool:
+        """A continuous likelihood on discrete data: dequantization and the bits/dim offset need
+        the number of levels."""
+        return self.likelihood != "bernoulli"
 
     @property
     def binarize(self) -> bool:

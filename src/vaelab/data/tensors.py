@@ -13,6 +13,8 @@ there are several) and a fixed ``val_fraction``/``test_fraction`` of it is held 
 
 from __future__ import annotations
 
+import functools
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -43,8 +45,12 @@ def read_arrays(path: Path) -> dict[str, Any]:
             with np.load(path) as arrays:
                 return {key: arrays[key] for key in arrays.files}
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile) as e:
-        raise UserError(f"data.path={path} is not a readable {path.suffix} file ({e}); save it again") from None
+    except (OSError, ValueError, EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"data.path={path} is not a readable {path.suffix} file of arrays ({reason}); save a tensor or a dict "
+            "of tensors with torch.save, or arrays with numpy.save/savez"
+        ) from None
     if isinstance(loaded, Tensor):
         return {"data": loaded}
     if isinstance(loaded, dict) and all(isinstance(v, Tensor) for v in loaded.values()):
@@ -69,6 +75,15 @@ def data_arrays(arrays: dict[str, Any], key: str | None, path: Path) -> dict[str
     return {"all": arrays[candidates[0]]}
 
 
+def is_real(array: Any) -> bool:
+    """Floating-point values (continuous data), for numpy arrays and torch tensors alike."""
+    return array.dtype.is_floating_point if isinstance(array, Tensor) else np.asarray(array).dtype.kind == "f"
+
+
+def largest(array: Any) -> int:
+    return int(array.max()) if len(array) else 0
+
+
 def shape_of(array: Any, path: Path) -> list[int]:
     """[C, H, W] of images [N, C, H, W], [D, 1, 1] of vectors [N, D]."""
     shape = list(array.shape)
@@ -81,31 +96,44 @@ def shape_of(array: Any, path: Path) -> list[int]:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _file_facts(path: str, key: str | None, modified: float) -> tuple[list[int], int | None] | None:
+    """(example shape, levels guess) of a data file, read once per version of the file."""
+    try:
+        found = data_arrays(read_arrays(Path(path)), key, Path(path))
+        arrays = list(found.values())
+        shape = shape_of(arrays[0], Path(path))
+    except UserError:
+        return None
+    if is_real(arrays[0]):
+        return shape, None
+    top = max(largest(a) for a in arrays)
+    return shape, 2 if top <= 1 else 256 if top == 255 else top + 1
+
+
+def file_facts(path: str | None, key: str | None) -> tuple[list[int], int | None] | None:
+    if path is None:
+        return None
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        return None  # the data module's check says so, in one line
+    return _file_facts(str(resolved), key, resolved.stat().st_mtime)
+
+
 def tensor_shape(path: str | None, key: str | None = None) -> list[int] | None:
     """The example shape in a data file, for ``image_shape: ${tensor_shape:...}`` in the config;
     None when the file cannot be read (the data module's check then says why, in one line)."""
-    if path is None:
-        return None
-    try:
-        found = data_arrays(read_arrays(Path(path).expanduser()), key, Path(path))
-        return shape_of(next(iter(found.values())), Path(path))
-    except UserError:
-        return None
+    facts = file_facts(path, key)
+    return None if facts is None else facts[0]
 
 
 def tensor_levels(path: str | None, key: str | None = None) -> int | None:
-    """The values a pixel takes, for ``num_levels: ${tensor_levels:...}``: None for real numbers
-    (continuous data), 2 for integers 0 and 1, else 256 (8-bit images); None when unreadable."""
-    if path is None:
-        return None
-    try:
-        found = data_arrays(read_arrays(Path(path).expanduser()), key, Path(path))
-    except UserError:
-        return None
-    arrays = [np.asarray(a) for a in found.values()]
-    if arrays[0].dtype.kind == "f":
-        return None
-    return 2 if max(int(a.max()) for a in arrays if a.size) <= 1 else 256
+    """The values an example's entries take, for ``num_levels: ${tensor_levels:...}``: None for
+    real numbers (continuous data); for integers 2 when they are 0 and 1, 256 when the largest is
+    255 (8-bit images), else the largest + 1. Set ``data.num_levels`` when the data can take values
+    the file does not show."""
+    facts = file_facts(path, key)
+    return None if facts is None else facts[1]
 
 
 class TensorsDataModule(InMemoryDataModule):
@@ -137,7 +165,7 @@ class TensorsDataModule(InMemoryDataModule):
         found = data_arrays(read_arrays(path), data.get("key"), path)  # a bad file is named before its shape
         first = next(iter(found.values()))
         shape_of(first, path)
-        continuous = first.dtype.kind == "f"
+        continuous = is_real(first)
         if continuous and data.get("likelihood") == "bernoulli":
             raise UserError(
                 f"{path} holds real numbers (continuous data): choose likelihood=gaussian, or save integer values"
