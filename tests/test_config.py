@@ -278,6 +278,7 @@ BAD_VALUES = [
         "the net's 4 stride-2 4x4 convolutions need images of at least 16x16, but data.image_shape is [1, 8, 8]",
     ),
     (["net=conv", "net.kernel=5"], "net.kernel must be 3 or 4, got 5"),
+    (["likelihood=gaussian", "data.num_levels=null"], "data.num_levels=null, but a continuous likelihood on discrete"),
     (["net=betavae_conv", "net.dense=[0]"], "net.dense must be a list of positive integers, got [0]"),
     (["data.eval_batch_size=0"], "data.eval_batch_size must be a whole number ≥ 1"),
     (["nonfinite=maybe"], "nonfinite must be stop or skip"),

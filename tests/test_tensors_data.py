@@ -113,8 +113,13 @@ def test_images_with_their_own_splits_train_with_the_image_pictures(tmp_path):
         (lambda p: np.save(p / "x.npy", np.full((10, 4), 300, np.int32)), [], "discrete data must be 0..255"),
         (lambda p: np.save(p / "x.npy", np.full((10, 4), np.nan, np.float32)), [], "NaN or infinite values"),
         (lambda p: None, [], "does not exist"),
+        (
+            lambda p: np.save(p / "x.npy", np.ones((10, 4), np.uint8)),
+            ["data.num_levels=null"],
+            "data.num_levels=null, but a continuous likelihood on discrete data",
+        ),
     ],
-    ids=["3-d", "bernoulli-on-reals", "two-arrays", "no-such-key", "out-of-range", "nan", "missing"],
+    ids=["3-d", "bernoulli-on-reals", "two-arrays", "no-such-key", "out-of-range", "nan", "missing", "no-levels"],
 )
 def test_bad_files_fail_before_training_with_one_line(tmp_path, make, overrides, message):
     make(tmp_path)

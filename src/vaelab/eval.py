@@ -157,7 +157,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if cfg.pictures and not datamodule.is_images:
         print("pictures: skipped, the data are vectors, not images", file=sys.stderr)
-    with phases("pictures"):
+    with phases("pictures", quiet=not (cfg.pictures and datamodule.is_images)):
         images = pictures_of(model, split, results, metrics, truth, out, cfg, is_vq) if datamodule.is_images else {}
     loggers = build_loggers(cfg)
     for logger in loggers:

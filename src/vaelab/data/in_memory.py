@@ -225,6 +225,7 @@ class InMemoryDataModule(L.LightningDataModule):
     name = "data"
     is_images = True  # False for vectors (data=tensors [N, D]): no pictures of them
     path_is_needed = True  # a ``path`` setting must name the data (dSprites draws its own without one)
+    may_be_continuous = False  # data=tensors of floats takes no number of levels
 
     class Settings(Settings):
         image_shape: list[PositiveInt] = setting(
@@ -281,6 +282,8 @@ class InMemoryDataModule(L.LightningDataModule):
             return not_a_setting(f"data.{key}", f"data={label}", list(cls.Settings.model_fields))
 
         validate(cls.Settings, data, "data", unknown)
+        if not cls.may_be_continuous:
+            refuse_unknown_levels(data)
         if "path" in data and data.path is None and cls.path_is_needed:
             raise UserError("data.path is not set; point it at your data with data.path=<file or folder>")
         if data.get("on_device") and (data.get("num_workers") or data.get("pin_memory")):
@@ -335,12 +338,6 @@ class InMemoryDataModule(L.LightningDataModule):
                 )
             if len(split) == 0:
                 raise UserError(f"data {self.name}: the {split_name} split is empty; check the data files")
-            if self.num_levels is None and split.levels is not None and self.dequantize_mode_needs_levels:
-                raise UserError(
-                    f"data {self.name}: the {split_name} images are discrete ({split.levels + 1} values) but "
-                    f"data.num_levels=null; a continuous likelihood's bits/dim need them: set "
-                    f"data.num_levels={split.levels + 1}"
-                )
             if self.num_levels is not None and split.levels is not None and split.levels + 1 != self.num_levels:
                 raise UserError(
                     f"data {self.name}: the {split_name} images take {split.levels + 1} values but the config "
@@ -382,12 +379,6 @@ class InMemoryDataModule(L.LightningDataModule):
             self.splits = {
                 name: Split(s.images.to(device), s.labels.to(device), s.levels) for name, s in self.splits.items()
             }
-
-    @property
-    def dequantize_mode_needs_levels(self) -> bool:
-        """A continuous likelihood on discrete data: dequantization and the bits/dim offset need
-        the number of levels."""
-        return self.likelihood != "bernoulli"
 
     @property
     def binarize(self) -> bool:
@@ -463,6 +454,16 @@ class InMemoryDataModule(L.LightningDataModule):
         if self.binarize and self.splits["val"].levels > 1:
             self.splits["val"] = self.fixed_eval_split("val")
             self.splits["test"] = self.fixed_eval_split("test")
+
+
+def refuse_unknown_levels(data: DictConfig) -> None:
+    """Discrete data under a continuous likelihood: dequantization and the bits/dim offset need
+    the number of levels."""
+    if "num_levels" in data and data.num_levels is None and data.get("likelihood") != "bernoulli":
+        raise UserError(
+            "data.num_levels=null, but a continuous likelihood on discrete data needs the values a pixel takes "
+            "(its dequantization and bits/dim): set data.num_levels=<N>, such as 256 for 8-bit images"
+        )
 
 
 def split_off(images: Tensor, labels: Tensor, sizes: list[int], seed: int = 0) -> list[tuple[Tensor, Tensor]]:

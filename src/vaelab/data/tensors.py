@@ -24,7 +24,7 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from vaelab.data.in_memory import InMemoryDataModule, Split, split_off
+from vaelab.data.in_memory import InMemoryDataModule, Split, refuse_unknown_levels, split_off
 from vaelab.errors import UserError
 from vaelab.settings import setting
 
@@ -141,6 +141,7 @@ class TensorsDataModule(InMemoryDataModule):
     pictures that need images are skipped, with a note."""
 
     name = "tensors"
+    may_be_continuous = True
 
     class Settings(InMemoryDataModule.Settings):
         path: str | None = setting(..., "a .npy, .npz or .pt file of images [N, C, H, W] or vectors [N, D]")
@@ -170,6 +171,8 @@ class TensorsDataModule(InMemoryDataModule):
             raise UserError(
                 f"{path} holds real numbers (continuous data): choose likelihood=gaussian, or save integer values"
             )
+        if not continuous:
+            refuse_unknown_levels(data)
         if continuous and data.get("num_levels") is not None:
             raise UserError(
                 f"{path} holds real numbers, which take no fixed number of values: set data.num_levels=null"
