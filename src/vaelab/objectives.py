@@ -121,3 +121,29 @@ def kl_decomposition(log_qz_given_x: Tensor, log_qz: Tensor, log_prod_qzd: Tenso
     of log q(z) and log prod_d q(z_d), the three add up to log q(z|x) - log p(z), the one-sample
     estimate of KL(q(z|x) || p(z))."""
     return {"mi": log_qz_given_x - log_qz, "tc": log_qz - log_prod_qzd, "dwkl": log_prod_qzd - log_pz}
+
+
+def rbf_kernel(a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """k(a_i, b_j) = exp(-||a_i - b_j||^2 / C) for a [n, d], b [m, d]; [n, m] (WAE, Tolstikhin et al. 2018)."""
+    return torch.exp(-torch.cdist(a, b).square() / scale)
+
+
+def imq_kernel(a: Tensor, b: Tensor, scale: float) -> Tensor:
+    """The inverse multiquadratic k(a_i, b_j) = C / (C + ||a_i - b_j||^2); [n, m] (WAE, section 4)."""
+    return scale / (scale + torch.cdist(a, b).square())
+
+
+KERNELS = {"rbf": rbf_kernel, "imq": imq_kernel}
+
+
+def mmd_unbiased(x: Tensor, y: Tensor, kernel: str = "imq", scale: float = 1.0) -> Tensor:
+    """The unbiased estimate of MMD^2 between the samples x [n, d] and y [m, d] (Gretton et al.
+    2012, eq. 3): the means of k over the pairs i != j within x and within y, minus twice the mean
+    over all pairs across. Its expectation is 0 when both come from one distribution (it can be
+    negative); a scalar."""
+    k = KERNELS[kernel]
+    kxx, kyy, kxy = k(x, x, scale), k(y, y, scale), k(x, y, scale)
+    n, m = len(x), len(y)
+    within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
+    within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+    return within_x + within_y - 2 * kxy.mean()

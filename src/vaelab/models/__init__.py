@@ -1,8 +1,9 @@
 from vaelab.models.beta_tcvae import BetaTCVAE
 from vaelab.models.beta_vae import BetaVAE
 from vaelab.models.iwae import IWAE
+from vaelab.models.mmd_vae import MMDVAE
 from vaelab.models.prior import CodePrior
 from vaelab.models.vae import VAE
 from vaelab.models.vqvae import VQVAE
 
-__all__ = ["IWAE", "VAE", "VQVAE", "BetaTCVAE", "BetaVAE", "CodePrior"]
+__all__ = ["IWAE", "MMDVAE", "VAE", "VQVAE", "BetaTCVAE", "BetaVAE", "CodePrior"]
