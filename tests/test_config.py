@@ -530,12 +530,12 @@ BAD_VALUES = [
     ),
     (
         ["model=vqvae", "net=conv"],
-        "net=conv has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae and vae read net; "
-        "use net=conv with model=beta_tcvae, beta_vae, iwae or vae, or leave net at its default (net=mlp)",
+        "net=conv has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae, mmd_vae and vae read net; "
+        "use net=conv with model=beta_tcvae, beta_vae, iwae, mmd_vae or vae, or leave net at its default (net=mlp)",
     ),
     (
         ["model=vqvae", "size.latent_dim=8"],
-        "size.latent_dim=8 has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae and vae read "
+        "size.latent_dim=8 has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae, mmd_vae and vae read "
         "size.latent_dim; drop size.latent_dim=8 or use one of them",
     ),
     (

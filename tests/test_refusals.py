@@ -87,7 +87,7 @@ def fake_vqvae_checkpoint(path, data):
     [
         (
             ["likelihood=gaussian"],
-            "likelihood=gaussian has no effect on model=vqvae_prior: only model=beta_tcvae, beta_vae, iwae, vae and "
+            "likelihood=gaussian has no effect on model=vqvae_prior: only model=beta_tcvae, beta_vae, iwae, mmd_vae, vae and "
             "vqvae read likelihood",
         ),
         (["net=conv"], "net=conv has no effect on model=vqvae_prior"),
