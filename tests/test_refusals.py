@@ -87,8 +87,8 @@ def fake_vqvae_checkpoint(path, data):
     [
         (
             ["likelihood=gaussian"],
-            "likelihood=gaussian has no effect on model=vqvae_prior: only model=beta_tcvae, beta_vae, iwae, mmd_vae, vae and "
-            "vqvae read likelihood",
+            "likelihood=gaussian has no effect on model=vqvae_prior: only model=beta_tcvae, beta_vae, iwae, mmd_vae, "
+            "vae and vqvae read likelihood",
         ),
         (["net=conv"], "net=conv has no effect on model=vqvae_prior"),
         (["size=large"], "size=large has no effect on model=vqvae_prior"),
