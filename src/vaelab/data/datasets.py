@@ -15,7 +15,7 @@ import torch
 from pydantic import model_validator
 
 from vaelab.checks import set_by_user
-from vaelab.data.in_memory import InMemoryDataModule, Split, split_off
+from vaelab.data.in_memory import InMemoryDataModule, Split, fraction_sizes, split_off
 from vaelab.errors import UserError
 from vaelab.settings import setting
 
@@ -431,7 +431,5 @@ class ImageFolderDataModule(InMemoryDataModule):
             [classes.index(f.relative_to(self.path).parts[0]) if f.parent != self.path else -1 for f in files]
         )
         x = torch.stack(images)
-        n_val = max(1, int(len(x) * self.val_fraction))
-        n_test = max(1, int(len(x) * self.test_fraction))
-        parts = split_off(x, labels, [len(x) - n_val - n_test, n_val, n_test])
+        parts = split_off(x, labels, fraction_sizes(len(x), self.val_fraction, self.test_fraction))
         return {name: Split(xs, ys, levels=255) for name, (xs, ys) in zip(("train", "val", "test"), parts)}

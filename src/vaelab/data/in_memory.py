@@ -466,6 +466,13 @@ def refuse_unknown_levels(data: DictConfig) -> None:
         )
 
 
+def fraction_sizes(n: int, val_fraction: float, test_fraction: float) -> list[int]:
+    """[train, val, test] sizes of ``n`` examples holding out the given fractions (at least one
+    example each for validation and test); the train size may be < 1 for tiny data sets."""
+    n_val, n_test = max(1, int(n * val_fraction)), max(1, int(n * test_fraction))
+    return [n - n_val - n_test, n_val, n_test]
+
+
 def split_off(images: Tensor, labels: Tensor, sizes: list[int], seed: int = 0) -> list[tuple[Tensor, Tensor]]:
     """Shuffle once with a fixed seed (independent of the run's seed, so the test set never
     changes) and cut into consecutive parts of the given sizes."""

@@ -24,7 +24,7 @@ import torch
 from pydantic import model_validator
 from torch import Tensor
 
-from vaelab.data.in_memory import InMemoryDataModule, Split, refuse_unknown_levels, split_off
+from vaelab.data.in_memory import InMemoryDataModule, Split, fraction_sizes, refuse_unknown_levels, split_off
 from vaelab.errors import UserError
 from vaelab.settings import setting
 
@@ -97,33 +97,41 @@ def shape_of(array: Any, path: Path) -> list[int]:
 
 
 @functools.lru_cache(maxsize=8)
-def _file_facts(path: str, key: str | None, modified: float) -> tuple[list[int], int | None] | None:
-    """(example shape, levels guess) of a data file, read once per version of the file."""
-    try:
-        found = data_arrays(read_arrays(Path(path)), key, Path(path))
-        arrays = list(found.values())
-        shape = shape_of(arrays[0], Path(path))
-    except UserError:
-        return None
+def _read_facts(path: str, key: str | None, modified: float) -> tuple[list[int], int | None, bool]:
+    found = data_arrays(read_arrays(Path(path)), key, Path(path))
+    arrays = list(found.values())
+    shape = shape_of(arrays[0], Path(path))
     if is_real(arrays[0]):
-        return shape, None
+        return shape, None, True
     top = max(largest(a) for a in arrays)
-    return shape, 2 if top <= 1 else 256 if top == 255 else top + 1
+    return shape, 2 if top <= 1 else 256 if top == 255 else top + 1, False
 
 
-def file_facts(path: str | None, key: str | None) -> tuple[list[int], int | None] | None:
-    if path is None:
-        return None
+def file_facts(path: str | Path, key: str | None) -> tuple[list[int], int | None, bool]:
+    """(example shape, levels guess, real-valued) of a data file, read once per version of the
+    file (the config's resolvers and its check ask several times); a one-line UserError for a file
+    that is missing or holds no data of a usable shape."""
     resolved = Path(path).expanduser()
     if not resolved.is_file():
-        return None  # the data module's check says so, in one line
-    return _file_facts(str(resolved), key, resolved.stat().st_mtime)
+        read_arrays(resolved)  # raises its message: not a .npy/.npz/.pt, or not there
+    return _read_facts(str(resolved), key, resolved.stat().st_mtime)
+
+
+def quiet_facts(path: str | None, key: str | None) -> tuple[list[int], int | None, bool] | None:
+    """``file_facts``, or None for the resolvers when the file cannot be read: the data module's
+    check then says why, in one line."""
+    if path is None:
+        return None
+    try:
+        return file_facts(path, key)
+    except UserError:
+        return None
 
 
 def tensor_shape(path: str | None, key: str | None = None) -> list[int] | None:
     """The example shape in a data file, for ``image_shape: ${tensor_shape:...}`` in the config;
     None when the file cannot be read (the data module's check then says why, in one line)."""
-    facts = file_facts(path, key)
+    facts = quiet_facts(path, key)
     return None if facts is None else facts[0]
 
 
@@ -132,7 +140,7 @@ def tensor_levels(path: str | None, key: str | None = None) -> int | None:
     real numbers (continuous data); for integers 2 when they are 0 and 1, 256 when the largest is
     255 (8-bit images), else the largest + 1. Set ``data.num_levels`` when the data can take values
     the file does not show."""
-    facts = file_facts(path, key)
+    facts = quiet_facts(path, key)
     return None if facts is None else facts[1]
 
 
@@ -163,10 +171,7 @@ class TensorsDataModule(InMemoryDataModule):
         if data.get("path") is None:
             raise UserError("data.path is not set; point it at your data with data.path=<file.npy|.npz|.pt>")
         path = Path(data.path).expanduser()
-        found = data_arrays(read_arrays(path), data.get("key"), path)  # a bad file is named before its shape
-        first = next(iter(found.values()))
-        shape_of(first, path)
-        continuous = is_real(first)
+        _, _, continuous = file_facts(path, data.get("key"))
         if continuous and data.get("likelihood") == "bernoulli":
             raise UserError(
                 f"{path} holds real numbers (continuous data): choose likelihood=gaussian, or save integer values"
@@ -200,11 +205,11 @@ class TensorsDataModule(InMemoryDataModule):
         labels = {name: self.labels_for(arrays, name, len(x)) for name, x in tensors.items()}
         if "all" in tensors:
             x, y = tensors["all"], labels["all"]
-            n_val, n_test = max(1, int(len(x) * self.val_fraction)), max(1, int(len(x) * self.test_fraction))
-            if len(x) - n_val - n_test < 1:
+            sizes = fraction_sizes(len(x), self.val_fraction, self.test_fraction)
+            if sizes[0] < 1:
                 raise UserError(f"{self.path} holds {len(x)} examples; it needs at least 3 (train/val/test)")
             tensors, labels = {}, {}
-            for name, (xs, ys) in zip(SPLITS, split_off(x, y, [len(x) - n_val - n_test, n_val, n_test])):
+            for name, (xs, ys) in zip(SPLITS, split_off(x, y, sizes)):
                 tensors[name], labels[name] = xs, ys
         if tensors["train"].dtype.is_floating_point:
             return {name: Split(tensors[name], labels[name], levels=None) for name in SPLITS}
