@@ -16,7 +16,7 @@ from vaelab.settings import setting
 
 class MMDVAE(VAE):
     """loss = -E_q[log p(x|z)] + beta * KL + mmd_weight * MMD^2(q(z), p(z)), where q(z) is the
-    batch's aggregate posterior (one z ~ q(z|x) per example) and MMD^2 its unbiased estimate
+    batch's aggregate posterior (the z ~ q(z|x) each example is reconstructed from) and MMD^2 its unbiased estimate
     against as many draws of p(z) = N(0, I) (``objectives.mmd_unbiased``). InfoVAE's objective
     (Zhao et al. 2019, eq. 6) with (1 - alpha) = beta and (alpha + lambda - 1) = mmd_weight; beta = 0
     is the MMD-VAE and WAE-MMD's penalty (Tolstikhin et al. 2018, algorithm 2, with a stochastic
@@ -58,7 +58,7 @@ class MMDVAE(VAE):
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)
-        z = self.posterior(x).rsample()  # [B, L], the batch's draw of q(z)
+        z = terms["z"]  # [B, L]: the batch's draw of q(z), the one it reconstructs from
         mmd = objectives.mmd_unbiased(z, torch.randn_like(z), self.kernel, self.kernel_scale)
         recon_and_kl = objectives.beta_vae_loss(terms["log_px_given_z"], terms["kl"], self.beta)
         return {**terms, "mmd": mmd, "loss": recon_and_kl + self.mmd_weight * mmd}

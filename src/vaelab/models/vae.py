@@ -113,7 +113,8 @@ class VAE(GenerativeModel):
         return self.posterior_family.from_params(self.encoder(x))
 
     def terms(self, x: Tensor) -> dict[str, Tensor]:
-        """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L]."""
+        """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L], and
+        ``z`` [B, L] the sample of q(z|x) the pass decoded."""
         q = self.posterior(x)
         if self.estimator == "score_function" and self.training:
             z = q.rsample().detach()  # no pathwise gradient: the encoder learns through log q
@@ -129,6 +130,7 @@ class VAE(GenerativeModel):
             "log_px_given_z": log_px_given_z,
             "kl": kl,
             "kl_per_dim": kl_per_dim,
+            "z": z,
             "elbo": objectives.elbo(log_px_given_z, kl),
         }
 
