@@ -190,7 +190,14 @@ def mean_and_sd(values: list[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
 
 
-def seed_table(rows: list, groups: list[list[int]], metric_keys: list[str]) -> tuple[list[str], list[list]]:
+def seeded(groups: list[list[int]], seeds: list[str | None]) -> bool:
+    """Whether some setting was run with several seeds: a group of runs whose seeds all differ."""
+    return any(len(g) > 1 and len({seeds[i] for i in g} - {None, "None"}) == len(g) for g in groups)
+
+
+def seed_table(
+    rows: list, groups: list[list[int]], seeds: list[str | None], metric_keys: list[str]
+) -> tuple[list[str], list[list]]:
     """One row per setting: its overrides but the seed, the seeds, n (runs that did not fail) and,
     for each numeric metric, its mean and standard deviation over those runs."""
     keys = sorted({k for _, o, _ in rows for k in o if k != SEED})
@@ -200,8 +207,7 @@ def seed_table(rows: list, groups: list[list[int]], metric_keys: list[str]) -> t
     for group in groups:
         first = rows[group[0]][1]
         ok = [i for i in group if "status" not in rows[i][2]]
-        seeds = " ".join(str(seed_of(rows[i][0], rows[i][1])) for i in group)
-        cells = [*(first.get(k, "") for k in keys), seeds, len(ok)]
+        cells = [*(first.get(k, "") for k in keys), " ".join(str(seeds[i]) for i in group), len(ok)]
         for key in numeric:
             values = [rows[i][2][key] for i in ok if isinstance(rows[i][2].get(key), (int, float))]
             mean, sd = mean_and_sd(values) if values else ("", None)
@@ -238,17 +244,17 @@ def write_report(runs: list[Path], out: Path, metric: str | None, against: str |
     lines = markdown(header, table)
     written = [out / "report.md", out / "report.csv"]
     groups = seed_groups(rows)
-    if any(len(g) > 1 and len({seed_of(rows[i][0], rows[i][1]) for i in g} - {None, "None"}) == len(g) for g in groups):
-        # some setting was run with several seeds
-        seed_header, seeds = seed_table(rows, groups, metric_keys)
+    seeds = [seed_of(run, o) for run, o, _ in rows]  # each run's config.yaml read once
+    if seeded(groups, seeds):
+        seed_header, seed_rows = seed_table(rows, groups, seeds, metric_keys)
         with open(out / "report_seeds.csv", "w", newline="") as f:
-            csv.writer(f).writerows([seed_header, *seeds])
+            csv.writer(f).writerows([seed_header, *seed_rows])
         written.append(out / "report_seeds.csv")
         lines = [
             "Mean and standard deviation (sample, n - 1) over the seeds of each setting; n counts the runs that "
             "did not fail.",
             "",
-            *markdown(seed_header, seeds),
+            *markdown(seed_header, seed_rows),
             "",
             "Each run:",
             "",
