@@ -155,10 +155,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     if truth is not None:
         metrics.update(evaluate_disentanglement(model, truth, datamodule, cfg, phases))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    if cfg.pictures and not datamodule.is_images:
+    draws = cfg.pictures and datamodule.is_images
+    if cfg.pictures and not draws:
         print("pictures: skipped, the data are vectors, not images", file=sys.stderr)
-    with phases("pictures", quiet=not (cfg.pictures and datamodule.is_images)):
-        images = pictures_of(model, split, results, metrics, truth, out, cfg, is_vq) if datamodule.is_images else {}
+    with phases("pictures", quiet=not draws):
+        images = pictures_of(model, split, results, metrics, truth, out, cfg, is_vq) if draws else {}
     loggers = build_loggers(cfg)
     for logger in loggers:
         logger.log_metrics({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=0)
@@ -207,9 +208,7 @@ def pictures_of(
     cfg: DictConfig,
     is_vq: bool,
 ) -> dict:
-    """The pictures (``pictures=true``) under ``out/images``, by name."""
-    if not cfg.pictures:
-        return {}
+    """The pictures under ``out/images``, by name."""
     if is_vq:
         return draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
     images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
