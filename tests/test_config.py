@@ -213,6 +213,9 @@ def test_global_batch_is_the_configured_batch(tmp_path):
     assert seen == [50] * (1437 // 50)
 
 
+# The models with a continuous latent besides vae, as the messages list them.
+LATENT_MODELS = "beta_tcvae, beta_vae, dip_vae, factor_vae, iwae, mmd_vae"
+
 BAD_VALUES = [
     (["data.batch_size=0"], "data.batch_size must be a whole number ≥ 1"),
     (["data.batch_size=2.5"], "data.batch_size must be a whole number ≥ 1"),
@@ -530,12 +533,12 @@ BAD_VALUES = [
     ),
     (
         ["model=vqvae", "net=conv"],
-        "net=conv has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae, mmd_vae and vae read net; "
-        "use net=conv with model=beta_tcvae, beta_vae, iwae, mmd_vae or vae, or leave net at its default (net=mlp)",
+        f"net=conv has no effect on model=vqvae: only model={LATENT_MODELS} and vae read net; "
+        f"use net=conv with model={LATENT_MODELS} or vae, or leave net at its default (net=mlp)",
     ),
     (
         ["model=vqvae", "size.latent_dim=8"],
-        "size.latent_dim=8 has no effect on model=vqvae: only model=beta_tcvae, beta_vae, iwae, mmd_vae and vae read "
+        f"size.latent_dim=8 has no effect on model=vqvae: only model={LATENT_MODELS} and vae read "
         "size.latent_dim; drop size.latent_dim=8 or use one of them",
     ),
     (

@@ -9,7 +9,7 @@ import vaelab.app
 import vaelab.config
 import vaelab.training
 from conftest import run_cli
-from test_config import OPTIONS, data_overrides
+from test_config import LATENT_MODELS, OPTIONS, data_overrides
 from vaelab.config import check_config, compose_config, use_vqvae_data
 from vaelab.errors import UserError
 from vaelab.training import train
@@ -87,7 +87,7 @@ def fake_vqvae_checkpoint(path, data):
     [
         (
             ["likelihood=gaussian"],
-            "likelihood=gaussian has no effect on model=vqvae_prior: only model=beta_tcvae, beta_vae, iwae, mmd_vae, "
+            f"likelihood=gaussian has no effect on model=vqvae_prior: only model={LATENT_MODELS}, "
             "vae and vqvae read likelihood",
         ),
         (["net=conv"], "net=conv has no effect on model=vqvae_prior"),

@@ -80,6 +80,10 @@ class DiagonalGaussian:
         """Closed-form KL(q || N(0, I)) summed over latents, [B]."""
         return self.kl_to_standard_normal_per_dim().sum(-1)
 
+    def covariance(self) -> Tensor:
+        """Sigma(x) = diag(sigma^2), [B, L, L]."""
+        return torch.diag_embed(self.logvar.exp())
+
 
 class FullCovGaussian:
     """q(z|x) = N(z; mu, S S^T) with S lower triangular, positive diagonal exp(logvar / 2):
@@ -140,6 +144,10 @@ class FullCovGaussian:
         the joint KL when latents are correlated (the joint adds the total correlation)."""
         var = self.scale_tril.pow(2).sum(-1)
         return 0.5 * (self.mu**2 + var - 1.0 - var.log())
+
+    def covariance(self) -> Tensor:
+        """Sigma(x) = S S^T, [B, L, L]."""
+        return self.scale_tril @ self.scale_tril.transpose(-1, -2)
 
     def kl_to_standard_normal(self) -> Tensor:
         """Closed-form KL(N(mu, Sigma) || N(0, I)) = 0.5 * (tr Sigma + mu^T mu - L - log det Sigma), [B].

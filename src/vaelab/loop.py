@@ -271,7 +271,7 @@ class TrainingLoop(L.LightningModule):
         configs = self.trainer.lr_scheduler_configs
         plateau = bool(configs) and isinstance(configs[0].scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
         for group in optimizer.param_groups:
-            for key in keys:
+            for key in (k for k in keys if k not in group.get("own", ())):
                 if key == "lr" and plateau and not new_schedule and old_optimizer.get("lr"):
                     # The plateau's reductions so far apply to the new base rate.
                     group["lr"] *= defaults["lr"] / old_optimizer["lr"]
@@ -279,7 +279,8 @@ class TrainingLoop(L.LightningModule):
                     group[key] = defaults[key]
         if configs and (new_schedule or ("lr" in keys and not plateau)):
             for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] = defaults["lr"]
+                own = "lr" in group.get("own", ())
+                group["lr"] = group["initial_lr"] = group.get("initial_lr", group["lr"]) if own else defaults["lr"]
             with warnings.catch_warnings():  # stepping the new scheduler before any optimizer step
                 warnings.simplefilter("ignore", UserWarning)
                 scheduler = self.build_scheduler(optimizer)
@@ -290,7 +291,7 @@ class TrainingLoop(L.LightningModule):
             configs[0].scheduler = scheduler
         elif not configs and new_schedule:  # the schedule was dropped: the constant rate
             for group in optimizer.param_groups:
-                group["lr"] = defaults["lr"]
+                group["lr"] = group.get("initial_lr", group["lr"]) if "lr" in group.get("own", ()) else defaults["lr"]
         changed = [f"model.optimizer.{k}: {old_optimizer.get(k)} -> {new_optimizer.get(k)}" for k in keys]
         rates = sorted({group["lr"] for group in optimizer.param_groups})
         rank_zero_info(
@@ -465,12 +466,19 @@ class TrainingLoop(L.LightningModule):
 
     @final
     def configure_optimizers(self) -> Optimizer | dict[str, Any]:
-        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.parameters())
+        optimizer = hydra.utils.instantiate(self.hparams.optimizer)(params=self.optimizer_groups())
         if not self.hparams.scheduler:
             return optimizer
         scheduler = self.build_scheduler(optimizer)
         # The loop steps it (manual optimisation); the interval tells LearningRateMonitor when to log.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval}}
+
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """The parameter groups of the run's optimizer (``model.optimizer``): one of every
+        parameter. A model whose part learns with its own settings (FactorVAE's discriminator)
+        adds a group that sets them and names them in ``own``; a resumed run's new optimizer
+        settings leave those (``apply_new_settings``)."""
+        return [{"params": list(self.parameters())}]
 
     @final
     def build_scheduler(self, optimizer: Optimizer) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -147,3 +148,36 @@ def mmd_unbiased(x: Tensor, y: Tensor, kernel: str = "imq", scale: float = 1.0) 
     within_x = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
     within_y = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
     return within_x + within_y - 2 * kxy.mean()
+
+
+def dip_covariance(mu: Tensor, covariance: Tensor | None = None) -> Tensor:
+    """The covariance DIP-VAE matches to the identity (Kumar et al. 2018), [L, L], from the batch:
+    Cov_p(x)[mu(x)] of the posterior means mu [B, L] (DIP-VAE-I, eq. 6), or with the posteriors'
+    covariances Sigma(x) [B, L, L] the covariance of the aggregate posterior,
+    Cov_q(z)[z] = E_p(x)[Sigma(x)] + Cov_p(x)[mu(x)] (DIP-VAE-II, eq. 7). Means over the batch
+    (divided by B)."""
+    centred = mu - mu.mean(0)
+    cov = centred.T @ centred / mu.shape[0]
+    return cov if covariance is None else cov + covariance.mean(0)
+
+
+def dip_penalties(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """(sum_{i != j} C_ij^2, sum_i (C_ii - 1)^2) for a covariance C [L, L]: DIP-VAE's off-diagonal
+    and diagonal penalties, weighed by lambda_od and lambda_d (Kumar et al. 2018, eq. 6)."""
+    diagonal = cov.diagonal()
+    return (cov.square().sum() - diagonal.square().sum(), (diagonal - 1).square().sum())
+
+
+def permute_dims(z: Tensor) -> Tensor:
+    """Each latent dimension of z [B, L] shuffled across the batch on its own (Kim & Mnih 2018,
+    algorithm 1): samples of prod_d q(z_d), the product of the aggregate posterior's marginals."""
+    order = torch.rand(z.shape, device=z.device).argsort(dim=0)
+    return z.gather(0, order)
+
+
+def density_ratio_losses(logits_q: Tensor, logits_permuted: Tensor) -> Tensor:
+    """The discriminator's loss [scalar]: the logistic loss of telling z ~ q(z) (label 1, logits
+    [B]) from z ~ prod_d q(z_d) (label 0, logits [B]), each half weighted 1/2. At its optimum the
+    logit is log q(z) - log prod_d q(z_d), so its mean over z ~ q(z) estimates the total
+    correlation (Kim & Mnih 2018, eq. 3; the density-ratio trick)."""
+    return 0.5 * (F.softplus(-logits_q).mean() + F.softplus(logits_permuted).mean())

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import require, set_by_user
+from vaelab.checks import require
 from vaelab.errors import UserError
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
@@ -34,6 +34,8 @@ class BetaTCVAE(VAE):
 
     Logged beside loss, recon and kl: ``mi``, ``tc``, ``dwkl`` (batch means, in nats). ``elbo`` is
     the true bound -(recon + kl) with the closed-form KL, whatever the weights."""
+
+    reparameterized_only = True
 
     class Settings(VAE.Settings):
         alpha: float = setting(
@@ -84,20 +86,10 @@ class BetaTCVAE(VAE):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        # Before the VAE's checks, whose message for this key points to a gradient estimator this model refuses.
-        require(
-            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
-            "model.baseline_decay has no effect on model=beta_tcvae, which trains with reparameterized gradients "
-            "only; drop model.baseline_decay",
-        )
         super().check_config(model_cfg, cfg)
         require(
             model_cfg.posterior == "diagonal",
             "model=beta_tcvae needs model.posterior=diagonal (q(z) is estimated dimension by dimension)",
-        )
-        require(
-            model_cfg.estimator == "reparam",
-            "model=beta_tcvae trains with reparameterized gradients; set model.estimator=reparam",
         )
 
     # ---- N, the training set's size ------------------------------------------------------

@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.func import functional_call
 
 from vaelab import objectives
-from vaelab.checks import require, set_by_user
+from vaelab.checks import require
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
 
@@ -31,6 +31,8 @@ class IWAE(VAE):
     (k in training, ``k_eval`` in validation and test). ``dreg``: the doubly reparameterized
     gradient for the encoder (Tucker et al. 2018), which has lower variance for large k."""
 
+    reparameterized_only = True
+
     class Settings(VAE.Settings):
         k: int = setting(5, "samples of q(z|x) per example in training", ge=1, belongs=IWAE_BOUND)
         k_eval: int = setting(50, "samples per example in validation and test", ge=1, belongs=IWAE_BOUND)
@@ -49,23 +51,12 @@ class IWAE(VAE):
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        # Before the VAE's checks, whose message for this key points to a gradient estimator IWAE refuses.
-        require(
-            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
-            "model.baseline_decay has no effect on model=iwae, which trains with reparameterized gradients only; "
-            "drop model.baseline_decay",
-        )
         super().check_config(model_cfg, cfg)
         # The bound weighs no KL term (beta = 1 is what it computes).
         require(
             model_cfg.beta == 1,
             "model.beta has no effect on model=iwae: the importance-weighted bound has no KL term to weigh; "
             "drop model.beta (model=beta_vae weighs the KL)",
-        )
-        require(
-            model_cfg.get("estimator", "reparam") == "reparam",
-            "model=iwae trains with reparameterized gradients; "
-            "set model.estimator=reparam (the score-function estimator is for the ELBO)",
         )
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import require, set_by_user
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
 
@@ -23,6 +21,8 @@ class MMDVAE(VAE):
     encoder). The ELBO logged is the true bound (beta = 1), ``mmd`` the batch's estimate.
 
     ``kernel_scale`` C: null takes WAE's 2 * latent_dim * sigma_p^2 = 2 * latent_dim."""
+
+    reparameterized_only = True
 
     class Settings(VAE.Settings):
         beta: float = setting(0.0, "the KL's weight (InfoVAE's 1 - alpha; 0: MMD-VAE, WAE)", ge=0, says="a number ≥ 0")
@@ -42,19 +42,6 @@ class MMDVAE(VAE):
         super().__init__(*args, beta=beta, **kwargs)
         self.mmd_weight, self.kernel = mmd_weight, kernel
         self.kernel_scale = kernel_scale if kernel_scale is not None else 2.0 * self.hparams.latent_dim
-
-    @classmethod
-    def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
-        require(
-            not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
-            "model.baseline_decay has no effect on model=mmd_vae, whose MMD needs reparameterized samples; drop it",
-        )
-        super().check_config(model_cfg, cfg)
-        require(
-            model_cfg.get("estimator", "reparam") == "reparam",
-            "model=mmd_vae trains with reparameterized gradients (its MMD is a function of the samples); "
-            "set model.estimator=reparam",
-        )
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         terms = self.terms(x)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from vaelab import objectives
-from vaelab.checks import require, set_by_user
+from vaelab.checks import option_name, require, set_by_user
 from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks, check_net
@@ -86,10 +86,25 @@ class VAE(GenerativeModel):
         # The score-function control variate: a running mean of log p(x|z).
         self.register_buffer("baseline", torch.zeros(()))
 
+    # A variant whose loss needs the pathwise gradient of its samples (a bound over several, an
+    # MMD or a discriminator of them) sets this: the score-function estimator is refused for it.
+    reparameterized_only = False
+
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
         """The networks and the likelihood against the data, and the settings that only have an
         effect together."""
+        if cls.reparameterized_only:
+            name = f"model={option_name(cfg, 'model') or cls.__name__}"
+            require(
+                not set_by_user(cfg, "model.baseline_decay", like=("_target_",)),
+                f"model.baseline_decay has no effect on {name}, which trains with reparameterized gradients only; "
+                "drop model.baseline_decay",
+            )
+            require(
+                model_cfg.get("estimator", "reparam") == "reparam",
+                f"{name} trains with reparameterized gradients; set model.estimator=reparam",
+            )
         super().check_config(model_cfg, cfg)
         check_net(model_cfg.net, cfg.data.image_shape)
         require(
@@ -112,10 +127,10 @@ class VAE(GenerativeModel):
         """q(z|x) for images x [B, C, H, W]."""
         return self.posterior_family.from_params(self.encoder(x))
 
-    def terms(self, x: Tensor) -> dict[str, Tensor]:
+    def terms(self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None) -> dict[str, Tensor]:
         """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L], and
-        ``z`` [B, L] the sample of q(z|x) the pass decoded."""
-        q = self.posterior(x)
+        ``z`` [B, L] the sample of q(z|x) the pass decoded. ``q``: q(z|x) when the caller has it."""
+        q = self.posterior(x) if q is None else q
         if self.estimator == "score_function" and self.training:
             z = q.rsample().detach()  # no pathwise gradient: the encoder learns through log q
             log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
