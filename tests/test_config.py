@@ -56,7 +56,7 @@ SMALL_BINARY_IMAGES = ["data=synthetic", "data.image_shape=[1,32,32]"]
 def data_overrides(group: str, option: str, files: dict) -> list[str]:
     if (group, option) == ("net", "betavae_conv"):
         return SMALL_BINARY_IMAGES
-    if (group, option) == ("experiment", "dsprites_beta_sweep"):  # its own data (dsprites_small), scored cheaply
+    if group == "experiment" and option.startswith("dsprites_"):  # its own data (dsprites_small), scored cheaply
         return ["callbacks.disentanglement.num_points=200", "callbacks.disentanglement.dci_points=50"]
     if group == "kl_schedule":
         return ["model=beta_vae"]  # the schedules belong to the beta-VAE

@@ -605,7 +605,8 @@ def config_dir() -> Path:
 @functools.cache
 def option_files(group: str) -> dict[str, dict]:
     """Each option of the config group ``group`` (conf/<group>/<option>.yaml) as Hydra composes it
-    on its own, unresolved: the options of its defaults list, then its own keys."""
+    on its own, unresolved: the options of its defaults list (the default option of a group nested
+    in the folder, as conf/model/quantizer/), then its own keys."""
     folder = config_dir() / group
     if not folder.is_dir():
         return {}
@@ -621,6 +622,10 @@ def read_option(folder: Path, name: str) -> dict:
             merged = OmegaConf.merge(merged, raw)
         elif isinstance(entry, str):
             merged = OmegaConf.merge(merged, read_option(folder, entry))
+        else:  # a group of this folder's own (model/quantizer: vq), under its name
+            for group, option in entry.items():
+                if (folder / group).is_dir() and isinstance(option, str):
+                    merged = OmegaConf.merge(merged, {group: read_option(folder / group, option)})
     return OmegaConf.to_container(merged, resolve=False)
 
 

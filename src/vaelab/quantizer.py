@@ -253,3 +253,105 @@ class VectorQuantizer(nn.Module):
 
     def dead_codes(self) -> int:
         return int((self.usage < self.dead_threshold).sum())
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
+    Simple"): z_e [B, d, H, W] with d = len(levels) channels; channel i is bounded by
+    f(z) = tanh(z + s_i) * h_i - o_i to the open interval around the L_i integers of its grid
+    (h_i = (L_i - 1)(1 + 1e-3) / 2; o_i = 1/2 and s_i = atanh(o_i / h_i) centre an even L_i), rounded
+    with a straight-through gradient, and scaled to [-1, 1] by L_i // 2 (section 3, eq. 1). The
+    codebook is the implicit product grid of prod_i L_i codes: nothing is learned, so there is no
+    codebook or commitment loss and no code restarts. ``usage`` and ``dead_codes`` measure its use
+    as VectorQuantizer's do. The index of a code is its mixed-radix number, sum_i digit_i * prod_{j<i} L_j,
+    with digit_i in {0, ..., L_i - 1}."""
+
+    class Settings(Settings):
+        levels: list[int] = setting([8, 5, 5, 5], "L_i, the levels of each channel; K = their product", min_length=1)
+        dead_threshold: float = setting(0.03, "a code is dead below this fraction of a fair share of use", ge=0)
+        usage_decay: float = setting(0.99, "the usage averages' decay", gt=0, lt=1)
+
+    def __init__(
+        self,
+        levels: list[int] = Settings.default("levels"),  # noqa: B008 (never mutated)
+        dead_threshold: float = Settings.default("dead_threshold"),
+        usage_decay: float = Settings.default("usage_decay"),
+    ):
+        super().__init__()
+        self.levels = [int(n) for n in levels]
+        self.code_dim, self.num_codes = len(self.levels), math.prod(self.levels)
+        self.dead_threshold, self.usage_decay = dead_threshold, usage_decay
+        radix = torch.tensor(self.levels, dtype=torch.long)
+        self.register_buffer("radix", radix, persistent=False)
+        self.register_buffer("basis", torch.cumprod(torch.cat([radix.new_ones(1), radix[:-1]]), 0), persistent=False)
+        self.register_buffer("usage", torch.ones(self.num_codes))
+        self.restarted = torch.zeros(0, dtype=torch.long)  # none: the grid has nothing to restart
+
+    def bound(self, z: Tensor) -> Tensor:
+        """f(z) [..., d]: each channel squashed into the interval whose rounding gives its L_i integers."""
+        levels = self.radix.to(z.dtype)
+        half = (levels - 1) * (1 + 1e-3) / 2
+        offset = (self.radix % 2 == 0).to(z.dtype) / 2
+        return torch.tanh(z + torch.atanh(offset / half)) * half - offset
+
+    def quantize(self, flat: Tensor) -> Tensor:
+        """[N, d] -> the grid's integers in the bounded space, with a straight-through gradient."""
+        bounded = self.bound(flat)
+        return bounded + (bounded.round() - bounded).detach()
+
+    def to_indices(self, grid: Tensor) -> Tensor:
+        """Grid integers [N, d] -> code indices [N]."""
+        digits = grid.round().long() + self.radix // 2
+        return (digits * self.basis).sum(-1)
+
+    def forward(self, z_e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """z_e [B, d, H, W] -> (z_q [B, d, H, W] in [-1, 1], with straight-through gradient, terms)."""
+        batch, _, height, width = z_e.shape
+        flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, self.code_dim)
+        grid = self.quantize(flat)
+        indices = self.to_indices(grid.detach())
+        counts = all_reduce_sum(torch.bincount(indices, minlength=self.num_codes).float())
+        if self.training:
+            with torch.no_grad():
+                self.usage.lerp_(counts / counts.sum() * self.num_codes, 1 - self.usage_decay)
+        z_q = (grid / (self.radix // 2).to(grid.dtype)).view(batch, height, width, -1).permute(0, 3, 1, 2)
+        probs = counts / counts.sum()
+        zero = flat.new_zeros(())
+        return z_q.to(z_e.dtype), {
+            "indices": indices.view(batch, height, width),
+            "vq_loss": zero,
+            "commitment": zero,
+            "codebook_loss": zero,
+            "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()),
+            "codes_used": (counts > 0).float().mean(),
+        }
+
+    @torch.no_grad()
+    def indices(self, z_e: Tensor) -> Tensor:
+        """Code maps [B, H, W] for z_e [B, d, H, W]."""
+        batch, _, height, width = z_e.shape
+        flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, self.code_dim)
+        return self.to_indices(self.bound(flat).round()).view(batch, height, width)
+
+    @torch.no_grad()
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H, W] -> z_q [B, d, H, W]."""
+        digits = indices.unsqueeze(-1) // self.basis % self.radix  # [B, H, W, d]
+        half = self.radix // 2
+        return ((digits - half).float() / half.float()).permute(0, 3, 1, 2)
+
+    def dead_codes(self) -> int:
+        return int((self.usage < self.dead_threshold).sum())
+
+
+QUANTIZERS = {"vaelab.quantizer.VectorQuantizer": VectorQuantizer, "vaelab.quantizer.FiniteScalarQuantizer": FiniteScalarQuantizer}
+
+
+def quantizer_class(settings: dict) -> type[nn.Module]:
+    """The class a ``model.quantizer`` node names (``_target_``; none: a VectorQuantizer, as in
+    checkpoints written before the quantizer group)."""
+    return QUANTIZERS[settings.get("_target_", "vaelab.quantizer.VectorQuantizer")]
+
+
+def build_quantizer(settings: dict) -> nn.Module:
+    return quantizer_class(settings)(**{k: v for k, v in settings.items() if k != "_target_"})

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from vaelab.checks import require, set_by_user
 from vaelab.distributions import build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
-from vaelab.quantizer import VectorQuantizer
+from vaelab.quantizer import VectorQuantizer, build_quantizer, quantizer_class
 from vaelab.settings import setting, validate
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class VQVAE(GenerativeModel):
     class Settings(GenerativeModel.Settings):
         image_shape: list[int] = setting(..., "the images' [channels, height, width] (data.image_shape)")
         likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
-        quantizer: dict = setting(..., "the vector quantizer (vaelab.quantizer.VectorQuantizer.Settings)")
+        quantizer: dict = setting(..., "the quantizer (the quantizer group: VectorQuantizer or FiniteScalarQuantizer)")
         hidden: int = setting(256, "channels of the networks (size.vq_hidden); the first convolution has half", ge=2)
         res_blocks: int = setting(2, "residual blocks of each network (size.vq_res_blocks)", ge=0)
         channels_last: bool = setting(False, "NHWC memory layout (faster convolutions on GPUs with tensor cores)")
@@ -86,7 +86,7 @@ class VQVAE(GenerativeModel):
         self.image_shape = tuple(image_shape)
         self.num_dims = math.prod(image_shape)
         self.latent_shape = (height // 4, width // 4)
-        self.quantizer = VectorQuantizer(**quantizer)
+        self.quantizer = build_quantizer(quantizer)
         code_dim = self.quantizer.code_dim
         self.encoder = vq_encoder(channels, hidden, res_blocks, code_dim)
         self.decoder = vq_decoder(channels, hidden, res_blocks, code_dim)
@@ -98,13 +98,14 @@ class VQVAE(GenerativeModel):
         """The quantizer, the networks, the image size and the likelihood."""
         super().check_config(model_cfg, cfg)
         q = model_cfg.quantizer
+        kind = quantizer_class(q)
         validate(
-            VectorQuantizer.Settings,
+            kind.Settings,
             q,
             "model.quantizer",
-            unknown=lambda key: f"model.quantizer.{key} is not a setting of the quantizer; drop it",
+            unknown=lambda key: f"model.quantizer.{key} is not a setting of {kind.__name__}; drop it",
         )
-        if q["update"] == "loss":  # the codebook learns by gradient: no moving averages
+        if kind is VectorQuantizer and q["update"] == "loss":  # the codebook learns by gradient: no moving averages
             for key in ("decay", "epsilon"):
                 require(
                     not set_by_user(cfg, f"model.quantizer.{key}", like=("_target_",)),
@@ -113,7 +114,7 @@ class VQVAE(GenerativeModel):
                     "drop it or set model.quantizer.update=ema",
                 )
         require(
-            q.kmeans_init or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
+            kind is not VectorQuantizer or q.kmeans_init or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
             "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
             "drop it or set model.quantizer.kmeans_init=true",
         )
@@ -135,7 +136,7 @@ class VQVAE(GenerativeModel):
         reads it: a code re-seeded on an encoder output is not pushed on by the momentum of the
         vector it replaced. (Adam's step count, and so its bias correction, is shared by the whole
         codebook and does not restart with the row.)"""
-        restarted, codebook = self.quantizer.restarted, self.quantizer.codebook
+        restarted, codebook = self.quantizer.restarted, getattr(self.quantizer, "codebook", None)
         state = optimizer.state.get(codebook)  # none for an EMA codebook, or before the first step
         if not len(restarted) or not state:
             return
