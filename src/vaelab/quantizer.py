@@ -344,7 +344,10 @@ class FiniteScalarQuantizer(nn.Module):
         return int((self.usage < self.dead_threshold).sum())
 
 
-QUANTIZERS = {"vaelab.quantizer.VectorQuantizer": VectorQuantizer, "vaelab.quantizer.FiniteScalarQuantizer": FiniteScalarQuantizer}
+QUANTIZERS = {
+    "vaelab.quantizer.VectorQuantizer": VectorQuantizer,
+    "vaelab.quantizer.FiniteScalarQuantizer": FiniteScalarQuantizer,
+}
 
 
 def quantizer_class(settings: dict) -> type[nn.Module]:

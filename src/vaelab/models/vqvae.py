@@ -114,7 +114,9 @@ class VQVAE(GenerativeModel):
                     "drop it or set model.quantizer.update=ema",
                 )
         require(
-            kind is not VectorQuantizer or q.kmeans_init or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
+            kind is not VectorQuantizer
+            or q.kmeans_init
+            or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
             "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
             "drop it or set model.quantizer.kmeans_init=true",
         )
