@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from vaelab.quantizer import VectorQuantizer, kmeans
+from vaelab.quantizer import ResidualVectorQuantizer, VectorQuantizer, kmeans
 
 
 def as_map(flat: torch.Tensor, height: int = 2) -> torch.Tensor:
@@ -201,27 +201,34 @@ def run_steps(vq, batches):
     for z_e in batches:
         _, out = vq(z_e)
         stats.append([out["perplexity"], out["codes_used"]])
-    codebook = vq.codebook.clone()
+    codebook = torch.cat([book.codebook for book in vq.codebooks()])  # every stage's, for the residual quantizer
     _, out = vq.eval()(batches[-1])
     stats.append([out["perplexity"], out["codes_used"]])
     return codebook, torch.tensor(stats)
 
 
-def ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+def make_quantizer(kind: str) -> VectorQuantizer | ResidualVectorQuantizer:
+    return VectorQuantizer(**SETTINGS) if kind == "vq" else ResidualVectorQuantizer(3, **SETTINGS)
+
+
+def ddp_worker(rank: int, world: int, init_file: str, out_dir: str, kind: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(100 + rank)  # different global RNG on each process: the codebook must not depend on it
-    vq = VectorQuantizer(**SETTINGS).train()
+    vq = make_quantizer(kind).train()
     shares = [b.tensor_split(world)[rank] for b in global_batches()]
     torch.save(run_steps(vq, shares), os.path.join(out_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_ddp_codebooks_are_identical_across_ranks_and_equal_to_one_process(tmp_path):
-    mp.start_processes(ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, start_method="spawn")
+@pytest.mark.parametrize("kind", ["vq", "rvq"])
+def test_ddp_codebooks_are_identical_across_ranks_and_equal_to_one_process(tmp_path, kind):
+    mp.start_processes(
+        ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path), kind), nprocs=2, start_method="spawn"
+    )
     (rank0, stats0), (rank1, stats1) = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert torch.equal(rank0, rank1)
     assert torch.equal(stats0, stats1)  # perplexity and codes used of the global batch, on every rank
-    single, stats = run_steps(VectorQuantizer(**SETTINGS).train(), global_batches())
+    single, stats = run_steps(make_quantizer(kind).train(), global_batches())
     torch.testing.assert_close(rank0, single, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(stats0, stats, atol=1e-5, rtol=1e-5)

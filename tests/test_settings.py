@@ -14,7 +14,7 @@ from vaelab.distributions import LIKELIHOODS
 from vaelab.errors import UserError
 from vaelab.models.base import GenerativeModel, every_model
 from vaelab.nets import NETS
-from vaelab.quantizer import VectorQuantizer
+from vaelab.quantizer import QUANTIZERS, quantizer_class
 from vaelab.schedules import KL_SCHEDULES
 from vaelab.settings import REFERENCE, Settings, describe, setting, validate
 
@@ -75,7 +75,9 @@ def nodes_of(group: str, option: str, tmp_path) -> list[tuple[str, object, type[
     node = cfg[group] if group != "callbacks" else cfg.callbacks[option]
     found = [(f"{group}/{option}", node, schema_of(group, node))]
     if group == "model" and "quantizer" in node:
-        found.append((f"{group}/{option}:quantizer", node.quantizer, VectorQuantizer.Settings))
+        for path in sorted((CONF / "model" / "quantizer").glob("*.yaml")):  # each option of model/quantizer
+            quantizer = compose_config([*overrides, f"model/quantizer={path.stem}"], tmp_path).model.quantizer
+            found.append((f"{group}/{option}:quantizer={path.stem}", quantizer, quantizer_class(quantizer).Settings))
     return found
 
 
@@ -115,7 +117,7 @@ def configurable_classes() -> list[type]:
         getattr(data, n) for n in dir(data) if n.endswith("DataModule") and hasattr(getattr(data, n), "Settings")
     ]
     models = [m for m in every_model() if m.__module__.startswith("vaelab.")]
-    return [*models, *LIKELIHOODS.values(), VectorQuantizer, *KL_SCHEDULES.values(), *modules]
+    return [*models, *LIKELIHOODS.values(), *QUANTIZERS.values(), *KL_SCHEDULES.values(), *modules]
 
 
 def effective_defaults(cls: type) -> dict[str, object]:

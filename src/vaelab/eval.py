@@ -280,6 +280,15 @@ def vq_summary(m: dict, out: Path) -> str:
             f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, "
             f"perplexity {m['perplexity']:.1f}, "
             f"{m['dead_codes']} dead",
+            *(
+                [
+                    "  by depth:       "
+                    + ", ".join(f"{n + 1}: {r:.2f}" for n, r in enumerate(m["recon_by_depth"]))
+                    + " nats of reconstruction from the first n codebooks"
+                ]
+                if "recon_by_depth" in m
+                else []
+            ),
             f"  time:           {phase_times(m)}",
             f"  written to:     {out}",
         ]

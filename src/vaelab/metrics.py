@@ -174,30 +174,43 @@ def evaluate_vq_split(
 ) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
-    code use, fraction of codes used, dead codes) and the bound on -log p(x): recon plus the
-    prior's NLL of the codes, or recon + H'W' log K for the first stage's uniform prior.
+    code use, fraction of codes used, dead codes; per codebook, averaged over the residual
+    quantizer's stages) and the bound on -log p(x): recon plus the prior's NLL of the codes, or
+    recon + log K per index of the code map for the first stage's uniform prior. The residual
+    quantizer's ``recon_by_depth`` is the reconstruction decoded from its first 1, 2, ..., Q stages.
     ``progress`` shows a bar on stderr (``Progress``) with the running bound."""
     vq = model.vq
     model.eval()
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
-    counts = torch.zeros(vq.quantizer.num_codes, device=device)
-    recon, prior_nll = [], []
-    uniform_code_cost = math.prod(vq.latent_shape) * math.log(vq.quantizer.num_codes)
+    # Code counts per codebook [books, K]: one book, or each stage of the residual quantizer.
+    books, num_codes = math.prod(vq.quantizer.index_shape), vq.quantizer.num_codes
+    counts = torch.zeros(books, num_codes, device=device)
+    offsets = torch.arange(books, device=device) * num_codes
+    recon, prior_nll, by_depth = [], [], []
+    uniform_code_cost = math.prod(vq.code_shape) * math.log(num_codes)
     bar = Progress(progress, len(split), "nll_bound", "NLL bound")
     for x in model_inputs(split, batch_size, dequantize, device, noise):
         indices = vq.encode_to_indices(x)
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))
+        if books > 1:
+            depths = range(1, books + 1)
+            by_depth.append(
+                torch.stack(
+                    [-vq.likelihood.log_prob(x, vq.decode(vq.quantizer.lookup(indices[..., :n]))) for n in depths]
+                )
+            )
         quality.update(vq.likelihood.mean(params).clamp(0, 1), x)
-        counts += torch.bincount(indices.flatten(), minlength=len(counts)).float()
+        flat = (indices.reshape(-1, books) + offsets).flatten()
+        counts += torch.bincount(flat, minlength=books * num_codes).float().view(books, num_codes)
         nll = model.code_nll(indices)
         learned = nll is not None
         prior_nll.append(nll if nll is not None else torch.full_like(recon[-1], uniform_code_cost))
         bar.update(recon[-1] + prior_nll[-1])
     bar.close()
     recon = torch.cat(recon)
-    probs = counts / counts.sum()
+    probs = counts / counts.sum(1, keepdim=True)
     code_cost = torch.cat(prior_nll)
     nll_bound = recon + code_cost
     dims = math.prod(split.images.shape[1:])
@@ -210,9 +223,11 @@ def evaluate_vq_split(
         "prior": "learned" if learned else "uniform",
         "prior_nll": code_cost.mean().item(),
         **quality.compute(),
-        "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum()).item(),
+        "perplexity": torch.exp(-(probs * torch.log(probs + 1e-10)).sum(1)).mean().item(),  # mean over books
         "codes_used": (counts > 0).float().mean().item(),
         "dead_codes": vq.quantizer.dead_codes(),
         "num_codes": vq.quantizer.num_codes,
     }
+    if by_depth:
+        results["recon_by_depth"] = torch.cat(by_depth, 1).mean(1).tolist()
     return results

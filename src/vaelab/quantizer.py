@@ -79,24 +79,30 @@ def kmeans(x: Tensor, k: int, iterations: int, generator: torch.Generator) -> Te
     return centres
 
 
+class CodebookSettings(Settings):
+    """The settings of a learned codebook: VectorQuantizer's and each stage of the residual quantizer's."""
+
+    num_codes: int = setting(512, "K, the codebook's size", ge=2, message="{key} (K) must be ≥ 2, got {value!r}")
+    code_dim: int = setting(64, "D, a code's dimension", ge=1)
+    beta: float = setting(0.25, "the commitment loss's weight", ge=0)
+    update: Literal["ema", "loss"] = setting("ema", "codebook learning: moving averages, or the paper's codebook loss")
+    decay: float = setting(0.99, "the EMA updates' rate", gt=0, lt=1)
+    epsilon: float = setting(1e-5, "the EMA counts' Laplace smoothing", gt=0)
+    kmeans_init: bool = setting(True, "initialise the codebook by k-means on the first batch")
+    kmeans_iterations: int = setting(10, "Lloyd iterations of that k-means", ge=0)
+    restart_dead: bool = setting(True, "move dead codes onto encoder outputs")
+    dead_threshold: float = setting(0.03, "a code is dead below this fraction of a fair share of use", ge=0)
+    usage_decay: float = setting(0.99, "the usage averages' decay", gt=0, lt=1)
+    seed: int = setting(0, "the k-means and restart random stream (the run's seed)")
+
+
 class VectorQuantizer(nn.Module):
-    class Settings(Settings):
-        num_codes: int = setting(512, "K, the codebook's size", ge=2, message="{key} (K) must be ≥ 2, got {value!r}")
-        code_dim: int = setting(64, "D, a code's dimension", ge=1)
-        beta: float = setting(0.25, "the commitment loss's weight", ge=0)
-        update: Literal["ema", "loss"] = setting(
-            "ema", "codebook learning: moving averages, or the paper's codebook loss"
-        )
-        decay: float = setting(0.99, "the EMA updates' rate", gt=0, lt=1)
-        epsilon: float = setting(1e-5, "the EMA counts' Laplace smoothing", gt=0)
-        kmeans_init: bool = setting(True, "initialise the codebook by k-means on the first batch")
-        kmeans_iterations: int = setting(10, "Lloyd iterations of that k-means", ge=0)
-        restart_dead: bool = setting(True, "move dead codes onto encoder outputs")
-        dead_threshold: float = setting(0.03, "a code is dead below this fraction of a fair share of use", ge=0)
-        usage_decay: float = setting(0.99, "the usage averages' decay", gt=0, lt=1)
+    index_shape: tuple[int, ...] = ()  # a code map holds one index per position: [B, H, W]
+    logged: tuple[str, ...] = ()  # terms of the forward's that the model logs beside its own
+
+    class Settings(CodebookSettings):
         cosine: bool = setting(False, "cosine-similarity codebook (l2-normalised codes and encodings)")
         lookup_dim: int | None = setting(None, "match codes in a projection of this size", ge=1, says="null or ≥ 1")
-        seed: int = setting(0, "the k-means and restart random stream (the run's seed)")
 
     def __init__(
         self,
@@ -254,6 +260,10 @@ class VectorQuantizer(nn.Module):
     def dead_codes(self) -> int:
         return int((self.usage < self.dead_threshold).sum())
 
+    def codebooks(self) -> list[VectorQuantizer]:
+        """The learned codebooks (whose restarted rows the model resets in its optimizer)."""
+        return [self]
+
 
 class FiniteScalarQuantizer(nn.Module):
     """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE Made
@@ -265,6 +275,9 @@ class FiniteScalarQuantizer(nn.Module):
     codebook or commitment loss and no code restarts. ``usage`` and ``dead_codes`` measure its use
     as VectorQuantizer's do. The index of a code is its mixed-radix number, sum_i digit_i * prod_{j<i} L_j,
     with digit_i in {0, ..., L_i - 1}."""
+
+    index_shape: tuple[int, ...] = ()
+    logged: tuple[str, ...] = ()
 
     class Settings(Settings):
         levels: list[int] = setting([8, 5, 5, 5], "L_i, the levels of each channel; K = their product", min_length=1)
@@ -343,10 +356,113 @@ class FiniteScalarQuantizer(nn.Module):
     def dead_codes(self) -> int:
         return int((self.usage < self.dead_threshold).sum())
 
+    def codebooks(self) -> list[VectorQuantizer]:
+        return []
+
+
+class ResidualVectorQuantizer(nn.Module):
+    """Residual vector quantization (Zeghidour et al. 2021, SoundStream, algorithm 1; Lee et al.
+    2022, RQ-VAE, section 3.1): Q codebooks of K codes quantize in turn what the previous ones left,
+
+        r_0 = z_e,   k_i = argmin_k |r_{i-1} - e^(i)_k|,   r_i = r_{i-1} - e^(i)_{k_i},   z_q = sum_i e^(i)_{k_i},
+
+    so each added codebook refines the approximation of z_e. The straight-through gradient is
+    taken once, for the sum (the decoder's gradient reaches z_e as the identity); the commitment
+    of stage i is RQ-VAE's |z_e - sg(sum_{j<=i} e^(j))|^2 (eq. 6), which is |r_{i-1} - sg(e^(i))|^2
+    because r_{i-1} = z_e - sg(sum_{j<i} e^(j)). Each stage is a VectorQuantizer with its own
+    codebook (EMA updates, k-means initialisation on its residuals, dead-code restarts, the
+    stream seed + i); the losses are summed over stages, the health terms (perplexity, codes
+    used) averaged over them. Code maps are [B, H, W, Q]; ``lookup`` of the first n stages'
+    indices [B, H, W, n] decodes at depth n. ``residual_i`` (logged) is the mean squared residual
+    |r_i|^2 per element after stage i."""
+
+    class Settings(CodebookSettings):
+        num_quantizers: int = setting(4, "Q, the codebooks applied in turn to the residual", ge=1)
+
+    def __init__(
+        self,
+        num_quantizers: int = Settings.default("num_quantizers"),
+        num_codes: int = Settings.default("num_codes"),
+        code_dim: int = Settings.default("code_dim"),
+        beta: float = Settings.default("beta"),
+        update: str = Settings.default("update"),
+        decay: float = Settings.default("decay"),
+        epsilon: float = Settings.default("epsilon"),
+        kmeans_init: bool = Settings.default("kmeans_init"),
+        kmeans_iterations: int = Settings.default("kmeans_iterations"),
+        restart_dead: bool = Settings.default("restart_dead"),
+        dead_threshold: float = Settings.default("dead_threshold"),
+        usage_decay: float = Settings.default("usage_decay"),
+        seed: int = Settings.default("seed"),
+    ):
+        super().__init__()
+        book = dict(
+            num_codes=num_codes,
+            code_dim=code_dim,
+            beta=beta,
+            update=update,
+            decay=decay,
+            epsilon=epsilon,
+            kmeans_init=kmeans_init,
+            kmeans_iterations=kmeans_iterations,
+            restart_dead=restart_dead,
+            dead_threshold=dead_threshold,
+            usage_decay=usage_decay,
+        )
+        self.stages = nn.ModuleList(VectorQuantizer(**book, seed=seed + i) for i in range(num_quantizers))
+        first = self.stages[0]
+        self.num_codes, self.code_dim, self.dead_threshold = first.num_codes, first.code_dim, first.dead_threshold
+        self.index_shape = (num_quantizers,)
+        self.logged = tuple(f"residual_{i + 1}" for i in range(num_quantizers))
+
+    @property
+    def usage(self) -> Tensor:
+        """Every stage's usage averages, one after the other [Q * K]."""
+        return torch.cat([stage.usage for stage in self.stages])
+
+    def forward(self, z_e: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """z_e [B, D, H, W] -> (z_q [B, D, H, W] with straight-through gradient, terms)."""
+        residual, total, indices = z_e.float(), torch.zeros_like(z_e, dtype=torch.float32), []
+        terms: dict[str, Tensor] = {}
+        for i, stage in enumerate(self.stages):
+            _, stage_terms = stage(residual)
+            code = stage.lookup(stage_terms["indices"])  # e^(i)_{k_i} [B, D, H, W], no gradient
+            total = total + code
+            residual = residual - code
+            indices.append(stage_terms["indices"])
+            for name in ("vq_loss", "commitment", "codebook_loss", "perplexity", "codes_used"):
+                terms[name] = terms.get(name, 0) + stage_terms[name]
+            terms[f"residual_{i + 1}"] = residual.detach().pow(2).mean()
+        for name in ("perplexity", "codes_used"):
+            terms[name] = terms[name] / len(self.stages)
+        z_q = z_e + (total.to(z_e.dtype) - z_e).detach()
+        return z_q, {"indices": torch.stack(indices, -1), **terms}
+
+    @torch.no_grad()
+    def indices(self, z_e: Tensor) -> Tensor:
+        """Code maps [B, H, W, Q] for z_e [B, D, H, W], never updating a codebook."""
+        residual, indices = z_e.float(), []
+        for stage in self.stages:
+            indices.append(stage.indices(residual))
+            residual = residual - stage.lookup(indices[-1])
+        return torch.stack(indices, -1)
+
+    @torch.no_grad()
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code maps [B, H, W, n], n <= Q -> z_q [B, D, H, W], the sum of the first n stages' codes."""
+        return sum(stage.lookup(indices[..., i]) for i, stage in enumerate(self.stages[: indices.shape[-1]]))
+
+    def dead_codes(self) -> int:
+        return sum(stage.dead_codes() for stage in self.stages)
+
+    def codebooks(self) -> list[VectorQuantizer]:
+        return list(self.stages)
+
 
 QUANTIZERS = {
     "vaelab.quantizer.VectorQuantizer": VectorQuantizer,
     "vaelab.quantizer.FiniteScalarQuantizer": FiniteScalarQuantizer,
+    "vaelab.quantizer.ResidualVectorQuantizer": ResidualVectorQuantizer,
 }
 
 

@@ -1,7 +1,8 @@
 """The second stage of VQ-VAE: an autoregressive prior over code maps, which makes it generative.
 
 A small causal transformer models p(z) = prod_i p(z_i | z_<i) over the H'W' code indices of the
-frozen VQ-VAE's encoder, in raster order. Its negative log-likelihood of the codes (nats per
+frozen VQ-VAE's encoder, in raster order (with the residual quantizer, the Q indices of each
+position in turn, coarse to fine: H'W'Q indices). Its negative log-likelihood of the codes (nats per
 image) plus the VQ-VAE's reconstruction term bounds -log p(x):
     -log p(x) <= -log p(x | z_q(x)) - log p(z(x))
 (the encoder is deterministic, so q(z|x) is a point mass and the ELBO has no entropy term).
@@ -99,9 +100,9 @@ class CodePrior(GenerativeModel):
         self.vqvae.requires_grad_(False)
         self.image_shape = self.vqvae.image_shape
         self.num_dims = self.vqvae.num_dims
-        self.latent_shape = self.vqvae.latent_shape
+        self.code_shape = self.vqvae.code_shape
         self.num_codes = self.vqvae.quantizer.num_codes
-        self.prior = CausalTransformer(self.num_codes, math.prod(self.latent_shape), width, layers, heads, dropout)
+        self.prior = CausalTransformer(self.num_codes, math.prod(self.code_shape), width, layers, heads, dropout)
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
@@ -157,12 +158,12 @@ class CodePrior(GenerativeModel):
     def sample_codes(
         self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0
     ) -> Tensor:
-        n = math.prod(self.latent_shape)
+        n = math.prod(self.code_shape)
         codes = torch.zeros(num_samples, n, dtype=torch.long, device=self.device)
         for i in range(n):
             probs = torch.softmax(self.prior(codes[:, : i + 1])[:, i].float() / temperature, -1)
             codes[:, i] = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(self.device)
-        return codes.view(num_samples, *self.latent_shape)
+        return codes.view(num_samples, *self.code_shape)
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:

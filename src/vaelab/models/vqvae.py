@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from vaelab.checks import require, set_by_user
 from vaelab.distributions import build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
-from vaelab.quantizer import VectorQuantizer, build_quantizer, quantizer_class
+from vaelab.quantizer import build_quantizer, quantizer_class
 from vaelab.settings import setting, validate
 
 if TYPE_CHECKING:
@@ -65,7 +65,9 @@ class VQVAE(GenerativeModel):
     class Settings(GenerativeModel.Settings):
         image_shape: list[int] = setting(..., "the images' [channels, height, width] (data.image_shape)")
         likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
-        quantizer: dict = setting(..., "the quantizer (the quantizer group: VectorQuantizer or FiniteScalarQuantizer)")
+        quantizer: dict = setting(
+            ..., "the quantizer (the quantizer group: Vector-, FiniteScalar- or ResidualVectorQuantizer)"
+        )
         hidden: int = setting(256, "channels of the networks (size.vq_hidden); the first convolution has half", ge=2)
         res_blocks: int = setting(2, "residual blocks of each network (size.vq_res_blocks)", ge=0)
         channels_last: bool = setting(False, "NHWC memory layout (faster convolutions on GPUs with tensor cores)")
@@ -87,6 +89,8 @@ class VQVAE(GenerativeModel):
         self.num_dims = math.prod(image_shape)
         self.latent_shape = (height // 4, width // 4)
         self.quantizer = build_quantizer(quantizer)
+        # A code map's shape: one index per latent position, or Q of them for the residual quantizer.
+        self.code_shape = self.latent_shape + self.quantizer.index_shape
         code_dim = self.quantizer.code_dim
         self.encoder = vq_encoder(channels, hidden, res_blocks, code_dim)
         self.decoder = vq_decoder(channels, hidden, res_blocks, code_dim)
@@ -105,7 +109,8 @@ class VQVAE(GenerativeModel):
             "model.quantizer",
             unknown=lambda key: f"model.quantizer.{key} is not a setting of {kind.__name__}; drop it",
         )
-        if kind is VectorQuantizer and q["update"] == "loss":  # the codebook learns by gradient: no moving averages
+        learned = "update" in kind.Settings.model_fields  # a codebook of its own (not FSQ's implicit grid)
+        if learned and q["update"] == "loss":  # the codebook learns by gradient: no moving averages
             for key in ("decay", "epsilon"):
                 require(
                     not set_by_user(cfg, f"model.quantizer.{key}", like=("_target_",)),
@@ -114,7 +119,7 @@ class VQVAE(GenerativeModel):
                     "drop it or set model.quantizer.update=ema",
                 )
         require(
-            kind is not VectorQuantizer
+            not learned
             or q.kmeans_init
             or not set_by_user(cfg, "model.quantizer.kmeans_iterations", like=("_target_",)),
             "model.quantizer.kmeans_iterations has no effect with model.quantizer.kmeans_init=false; "
@@ -138,13 +143,13 @@ class VQVAE(GenerativeModel):
         reads it: a code re-seeded on an encoder output is not pushed on by the momentum of the
         vector it replaced. (Adam's step count, and so its bias correction, is shared by the whole
         codebook and does not restart with the row.)"""
-        restarted, codebook = self.quantizer.restarted, getattr(self.quantizer, "codebook", None)
-        state = optimizer.state.get(codebook)  # none for an EMA codebook, or before the first step
-        if not len(restarted) or not state:
-            return
-        for value in state.values():
-            if torch.is_tensor(value) and value.shape == codebook.shape:
-                value[restarted] = 0
+        for book in self.quantizer.codebooks():
+            restarted, state = book.restarted, optimizer.state.get(book.codebook)
+            if not len(restarted) or not state:  # no state: an EMA codebook, or before the first step
+                continue
+            for value in state.values():
+                if torch.is_tensor(value) and value.shape == book.codebook.shape:
+                    value[restarted] = 0
 
     def decode(self, z_q: Tensor) -> Tensor:
         """Likelihood parameters, cropped to the image when H or W is not a multiple of 4."""
@@ -168,12 +173,13 @@ class VQVAE(GenerativeModel):
             "commitment": terms["commitment"],
             "perplexity": terms["perplexity"],
             "codes_used": terms["codes_used"],
+            **{name: terms[name] for name in self.quantizer.logged},
         }
         return loss, {name: value.detach().float() for name, value in metrics.items()}
 
     def kl_term(self, metrics: dict[str, Tensor]) -> Tensor:
-        """KL(q(k|x) || uniform) = log K per code position: q is one-hot (van den Oord et al. 2017)."""
-        kl = math.prod(self.latent_shape) * math.log(self.quantizer.num_codes)
+        """KL(q(k|x) || uniform) = log K per index of the code map: q is one-hot (van den Oord et al. 2017)."""
+        kl = math.prod(self.code_shape) * math.log(self.quantizer.num_codes)
         return torch.as_tensor(kl, device=metrics["recon"].device)
 
     def with_derived(self, metrics: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -187,9 +193,9 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def encode_to_indices(self, x: Tensor) -> Tensor:
-        """Images [B, C, H, W] -> code maps [B, H', W']. Not the quantizer's forward: that
-        all-reduces its code counts under DDP (and moves an EMA codebook in training mode), and
-        the image callback encodes on rank 0 alone."""
+        """Images [B, C, H, W] -> code maps [B, H', W'] ([B, H', W', Q] for the residual quantizer).
+        Not the quantizer's forward: that all-reduces its code counts under DDP (and moves an EMA
+        codebook in training mode), and the image callback encodes on rank 0 alone."""
         return self.quantizer.indices(self.encoder(x))
 
     def code_nll(self, codes: Tensor) -> None:
@@ -202,12 +208,13 @@ class VQVAE(GenerativeModel):
 
     @torch.no_grad()
     def decode_indices(self, indices: Tensor) -> Tensor:
-        """Code maps [B, H', W'] -> images."""
+        """Code maps [B, H', W'] -> images. The residual quantizer's [B, H', W', n] decode the sum of the
+        first n <= Q stages' codes."""
         return self.likelihood.mean(self.decode(self.quantizer.lookup(indices)))
 
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Codes drawn uniformly (the first stage's prior). Recognisable samples need the
         learned prior over code maps."""
-        indices = torch.randint(self.quantizer.num_codes, (num_samples, *self.latent_shape), generator=generator)
+        indices = torch.randint(self.quantizer.num_codes, (num_samples, *self.code_shape), generator=generator)
         return self.decode_indices(indices.to(self.device))
