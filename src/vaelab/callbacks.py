@@ -63,7 +63,7 @@ class ImageGrids(L.Callback):
             return
         val = trainer.datamodule.splits["val"]
         x = val.unit(self.num_images // 2).to(pl_module.device)
-        recon = pl_module.reconstruct(x)
+        recon = pl_module.reconstruct(x, **pl_module.given(val.labels[: len(x)].to(pl_module.device)))
         pairs = torch.stack([x, recon], dim=1).flatten(0, 1)  # input, reconstruction, input, ...
         samples = pl_module.sample(self.num_images, generator=torch.Generator().manual_seed(0))
         self.dirpath.mkdir(parents=True, exist_ok=True)

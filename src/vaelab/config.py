@@ -378,6 +378,11 @@ def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
             "callbacks.encoder_gradient_variance measures the encoder gradient of a model with q(z|x), and "
             f"{model_label(cfg, cls)} has none; set callbacks.encoder_gradient_variance.num_draws=0",
         )
+        require(
+            not getattr(cls, "conditional", False),
+            "callbacks.encoder_gradient_variance measures unconditional encoders, and model=cvae's is given the "
+            "labels; set callbacks.encoder_gradient_variance.num_draws=0",
+        )
     elif gradients is not None:
         for key in gradients:
             require(
@@ -393,6 +398,11 @@ def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
             issubclass(cls, LatentVariableModel),
             "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
             "(a VQ-VAE): drop the callback",
+        )
+        require(
+            not getattr(cls, "conditional", False),
+            "callbacks=[...,disentanglement] scores a representation of x alone, and model=cvae's q(z|x, y) is "
+            "given the labels: drop the callback",
         )
         data_class = locate(cfg.data._target_, "data")
         require(

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from vaelab.data.factors import GroundTruth
     from vaelab.data.in_memory import InMemoryDataModule, Split
     from vaelab.models.base import GenerativeModel
+    from vaelab.models.cvae import CVAE
     from vaelab.models.prior import CodePrior
     from vaelab.models.vae import VAE
     from vaelab.models.vqvae import VQVAE
@@ -94,7 +95,8 @@ def ground_truth_to_score(
         if cfg.disentanglement is True:
             raise
         truth = None
-    scorable = isinstance(model, LatentVariableModel)
+    # A conditional model's q(z|x, y) is given the labels: its means are no representation of x alone.
+    scorable = isinstance(model, LatentVariableModel) and not model.conditional
     if cfg.disentanglement is True:
         require(
             truth is not None,
@@ -103,8 +105,8 @@ def ground_truth_to_score(
         )
         require(
             scorable,
-            "disentanglement=true but the model has no posterior q(z|x) to take the means of (a VQ-VAE); "
-            "set disentanglement=auto",
+            "disentanglement=true but the model has no posterior q(z|x) of x alone to take the means of "
+            "(a VQ-VAE, or a cVAE given the labels); set disentanglement=auto",
         )
     return truth if cfg.disentanglement is not False and scorable else None
 
@@ -211,6 +213,8 @@ def pictures_of(
     """The pictures under ``out/images``, by name."""
     if is_vq:
         return draw_vq_pictures(model, split, out, cfg.num_images, cfg.seed)
+    if model.conditional:
+        return draw_conditional_pictures(model, split, out, cfg.num_images, cfg.seed)
     images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
     if truth is not None:
         labels = pictures.factor_labels(
@@ -242,6 +246,25 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
     for name, image in images.items():
         save_image(image, folder / f"{name}.png")
     pictures.latent_map(results["posterior_means"], split.labels, folder / "latent_map.png")
+    return images
+
+
+def draw_conditional_pictures(model: CVAE, split: Split, out: Path, num_images: int, seed: int) -> dict:
+    """A conditional model's pictures: samples cycling through the labels, a grid of samples per
+    label value (the same z in each column), reconstructions with their own labels, and each
+    image decoded with every label (``pictures.label_swaps``)."""
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    n = max(1, min(num_images, len(split)) // 2)
+    x, y = split.unit(n).to(model.device), split.labels[:n].to(model.device)
+    images = {
+        "samples": pictures.samples(model, num_images, seed),
+        "samples_by_class": pictures.samples_by_class(model, seed=seed),
+        "reconstructions": pictures.reconstructions(model, x, y),
+        "label_swaps": pictures.label_swaps(model, x[:8], y[:8]),
+    }
+    for name, image in images.items():
+        save_image(image, folder / f"{name}.png")
     return images
 
 
@@ -299,7 +322,8 @@ def summary(m: dict, out: Path) -> str:
     return "\n".join(
         [
             f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
-            f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)",
+            f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)"
+            + ("   of p(x|y), given the labels" if m.get("conditional") else ""),
             f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
             f"  active units:   {m['active_units']} of {m['latent_dim']}",
             f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",

@@ -174,10 +174,19 @@ class TrainingLoop(L.LightningModule):
         x, _ = batch
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    # A model of p(x|y) sets this: each of its steps is also given the batch's labels (``given``).
+    conditional = False
+
+    @final
+    def given(self, labels: Tensor) -> dict[str, Tensor]:
+        """What the model is conditioned on besides the images: ``{"y": labels}`` for a conditional
+        model, nothing for the others (the keyword arguments of its ``step_metrics``)."""
+        return {"y": labels} if self.conditional else {}
+
     @final
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         x = self.images(batch)
-        loss, metrics = self.step_metrics(x)
+        loss, metrics = self.step_metrics(x, **self.given(batch[1]))
         optimizer = self.optimizers()
         if not self.loss_is_finite_everywhere(loss):
             optimizer.zero_grad(set_to_none=True)  # a skipped batch drops its group's gradients so far
@@ -413,9 +422,9 @@ class TrainingLoop(L.LightningModule):
 
     @final
     def _eval_step(self, batch: tuple[Tensor, Tensor], stage: str) -> None:
-        x = self.images(batch)
-        _, metrics = self.step_metrics(x)
-        metrics.update(self.eval_metrics(x, stage))
+        x, given = self.images(batch), self.given(batch[1])
+        _, metrics = self.step_metrics(x, **given)
+        metrics.update(self.eval_metrics(x, stage, **given))
         self.log_dict(
             {f"{stage}/{k}": v for k, v in self.with_derived(metrics).items()},
             on_step=False,

@@ -64,13 +64,14 @@ class ReconstructionQuality:
 
 def model_inputs(
     split: Split, batch_size: int, dequantize: bool, device: torch.device | str, noise: int = TEST_NOISE
-) -> Iterator[Tensor]:
-    """The split's images in batches as the model sees them: in [0, 1], or uniformly dequantized
-    with the fixed noise of the ``noise`` stream for a continuous likelihood, as the evaluation
-    loaders of training cut them (``vaelab.data.in_memory``)."""
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """The split's images in batches as the model sees them, with their labels: in [0, 1], or
+    uniformly dequantized with the fixed noise of the ``noise`` stream for a continuous likelihood,
+    as the evaluation loaders of training cut them (``vaelab.data.in_memory``)."""
     dataset = BatchDataset(split, binarize=False, dequantize=dequantize)
     for ref in ShardedBatchSampler(len(split), batch_size, shuffle=False, drop_last=False, noise=noise):
-        yield dataset[ref][0].to(device)
+        x, y = dataset[ref]
+        yield x.to(device), y.to(device)
 
 
 class Progress:
@@ -121,9 +122,10 @@ def evaluate_split(
     quality = ReconstructionQuality(split.images.shape[1:], device)
     nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
     bar = Progress(progress, len(split), "nll", f"NLL k={k}")
-    for x in model_inputs(split, batch_size, dequantize, device, noise):
-        q = model.posterior(x)
-        bound, log_px_given_z = model.importance_sampling(x, k, chunk)
+    for x, y in model_inputs(split, batch_size, dequantize, device, noise):
+        given = model.given(y)  # a conditional model's labels: its numbers are those of p(x|y)
+        q = model.posterior(x, **given)
+        bound, log_px_given_z = model.importance_sampling(x, k, chunk, **given)
         kl_x = q.kl_to_standard_normal()
         nll.append(-bound)
         elbo.append(log_px_given_z - kl_x)
@@ -131,7 +133,7 @@ def evaluate_split(
         kl.append(kl_x)
         kl_dims.append(q.kl_to_standard_normal_per_dim())
         means.append(q.mu)
-        quality.update(model.likelihood.mean(model.decoder(q.mu)).clamp(0, 1), x)
+        quality.update(model.likelihood.mean(model.decoder_params(q.mu, **given)).clamp(0, 1), x)
         bar.update(nll[-1])
     bar.close()
     per_example = {
@@ -147,6 +149,7 @@ def evaluate_split(
     return {
         "num_examples": len(split),
         "k": k,
+        "conditional": model.conditional,  # true: every number is of p(x|y), the model given the labels
         "nll": nll_mean,
         "nll_stderr": (per_example["nll"].std() / math.sqrt(len(split))).item(),
         "bpd": bits_per_dim(torch.tensor(nll_mean), dims, offset).item(),
@@ -190,7 +193,7 @@ def evaluate_vq_split(
     recon, prior_nll, by_depth = [], [], []
     uniform_code_cost = math.prod(vq.code_shape) * math.log(num_codes)
     bar = Progress(progress, len(split), "nll_bound", "NLL bound")
-    for x in model_inputs(split, batch_size, dequantize, device, noise):
+    for x, _ in model_inputs(split, batch_size, dequantize, device, noise):
         indices = vq.encode_to_indices(x)
         params = vq.decode(vq.quantizer.lookup(indices))
         recon.append(-vq.likelihood.log_prob(x, params))

@@ -19,6 +19,7 @@ from torchvision.utils import make_grid
 
 if TYPE_CHECKING:
     from vaelab.models.base import GenerativeModel
+    from vaelab.models.cvae import CVAE
     from vaelab.models.vae import VAE
 
 MIN_SIDE = 64  # pixels: the shorter side of every image in a grid is scaled up to at least this
@@ -45,8 +46,8 @@ def grid(images: Tensor, nrow: int) -> Tensor:
 
 
 @torch.no_grad()
-def decode(model: VAE, z: Tensor) -> Tensor:
-    return model.likelihood.mean(model.decoder(z.to(model.device)))
+def decode(model: VAE, z: Tensor, y: Tensor | None = None) -> Tensor:
+    return model.decode(z.to(model.device), y)
 
 
 @torch.no_grad()
@@ -55,10 +56,35 @@ def samples(model: GenerativeModel, num: int = 64, seed: int = 0) -> Tensor:
 
 
 @torch.no_grad()
-def reconstructions(model: GenerativeModel, x: Tensor) -> Tensor:
-    """Each input beside its reconstruction (at the posterior mean)."""
-    pairs = torch.stack([x.to(model.device), model.reconstruct(x.to(model.device))], dim=1).flatten(0, 1)
+def reconstructions(model: GenerativeModel, x: Tensor, y: Tensor | None = None) -> Tensor:
+    """Each input beside its reconstruction (at the posterior mean; given its labels ``y``, for a
+    conditional model)."""
+    x = x.to(model.device)
+    recon = model.reconstruct(x) if y is None else model.reconstruct(x, y.to(model.device))
+    pairs = torch.stack([x, recon], dim=1).flatten(0, 1)
     return grid(pairs, nrow=8)
+
+
+@torch.no_grad()
+def samples_by_class(model: CVAE, per_class: int = 8, seed: int = 0) -> Tensor:
+    """A conditional model's samples, one row per value of its label (the first label column
+    with more than one value), the same prior draws z in every column: what the label alone
+    changes."""
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(per_class, model.prior.latent_dim, generator=generator).to(model.device)
+    base = model.cycled_labels(per_class) * 0  # the other label columns at their first value
+    rows = [decode(model, z, model.with_label(base, value)) for value in range(model.varied_size())]
+    return grid(torch.cat(rows), nrow=per_class)
+
+
+@torch.no_grad()
+def label_swaps(model: CVAE, x: Tensor, y: Tensor) -> Tensor:
+    """One row per image: the image, then its posterior mean z = mu(x, y) decoded with each value
+    of the label in turn (its own included): the style z keeps, under another label."""
+    x, y = x.to(model.device), y.to(model.device)
+    z = model.posterior(x, y).mu
+    swapped = [decode(model, z, model.with_label(y, value)) for value in range(model.varied_size())]
+    return grid(torch.stack([x, *swapped], 1).flatten(0, 1), nrow=1 + len(swapped))
 
 
 def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from vaelab.config import (
     CONFIG_DIR,
     check_config,
     choose_seed,
+    model_class,
     print_config_tree,
     save_config,
     use_the_models_data,
@@ -57,6 +58,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = instantiate_plain(cfg.data)
     datamodule.prepare()  # a missing or corrupt data set fails here, before the model is built
+    model_class(cfg.model._target_).settle_with_data(cfg.model, datamodule)
     model = build_model(cfg)
     if ckpt_path:
         check_resume_checkpoint(ckpt_path, model.run_config)

@@ -111,6 +111,12 @@ class GenerativeModel(TrainingLoop):
         validate(cls.Settings, model_cfg, "model", unknown=lambda key: cls.unknown_setting(key, cfg))
 
     @classmethod
+    def settle_with_data(cls, model_cfg: DictConfig, datamodule: object) -> None:
+        """What the model takes from the loaded data set, settled in ``model_cfg`` before the model
+        is built (and so recorded in the run's config and checkpoints): nothing here; the cVAE reads
+        its label sizes. Refusals of the data come here too, before anything is trained or written."""
+
+    @classmethod
     def unknown_setting(cls, key: str, cfg: DictConfig) -> str:
         """The message for ``model.key``, which this model does not take: where it belongs if
         another model declares it with ``belongs``, else the closest setting's name."""

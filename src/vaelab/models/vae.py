@@ -123,21 +123,33 @@ class VAE(GenerativeModel):
         )
 
     # ---- the model -------------------------------------------------------------------
-    def posterior(self, x: Tensor) -> DiagonalGaussian | FullCovGaussian:
-        """q(z|x) for images x [B, C, H, W]."""
-        return self.posterior_family.from_params(self.encoder(x))
+    # ``y``: the labels a conditional model (``conditional = True``, the cVAE) is given with the
+    # images, through every method below; an unconditional model is always called without them.
+    def encoder_params(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """The parameters of q(z|x) [B, P] from the encoder."""
+        return self.encoder(x)
 
-    def terms(self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None) -> dict[str, Tensor]:
+    def decoder_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+        """The parameters of p(x|z) for latents z [..., L] from the decoder."""
+        return self.decoder(z)
+
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian | FullCovGaussian:
+        """q(z|x) for images x [B, C, H, W]."""
+        return self.posterior_family.from_params(self.encoder_params(x, y))
+
+    def terms(
+        self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None, y: Tensor | None = None
+    ) -> dict[str, Tensor]:
         """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L], and
         ``z`` [B, L] the sample of q(z|x) the pass decoded. ``q``: q(z|x) when the caller has it."""
-        q = self.posterior(x) if q is None else q
+        q = self.posterior(x, y) if q is None else q
         if self.estimator == "score_function" and self.training:
             z = q.rsample().detach()  # no pathwise gradient: the encoder learns through log q
-            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+            log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
             log_px_given_z = log_px_given_z + self.score_function_term(log_px_given_z.detach(), q.log_prob(z))
         else:
             z = q.rsample()
-            log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+            log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
         kl_per_dim = q.kl_to_standard_normal_per_dim()
         # Summed from the per-dimension terms where they add up to the joint KL (diagonal q).
         kl = kl_per_dim.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()
@@ -157,77 +169,81 @@ class VAE(GenerativeModel):
             self.baseline.lerp_(f.mean(), 1 - self.baseline_decay)
         return surrogate - surrogate.detach()
 
-    def objective(self, x: Tensor) -> dict[str, Tensor]:
+    def objective(self, x: Tensor, y: Tensor | None = None) -> dict[str, Tensor]:
         """What a variant overrides: ``loss``, the scalar that is minimised (here -ELBO with weight
         beta), the per-example [B] terms ``log_px_given_z`` and ``kl`` (the ELBO is derived from
         their means), and anything else to log: every other scalar or [B] entry is logged as its
         batch mean under its own name (``beta``, ``iwae_bound``, ``tc``, ...)."""
-        terms = self.terms(x)
+        terms = self.terms(x, y=y)
         terms["loss"] = objectives.beta_vae_loss(terms["log_px_given_z"], terms["kl"], self.beta)
         return terms
 
-    def log_weights(self, x: Tensor, num_samples: int) -> Tensor:
+    def log_weights(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> Tensor:
         """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); [k, B]."""
-        q = self.posterior(x)
+        q = self.posterior(x, y)
         z = q.rsample(num_samples)
-        return self.likelihood.log_prob(x, self.decoder(z)) + self.prior.log_prob(z) - q.log_prob(z)
+        return self.likelihood.log_prob(x, self.decoder_params(z, y)) + self.prior.log_prob(z) - q.log_prob(z)
 
     @torch.no_grad()
-    def importance_sampling(self, x: Tensor, k: int, chunk: int = 100) -> tuple[Tensor, Tensor]:
+    def importance_sampling(
+        self, x: Tensor, k: int, chunk: int = 100, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Per example [B]: the k-sample bound L_k = log (1/k) sum_k w_k (Burda et al. 2016), which
         tends to log p(x) as k grows, and the mean of log p(x|z_k) over the same samples (for a
         low-variance ELBO). Samples are drawn ``chunk`` at a time and folded into a running
         logsumexp, so memory is bounded by ``chunk``, not ``k``."""
-        posterior_params = self.encoder(x)
+        posterior_params = self.encoder_params(x, y)
         log_sum_w = torch.full((x.shape[0],), -math.inf, device=x.device)
         sum_log_px = torch.zeros(x.shape[0], device=x.device)
         for start in range(0, k, chunk):
-            chunk_log_sum_w, chunk_sum_log_px = self.importance_chunk(x, posterior_params, min(chunk, k - start))
+            chunk_log_sum_w, chunk_sum_log_px = self.importance_chunk(x, posterior_params, min(chunk, k - start), y)
             log_sum_w = torch.logaddexp(log_sum_w, chunk_log_sum_w)
             sum_log_px += chunk_sum_log_px
         return log_sum_w - math.log(k), sum_log_px / k
 
-    def importance_chunk(self, x: Tensor, posterior_params: Tensor, num_samples: int) -> tuple[Tensor, Tensor]:
+    def importance_chunk(
+        self, x: Tensor, posterior_params: Tensor, num_samples: int, y: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """For ``num_samples`` draws z_k ~ q(z|x) (q given by the encoder's output
         ``posterior_params``): log sum_k w_k and sum_k log p(x|z_k), each [B]."""
         q = self.posterior_family.from_params(posterior_params)
         z = q.rsample(num_samples)
-        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))
+        log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
         log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
         return torch.logsumexp(log_w, dim=0), log_px_given_z.sum(0)
 
-    def iwae_bound(self, x: Tensor, k: int, chunk: int = 100) -> Tensor:
+    def iwae_bound(self, x: Tensor, k: int, chunk: int = 100, y: Tensor | None = None) -> Tensor:
         """L_k per example [B]; see ``importance_sampling``."""
-        return self.importance_sampling(x, k, chunk)[0]
+        return self.importance_sampling(x, k, chunk, y)[0]
 
     @torch.no_grad()
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The mean and standard deviation of q(z|x) per latent, each [B, L] (for a full-covariance
         posterior, the square roots of the covariance's diagonal)."""
-        q = self.posterior(x)
+        q = self.posterior(x, y)
         return q.mu, q.std
 
     @torch.no_grad()
-    def decode(self, z: Tensor) -> Tensor:
+    def decode(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """E[x|z] for latents z [B, L]: images [B, C, H, W]."""
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder_params(z, y))
 
     @torch.no_grad()
-    def log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
+    def log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100, y: Tensor | None = None) -> Tensor:
         """log p(x) per image [B], nats: the k-sample importance-weighted bound, which tends to
         log p(x) as k grows (5000 in the literature)."""
-        return self.importance_sampling(x, k, chunk)[0]
+        return self.importance_sampling(x, k, chunk, y)[0]
 
     @torch.no_grad()
-    def reconstruct(self, x: Tensor) -> Tensor:
+    def reconstruct(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """E[x|z] at the posterior mean z = mu(x)."""
-        return self.likelihood.mean(self.decoder(self.posterior(x).mu))
+        return self.likelihood.mean(self.decoder_params(self.posterior(x, y).mu, y))
 
     @torch.no_grad()
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """E[x|z] for z drawn from the prior."""
         z = torch.randn(num_samples, self.prior.latent_dim, generator=generator).to(self.device)
-        return self.likelihood.mean(self.decoder(z))
+        return self.likelihood.mean(self.decoder_params(z, y))
 
     # ---- Lightning -------------------------------------------------------------------
     def compile_computation(self) -> None:
@@ -241,17 +257,18 @@ class VAE(GenerativeModel):
         self.step_metrics = torch.compile(self.step_metrics, options=options)
         self.importance_chunk = torch.compile(self.importance_chunk, options=options)
 
-    def step_metrics(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    def step_metrics(self, x: Tensor, **given: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss to minimise and the batch means that every other metric derives from: recon
-        (-log p(x|z)), kl, and every other scalar or per-example term the objective returns."""
-        terms = self.objective(x)
+        (-log p(x|z)), kl, and every other scalar or per-example term the objective returns.
+        ``given``: the labels of a conditional model (``y``), nothing for the others."""
+        terms = self.objective(x, **given)
         metrics = {"loss": terms["loss"], "recon": -terms["log_px_given_z"].mean(), "kl": terms["kl"].mean()}
         metrics.update(
             {name: value.mean() for name, value in terms.items() if name not in TERMS_LOGGED_APART and value.dim() <= 1}
         )
         return terms["loss"], {name: value.detach().float() for name, value in metrics.items()}
 
-    def eval_metrics(self, x: Tensor, stage: str) -> dict[str, Tensor]:
+    def eval_metrics(self, x: Tensor, stage: str, **given: Tensor) -> dict[str, Tensor]:
         if stage == "test" and self.test_k:
-            return {"iwae_bound": self.iwae_bound(x, self.test_k).mean()}
+            return {"iwae_bound": self.iwae_bound(x, self.test_k, **given).mean()}
         return {}
