@@ -106,7 +106,8 @@ class BoundOnOneBatch(L.Callback):
         model.eval()
         torch.manual_seed(0)
         with torch.no_grad():
-            _, metrics = model.step_metrics(model.images(batch).to(model.device))
+            given = model.given(batch[1].to(model.device))
+            _, metrics = model.step_metrics(model.images(batch).to(model.device), **given)
         self.elbo.append(float(model.with_derived(metrics)["elbo"]))
         model.train(was_training)
 
@@ -214,7 +215,7 @@ def test_global_batch_is_the_configured_batch(tmp_path):
 
 
 # The models with a continuous latent besides vae, as the messages list them.
-LATENT_MODELS = "beta_tcvae, beta_vae, dip_vae, factor_vae, iwae, mmd_vae"
+LATENT_MODELS = "beta_tcvae, beta_vae, cvae, dip_vae, factor_vae, iwae, mmd_vae"
 
 BAD_VALUES = [
     (["data.batch_size=0"], "data.batch_size must be a whole number ≥ 1"),

@@ -379,7 +379,7 @@ def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
             f"{model_label(cfg, cls)} has none; set callbacks.encoder_gradient_variance.num_draws=0",
         )
         require(
-            not getattr(cls, "conditional", False),
+            not cls.conditional,
             "callbacks.encoder_gradient_variance measures unconditional encoders, and model=cvae's is given the "
             "labels; set callbacks.encoder_gradient_variance.num_draws=0",
         )
@@ -400,7 +400,7 @@ def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
             "(a VQ-VAE): drop the callback",
         )
         require(
-            not getattr(cls, "conditional", False),
+            not cls.conditional,
             "callbacks=[...,disentanglement] scores a representation of x alone, and model=cvae's q(z|x, y) is "
             "given the labels: drop the callback",
         )
