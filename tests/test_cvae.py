@@ -70,6 +70,11 @@ def test_importance_sampling_converges_to_the_exact_conditional_likelihood():
     results = evaluate_split(model, Split(x, y, None), k=4000, chunk=1000, batch_size=30)
     assert results["conditional"] is True
     assert results["nll"] == pytest.approx(-exact.mean().item(), abs=0.03)
+    # As a model of x alone: p(x) = (1/3) sum_y N(x; b_y, (1 + S^2) I), a mixture.
+    each = D.Normal(offsets[:, None], math.sqrt(1 + sigma**2)).log_prob(x.flatten(1)[None]).sum(-1)  # [3, 60]
+    mixture = torch.logsumexp(each, 0) - math.log(3)
+    assert results["nll_marginal"] == pytest.approx(-mixture.mean().item(), abs=0.03)
+    assert results["nll_marginal"] > results["nll"]  # the labels tell something about x
     wrong = evaluate_split(model, Split(x, (y + 1) % 3, None), k=4000, chunk=1000, batch_size=30)
     assert wrong["nll"] > results["nll"] + 1  # the estimate is of p(x|y) for the labels it is given
 

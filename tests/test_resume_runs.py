@@ -32,12 +32,12 @@ def final_metrics(run):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["vae", "beta_vae", "vqvae"])
+@pytest.mark.parametrize("model", ["beta_vae", "vqvae"])  # the VAE with a KL schedule; a codebook's state
 def test_killed_and_resumed_run_ends_where_the_uninterrupted_run_ends(tmp_path, model):
     """SIGKILL at a random moment after the first checkpoint, resume with ckpt_path=last: the final
     metrics equal the uninterrupted run's. Tolerance: 1e-6 relative (same operations on the same
     CPU; only float summation order could differ, and it does not)."""
-    epochs = 12  # the kill lands in epoch 1 to 4, so 8 or more epochs run after the resume
+    epochs = 6  # the kill lands in epoch 1 or 2, so 4 or more epochs run after the resume
     schedule = ["kl_schedule=linear"] if model == "beta_vae" else []  # the only model a KL schedule applies to
     args = [*QUICK, f"model={model}", f"trainer.max_epochs={epochs}", *schedule, "seed=7", "size=small"]
     whole, interrupted = tmp_path / "whole", tmp_path / "interrupted"

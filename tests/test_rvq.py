@@ -12,7 +12,7 @@ import torch
 from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.config import compose_config
 from vaelab.eval import evaluate_checkpoint
-from vaelab.quantizer import ResidualVectorQuantizer
+from vaelab.quantizer import ResidualVectorQuantizer, VectorQuantizer
 from vaelab.training import train
 
 BOOK = dict(num_codes=6, code_dim=3, kmeans_init=False, restart_dead=False)
@@ -45,6 +45,22 @@ def test_each_stage_takes_the_nearest_code_to_what_the_previous_stages_left():
     for i in range(3):  # residual_i: the mean squared residual after stage i
         partial = rvq.lookup(terms["indices"][..., : i + 1])
         assert float(terms[f"residual_{i + 1}"]) == pytest.approx(float((z - partial).pow(2).mean()), rel=1e-5)
+
+
+def test_one_stage_trains_exactly_as_the_vector_quantizer_restarts_included():
+    """In training each stage moves its codebook (EMA) and restarts dead codes after matching: the
+    sum the decoder sees must be of the codes matched, as VectorQuantizer's output is."""
+    torch.manual_seed(3)
+    settings = dict(num_codes=8, code_dim=3, kmeans_iterations=3, dead_threshold=0.9, usage_decay=0.5, seed=5)
+    vq, rvq = VectorQuantizer(**settings).train(), ResidualVectorQuantizer(1, **settings).train()
+    restarts = 0
+    for _ in range(8):
+        z = 2 * torch.randn(4, 3, 2, 2) + 3 * torch.rand(1)
+        (a, terms_a), (b, terms_b) = vq(z), rvq(z)
+        restarts += len(vq.restarted)
+        assert torch.equal(a, b) and torch.equal(terms_a["indices"], terms_b["indices"][..., 0])
+        assert float(terms_a["commitment"]) == float(terms_b["commitment"])
+    assert restarts > 0 and torch.equal(vq.codebook, rvq.stages[0].codebook)
 
 
 def test_the_gradient_passes_straight_through_the_sum_and_each_stage_commits_to_its_partial_sum():

@@ -56,6 +56,16 @@ def build_data(checkpoint: dict, cfg: DictConfig, model: GenerativeModel) -> InM
     return datamodule
 
 
+def check_labels_of(model: CVAE, split: Split, where: str) -> None:
+    """A conditional model is evaluated on labels it knows: refused otherwise, before any work."""
+    from vaelab.models.cvae import check_label_sizes, label_sizes_of
+
+    needed = label_sizes_of(split.labels)
+    fix = "evaluate on data labelled as the model's training data were"
+    require(needed is not None, f"the checkpoint's model is conditioned on labels, and {where} has none; {fix}")
+    check_label_sizes(model.label_sizes, needed, "the checkpoint's model.label_sizes=", fix)
+
+
 def check_eval_config(cfg: DictConfig) -> None:
     require(not OmegaConf.is_missing(cfg, "ckpt_path"), "no checkpoint given; run python eval.py ckpt_path=PATH")
     for key in ("k", "chunk", "batch_size", "num_images"):
@@ -146,6 +156,8 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     )
     model.to(device).eval()
     split = datamodule.fixed_eval_split(cfg.split)
+    if model.conditional:
+        check_labels_of(model, split, f"data {datamodule.name}'s {cfg.split} split")
     is_vq = isinstance(model, CodebookModel)
     truth = ground_truth_to_score(cfg, datamodule, model, is_vq)
     phases = Phases(enabled=cfg.progress)
@@ -324,6 +336,14 @@ def summary(m: dict, out: Path) -> str:
             f"evaluated {m['ckpt_path']} on {m['num_examples']} {m['split']} examples",
             f"  NLL (k={m['k']}):  {m['nll']:.2f} ± {m['nll_stderr']:.2f} nats   ({m['bpd']:.4f} bits/dim)"
             + ("   of p(x|y), given the labels" if m.get("conditional") else ""),
+            *(
+                [
+                    f"  NLL of x alone: {m['nll_marginal']:.2f} ± {m['nll_marginal_stderr']:.2f} nats   "
+                    "(p(x) = mean over the labels of p(x|y), comparable to a VAE's NLL)"
+                ]
+                if "nll_marginal" in m
+                else []
+            ),
             f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
             f"  active units:   {m['active_units']} of {m['latent_dim']}",
             f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",

@@ -120,12 +120,18 @@ def evaluate_split(
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     quality = ReconstructionQuality(split.images.shape[1:], device)
-    nll, elbo, recon, kl, means, kl_dims = [], [], [], [], [], []
+    nll, elbo, recon, kl, means, kl_dims, marginal = [], [], [], [], [], [], []
+    # A conditional model of one label column is also a model of x alone, p(x) = (1/C) sum_y p(x|y)
+    # with a uniform p(y): its NLL compares with an unconditional model's (C times the sampling).
+    classes = model.label_sizes[0] if model.conditional and len(model.label_sizes) == 1 else 0
     bar = Progress(progress, len(split), "nll", f"NLL k={k}")
     for x, y in model_inputs(split, batch_size, dequantize, device, noise):
         given = model.given(y)  # a conditional model's labels: its numbers are those of p(x|y)
         q = model.posterior(x, **given)
         bound, log_px_given_z = model.importance_sampling(x, k, chunk, **given)
+        if classes:
+            every = [model.importance_sampling(x, k, chunk, y=torch.full_like(y, c))[0] for c in range(classes)]
+            marginal.append(math.log(classes) - torch.logsumexp(torch.stack(every), 0))
         kl_x = q.kl_to_standard_normal()
         nll.append(-bound)
         elbo.append(log_px_given_z - kl_x)
@@ -140,6 +146,8 @@ def evaluate_split(
         name: torch.cat(values) for name, values in (("nll", nll), ("elbo", elbo), ("recon", recon), ("kl", kl))
     }
     per_example["mse"] = quality.per_example_mse()
+    if marginal:
+        per_example["nll_marginal"] = torch.cat(marginal)
     means = torch.cat(means)
     kl_per_dim = torch.cat(kl_dims).mean(0)
     activity = means.var(0)  # Cov_x(E_q[z_u]) per unit u
@@ -150,6 +158,14 @@ def evaluate_split(
         "num_examples": len(split),
         "k": k,
         "conditional": model.conditional,  # true: every number is of p(x|y), the model given the labels
+        **(
+            {
+                "nll_marginal": per_example["nll_marginal"].mean().item(),
+                "nll_marginal_stderr": (per_example["nll_marginal"].std() / math.sqrt(len(split))).item(),
+            }
+            if marginal
+            else {}
+        ),
         "nll": nll_mean,
         "nll_stderr": (per_example["nll"].std() / math.sqrt(len(split))).item(),
         "bpd": bits_per_dim(torch.tensor(nll_mean), dims, offset).item(),

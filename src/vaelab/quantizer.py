@@ -425,8 +425,10 @@ class ResidualVectorQuantizer(nn.Module):
         residual, total, indices = z_e.float(), torch.zeros_like(z_e, dtype=torch.float32), []
         terms: dict[str, Tensor] = {}
         for i, stage in enumerate(self.stages):
-            _, stage_terms = stage(residual)
-            code = stage.lookup(stage_terms["indices"])  # e^(i)_{k_i} [B, D, H, W], no gradient
+            # The stage's output has the value of the codes it matched, e^(i)_{k_i} [B, D, H, W] (in
+            # training its forward then moves the codebook: a lookup now would give the moved codes).
+            z_stage, stage_terms = stage(residual)
+            code = z_stage.detach()
             total = total + code
             residual = residual - code
             indices.append(stage_terms["indices"])

@@ -28,6 +28,14 @@ def label_sizes_of(labels: Tensor) -> list[int] | None:
     return [int(v) + 1 for v in columns.amax(0)]
 
 
+def check_label_sizes(given: list[int], needed: list[int], name: str, fix: str) -> None:
+    """Refuses labels needing ``needed`` values per column that the sizes ``given`` do not cover."""
+    require(
+        len(given) == len(needed) and all(g >= n for g, n in zip(given, needed)),
+        f"{name}{given} does not cover the data's labels, which need {needed}; {fix}",
+    )
+
+
 class CVAE(VAE):
     """Conditional VAE (Sohn et al. 2015, "Learning Structured Output Representation using Deep
     Conditional Generative Models", eq. 4 with the prior network replaced by N(0, I), as in Kingma
@@ -68,23 +76,22 @@ class CVAE(VAE):
 
     @classmethod
     def settle_with_data(cls, model_cfg: DictConfig, datamodule: InMemoryDataModule) -> None:
-        """Reads ``label_sizes`` from the training labels when it is null, and refuses data without
-        labels, or labels beyond the sizes a user gave."""
-        labels = datamodule.splits["train"].labels
-        found = label_sizes_of(labels)
-        require(
-            found is not None,
-            f"model=cvae is conditioned on labels, and data={datamodule.name} has none; choose labelled "
-            "data (data=digits, mnist, fashion_mnist, cifar10, synthetic, dsprites, or data=tensors with labels)",
-        )
+        """Reads ``label_sizes`` from the labels of every split when it is null, and refuses data
+        without labels, or labels beyond the sizes a user gave."""
+        found = None
+        for name, split in datamodule.splits.items():
+            sizes = label_sizes_of(split.labels)
+            require(
+                sizes is not None,
+                f"model=cvae is conditioned on labels, and data={datamodule.name} has none (in its {name} split); "
+                "choose labelled data (data=digits, mnist, fashion_mnist, cifar10, synthetic, dsprites, or "
+                "data=tensors with labels)",
+            )
+            found = sizes if found is None else [max(a, b) for a, b in zip(found, sizes)]
         if model_cfg.label_sizes is None:
             model_cfg.label_sizes = found
-        given = list(model_cfg.label_sizes)
-        require(
-            len(given) == len(found) and all(g >= f for g, f in zip(given, found)),
-            f"model.label_sizes={given} does not cover the data's labels, which need {found}; "
-            "set model.label_sizes=null to read them from the data",
-        )
+        fix = "set model.label_sizes=null to read them from the data"
+        check_label_sizes(list(model_cfg.label_sizes), found, "model.label_sizes=", fix)
 
     def condition(self, y: Tensor) -> Tensor:
         """c(y) [B, sum of label_sizes]: the one-hot code of each label column, concatenated."""

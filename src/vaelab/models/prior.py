@@ -40,12 +40,19 @@ def load_vqvae(path: str) -> dict:
 
 
 class CausalTransformer(nn.Module):
-    """Next-code logits for code sequences [B, N] -> [B, N, K] (position i sees codes < i)."""
+    """Next-code logits for code sequences [B, N] -> [B, N, K] (position i sees codes < i).
+    ``depth`` > 1: the sequence interleaves that many codebooks (the residual quantizer's stages,
+    position i from stage i mod depth), each with embeddings of its own, since code k of one
+    stage and code k of another are different vectors."""
 
-    def __init__(self, num_codes: int, length: int, width: int, layers: int, heads: int, dropout: float):
+    def __init__(
+        self, num_codes: int, length: int, width: int, layers: int, heads: int, dropout: float, depth: int = 1
+    ):
         super().__init__()
         self.start = nn.Parameter(torch.zeros(1, 1, width))
-        self.embed = nn.Embedding(num_codes, width)
+        self.embed = nn.Embedding(num_codes * depth, width)
+        stages = torch.arange(length) % depth
+        self.register_buffer("offsets", stages * num_codes, persistent=False)
         self.position = nn.Parameter(torch.randn(1, length, width) * 0.02)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, batch_first=True, norm_first=True)
         # Nested tensors are for padded batches; code maps have none (and norm_first disables them anyway).
@@ -57,7 +64,7 @@ class CausalTransformer(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         batch, n = codes.shape
         # Shift right: position i is predicted from the start token and codes 0..i-1.
-        h = torch.cat([self.start.expand(batch, 1, -1), self.embed(codes[:, :-1])], 1) + self.position[:, :n]
+        h = torch.cat([self.start.expand(batch, 1, -1), self.embed(codes[:, :-1] + self.offsets[: n - 1])], 1) + self.position[:, :n]
         h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
         return self.head(self.norm(h))
 
@@ -102,7 +109,10 @@ class CodePrior(GenerativeModel):
         self.num_dims = self.vqvae.num_dims
         self.code_shape = self.vqvae.code_shape
         self.num_codes = self.vqvae.quantizer.num_codes
-        self.prior = CausalTransformer(self.num_codes, math.prod(self.code_shape), width, layers, heads, dropout)
+        depth = math.prod(self.vqvae.quantizer.index_shape)  # codebooks per position: Q for the residual quantizer
+        self.prior = CausalTransformer(
+            self.num_codes, math.prod(self.code_shape), width, layers, heads, dropout, depth
+        )
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
