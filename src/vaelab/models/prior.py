@@ -64,7 +64,8 @@ class CausalTransformer(nn.Module):
     def forward(self, codes: Tensor) -> Tensor:
         batch, n = codes.shape
         # Shift right: position i is predicted from the start token and codes 0..i-1.
-        h = torch.cat([self.start.expand(batch, 1, -1), self.embed(codes[:, :-1] + self.offsets[: n - 1])], 1) + self.position[:, :n]
+        previous = self.embed(codes[:, :-1] + self.offsets[: n - 1])
+        h = torch.cat([self.start.expand(batch, 1, -1), previous], 1) + self.position[:, :n]
         h = self.blocks(h, mask=self.mask[:n, :n], is_causal=True)
         return self.head(self.norm(h))
 
