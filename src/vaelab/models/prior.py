@@ -111,9 +111,7 @@ class CodePrior(GenerativeModel):
         self.code_shape = self.vqvae.code_shape
         self.num_codes = self.vqvae.quantizer.num_codes
         depth = math.prod(self.vqvae.quantizer.index_shape)  # codebooks per position: Q for the residual quantizer
-        self.prior = CausalTransformer(
-            self.num_codes, math.prod(self.code_shape), width, layers, heads, dropout, depth
-        )
+        self.prior = CausalTransformer(self.num_codes, math.prod(self.code_shape), width, layers, heads, dropout, depth)
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
