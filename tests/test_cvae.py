@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import yaml
 from torch import distributions as D
 
+from vaelab.building import instantiate_plain
 from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.config import compose_config
 from vaelab.data import Split
@@ -85,7 +86,8 @@ QUICK = ["trainer.enable_progress_bar=false", "model=cvae", "size=small"]
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cvae")
-    metrics = train(compose_config([*QUICK, "size.latent_dim=4", "trainer.max_epochs=20"], folder / "run"))
+    overrides = [*QUICK, "size.latent_dim=4", "trainer.max_epochs=20", "model.test_k=10"]
+    metrics = train(compose_config(overrides, folder / "run"))
     return folder, metrics
 
 
@@ -98,11 +100,11 @@ def test_a_trained_cvae_needs_its_labels_and_draws_each_class_it_is_asked_for(ru
     ]  # read from the data
     model = model_from_checkpoint(load_checkpoint(str(folder / "run" / "checkpoints" / "best.ckpt"))).eval()
     assert model.label_sizes == [10]
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(digits.images / 16).float().unsqueeze(1)[:400]
-    y = torch.from_numpy(digits.target).long()[:400]
+    assert metrics["test/iwae_bound"] >= metrics["test/elbo"]  # model.test_k's bound, given the labels too
+    datamodule = instantiate_plain(compose_config(QUICK, folder / "data").data)
+    datamodule.prepare()
+    test = datamodule.splits["test"]  # images the model did not train on
+    x, y = test.unit(len(test)), test.labels
     with torch.no_grad():
         right = model.iwae_bound(x, 50, y=y).mean()
         wrong = model.iwae_bound(x, 50, y=(y + 1) % 10).mean()
@@ -140,7 +142,7 @@ def test_a_resumed_cvae_run_keeps_its_labels(run, tmp_path):
     import shutil
 
     shutil.copytree(folder / "run", tmp_path / "run")
-    overrides = [*QUICK, "size.latent_dim=4", "trainer.max_epochs=21", "ckpt_path=last"]
+    overrides = [*QUICK, "size.latent_dim=4", "model.test_k=10", "trainer.max_epochs=21", "ckpt_path=last"]
     metrics = train(compose_config(overrides, tmp_path / "run"))
     assert math.isfinite(metrics["test/elbo"])
     checkpoint = load_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))

@@ -314,7 +314,12 @@ def vq_summary(m: dict, out: Path) -> str:
             f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
             f"  codebook:       {m['codes_used']:.1%} of {m['num_codes']} codes used, "
             f"perplexity {m['perplexity']:.1f}, "
-            f"{m['dead_codes']} dead",
+            f"{m['dead_codes']} dead"
+            + (
+                f" of {m['codebooks'] * m['num_codes']} (per codebook, averaged over {m['codebooks']})"
+                if m.get("codebooks", 1) > 1
+                else ""
+            ),
             *(
                 [
                     "  by depth:       "

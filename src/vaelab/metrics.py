@@ -246,6 +246,7 @@ def evaluate_vq_split(
         "codes_used": (counts > 0).float().mean().item(),
         "dead_codes": vq.quantizer.dead_codes(),
         "num_codes": vq.quantizer.num_codes,
+        "codebooks": books,
     }
     if by_depth:
         results["recon_by_depth"] = torch.cat(by_depth, 1).mean(1).tolist()
