@@ -200,14 +200,17 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     ]
     elbo, per_step = {}, {}
     for devices in (1, 2):
-        run = tmp_path / f"d{devices}"
+        # The two-process run in the default run folder (a new timestamped one): both processes
+        # must write into that one run, not one each.
+        folder = [f"hydra.run.dir={tmp_path / 'd1'}"] if devices == 1 else []
         result = run_cli(
-            [*args, "trainer=ddp_cpu", f"trainer.devices={devices}", f"hydra.run.dir={run}"],
-            cwd=tmp_path,
-            script=str(script),
+            [*args, "trainer=ddp_cpu", f"trainer.devices={devices}", *folder], cwd=tmp_path, script=str(script)
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        assert not (tmp_path / "outputs").exists()  # the second process wrote into the same run, not a new one
+        if devices == 1:
+            run = tmp_path / "d1"
+        else:
+            (run,) = (tmp_path / "outputs" / "train" / "runs").iterdir()
         assert len(list((run / "images").glob("samples_*.png"))) == 3  # rank 0 drew each epoch's grid
         rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
         elbo[devices] = [float(r["val/elbo"]) for r in rows if r.get("val/elbo")]

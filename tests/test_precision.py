@@ -50,7 +50,6 @@ def test_bf16_mixed_training_runs_and_logs_float32_metrics(tmp_path, model):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_the_compiled_step_is_the_eager_step_and_a_changing_beta_does_not_recompile_it(tmp_path):
     # The compiled graph draws the same random numbers as eager code, so the runs can be compared;
     # past the recompile limit torch.compile gives up and runs eagerly, which would hide one graph

@@ -81,6 +81,21 @@ def test_the_gradient_passes_straight_through_the_sum_and_each_stage_commits_to_
     assert torch.allclose(got, want, atol=1e-6)
 
 
+def test_the_prior_over_residual_codes_embeds_each_codebooks_codes_apart():
+    """Code k of stage 1 and code k of stage 2 are different vectors: the prior's input embeds
+    them apart (position i of a flattened [H, W, Q] map is stage i mod Q)."""
+    from vaelab.models.prior import CausalTransformer
+
+    torch.manual_seed(0)
+    prior = CausalTransformer(num_codes=5, length=6, width=8, layers=1, heads=2, dropout=0.0, depth=3).eval()
+    assert prior.embed.num_embeddings == 15 and prior.offsets.tolist() == [0, 5, 10, 0, 5, 10]
+    codes = torch.tensor([[2, 2, 2, 0, 0, 0]])  # code 2 of stages 0, 1 and 2 at one position
+    with torch.no_grad():
+        embedded = prior.embed(codes[:, :-1] + prior.offsets[:5])
+    for stage in range(3):
+        assert torch.equal(embedded[0, stage], prior.embed.weight[2 + 5 * stage])
+
+
 QUICK = [
     "trainer.enable_progress_bar=false",
     "size=small",

@@ -316,7 +316,8 @@ def vq_summary(m: dict, out: Path) -> str:
             f"perplexity {m['perplexity']:.1f}, "
             f"{m['dead_codes']} dead"
             + (
-                f" of {m['codebooks'] * m['num_codes']} (per codebook, averaged over {m['codebooks']})"
+                f" of {m['codebooks'] * m['num_codes']} (all {m['codebooks']} codebooks; codes used and "
+                "perplexity per codebook, averaged)"
                 if m.get("codebooks", 1) > 1
                 else ""
             ),

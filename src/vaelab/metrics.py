@@ -122,16 +122,21 @@ def evaluate_split(
     quality = ReconstructionQuality(split.images.shape[1:], device)
     nll, elbo, recon, kl, means, kl_dims, marginal = [], [], [], [], [], [], []
     # A conditional model of one label column is also a model of x alone, p(x) = (1/C) sum_y p(x|y)
-    # with a uniform p(y): its NLL compares with an unconditional model's (C times the sampling).
+    # with a uniform p(y): its NLL compares with an unconditional model's. The bound given each
+    # example's own label is one of the C bounds, so the C passes are all the sampling it takes.
     classes = model.label_sizes[0] if model.conditional and len(model.label_sizes) == 1 else 0
     bar = Progress(progress, len(split), "nll", f"NLL k={k}")
     for x, y in model_inputs(split, batch_size, dequantize, device, noise):
         given = model.given(y)  # a conditional model's labels: its numbers are those of p(x|y)
         q = model.posterior(x, **given)
-        bound, log_px_given_z = model.importance_sampling(x, k, chunk, **given)
         if classes:
-            every = [model.importance_sampling(x, k, chunk, y=torch.full_like(y, c))[0] for c in range(classes)]
-            marginal.append(math.log(classes) - torch.logsumexp(torch.stack(every), 0))
+            each = [model.importance_sampling(x, k, chunk, y=torch.full_like(y, c)) for c in range(classes)]
+            bounds, log_px = (torch.stack(parts) for parts in zip(*each))  # [C, B] each
+            own = y.view(1, -1)
+            bound, log_px_given_z = bounds.gather(0, own)[0], log_px.gather(0, own)[0]
+            marginal.append(math.log(classes) - torch.logsumexp(bounds, 0))
+        else:
+            bound, log_px_given_z = model.importance_sampling(x, k, chunk, **given)
         kl_x = q.kl_to_standard_normal()
         nll.append(-bound)
         elbo.append(log_px_given_z - kl_x)
@@ -193,10 +198,11 @@ def evaluate_vq_split(
 ) -> dict:
     """Metrics of a VQ-VAE, or of a VQ-VAE with its learned prior (``CodePrior``), on ``split``:
     reconstruction (nats, MSE, PSNR, SSIM), codebook health over the whole split (perplexity of
-    code use, fraction of codes used, dead codes; per codebook, averaged over the residual
-    quantizer's stages) and the bound on -log p(x): recon plus the prior's NLL of the codes, or
-    recon + log K per index of the code map for the first stage's uniform prior. The residual
-    quantizer's ``recon_by_depth`` is the reconstruction decoded from its first 1, 2, ..., Q stages.
+    code use and fraction of codes used, per codebook and averaged over the residual quantizer's
+    stages; dead codes, counted over all of its codebooks) and the bound on -log p(x): recon plus
+    the prior's NLL of the codes, or recon + log K per index of the code map for the first stage's
+    uniform prior. The residual quantizer's ``recon_by_depth`` is the reconstruction decoded from
+    its first 1, 2, ..., Q stages.
     ``progress`` shows a bar on stderr (``Progress``) with the running bound."""
     vq = model.vq
     model.eval()
