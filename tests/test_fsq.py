@@ -68,22 +68,18 @@ def test_indices_are_the_mixed_radix_numbers_of_the_digits():
 QUICK = ["trainer.enable_progress_bar=false", "size=small", "model=vqvae", "model/quantizer=fsq"]
 
 
+def train_prior(vqvae_ckpt, folder):
+    """Two epochs of the learned prior over the codes of the VQ-VAE at ``vqvae_ckpt``; its metrics."""
+    overrides = ["model=vqvae_prior", f"prior.vqvae_ckpt={vqvae_ckpt}", "trainer.max_epochs=2"]
+    return train(compose_config([*overrides, "trainer.enable_progress_bar=false"], folder))
+
+
 def test_a_vqvae_and_its_prior_train_over_fsq_codes(tmp_path):
     vq = train(compose_config([*QUICK, "model.quantizer.levels=[3,3]", "trainer.max_epochs=3"], tmp_path / "vq"))
     assert 0 < vq["test/codes_used"] <= 1 and vq["test/vq"] == 0 and vq["test/kl"] == pytest.approx(4 * math.log(9))
     ckpt = tmp_path / "vq" / "checkpoints" / "best.ckpt"
     assert load_checkpoint(str(ckpt))["hyper_parameters"]["quantizer"]["_target_"].endswith("FiniteScalarQuantizer")
-    prior = train(
-        compose_config(
-            [
-                "model=vqvae_prior",
-                f"prior.vqvae_ckpt={ckpt}",
-                "trainer.max_epochs=2",
-                "trainer.enable_progress_bar=false",
-            ],
-            tmp_path / "prior",
-        )
-    )
+    prior = train_prior(ckpt, tmp_path / "prior")
     assert prior["test/prior_nll"] < 4 * math.log(9)  # better than uniform over the 9 codes of each of 2x2 positions
     assert prior["test/recon"] == pytest.approx(vq["test/recon"], rel=1e-4)  # the frozen first stage
 

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from test_fsq import train_prior
 from vaelab.checkpoints import load_checkpoint, model_from_checkpoint
 from vaelab.config import compose_config
 from vaelab.eval import evaluate_checkpoint
@@ -130,17 +131,7 @@ def test_a_vqvae_over_rvq_reconstructs_better_with_each_codebook_and_its_prior_l
     indices = model.encode_to_indices(x)  # the explicit API: images -> [B, H', W', Q] -> images
     assert indices.shape == (4, 2, 2, 3) and indices.max() < 16
     assert torch.allclose(model.decode_indices(indices), model.reconstruct(x))
-    prior = train(
-        compose_config(
-            [
-                "model=vqvae_prior",
-                f"prior.vqvae_ckpt={ckpt}",
-                "trainer.max_epochs=2",
-                "trainer.enable_progress_bar=false",
-            ],
-            tmp_path / "prior",
-        )
-    )
+    prior = train_prior(ckpt, tmp_path / "prior")
     assert prior["test/prior_nll"] < 4 * 3 * math.log(16)  # better than uniform over the 12 indices of a map
     assert prior["test/recon"] == pytest.approx(vq["test/recon"], rel=1e-4)
 

@@ -294,10 +294,21 @@ class DisentanglementScores(L.Callback):
             f"callbacks=[...,disentanglement] needs data with ground-truth factors (such as data=dsprites); "
             f"{name} has none: drop the callback",
         )
+        self.check_model(type(pl_module))
+
+    @staticmethod
+    def check_model(model_class: type) -> None:
+        """The model must have a posterior of x alone to score; checked by ``vaelab.config`` before
+        anything is built, and again here when the run starts."""
         require(
-            isinstance(pl_module, LatentVariableModel),
+            issubclass(model_class, LatentVariableModel),
             "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
             "(a VQ-VAE): drop the callback",
+        )
+        require(
+            not model_class.conditional,
+            "callbacks=[...,disentanglement] scores a representation of x alone, and model=cvae's q(z|x, y) is "
+            "given the labels: drop the callback",
         )
 
     def scores(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vaelab import app
 from vaelab.app import CONFIG_DIR
+from vaelab.callbacks import DisentanglementScores
 from vaelab.checkpoints import load_checkpoint, resolve_ckpt_path
 from vaelab.checks import (
     and_list,
@@ -393,17 +394,8 @@ def check_callbacks_apply(cfg: DictConfig, cls: type) -> None:
             )
     scores = callbacks.get("disentanglement")
     if scores is not None:
-        # The callback's own check, which it makes again when the run starts (a data file can lack factors).
-        require(
-            issubclass(cls, LatentVariableModel),
-            "callbacks=[...,disentanglement] scores the posterior means, and this model has no q(z|x) "
-            "(a VQ-VAE): drop the callback",
-        )
-        require(
-            not cls.conditional,
-            "callbacks=[...,disentanglement] scores a representation of x alone, and model=cvae's q(z|x, y) is "
-            "given the labels: drop the callback",
-        )
+        # The callback's own checks, which it makes again when the run starts (a data file can lack factors).
+        DisentanglementScores.check_model(cls)
         data_class = locate(cfg.data._target_, "data")
         require(
             hasattr(data_class, "ground_truth"),
