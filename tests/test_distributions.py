@@ -10,10 +10,10 @@ from vaelab.distributions import (
     BernoulliLikelihood,
     DiagonalGaussian,
     GaussianLikelihood,
-    StandardNormalPrior,
     build_likelihood,
 )
 from vaelab.objectives import beta_vae_loss, bits_per_dim, elbo
+from vaelab.priors import StandardNormalPrior
 
 torch.manual_seed(0)
 

@@ -63,12 +63,19 @@ class DiagonalGaussian:
     def rsample(self, num_samples: int | None = None) -> Tensor:
         """[B, L] reparameterized sample, or [S, B, L] when ``num_samples`` is given."""
         shape = self.mu.shape if num_samples is None else (num_samples, *self.mu.shape)
-        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
+        return self.transform(torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype))
+
+    def transform(self, eps: Tensor) -> Tensor:
+        """z = mu + sigma * eps for standard-normal noise eps [..., B, L]."""
         return self.mu + self.std * eps
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z|x) summed over L; ``z`` is [..., B, L], result [..., B]."""
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 / self.logvar.exp()).sum(-1)
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        """log N(z_d; mu_d, sigma_d^2) of each dimension, [..., B, L]."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 / self.logvar.exp())
 
     def kl_to_standard_normal_per_dim(self) -> Tensor:
         """KL(q || N(0, I)) per latent dimension, [B, L]:
@@ -129,8 +136,16 @@ class FullCovGaussian:
 
     def rsample(self, num_samples: int | None = None) -> Tensor:
         shape = self.mu.shape if num_samples is None else (num_samples, *self.mu.shape)
-        eps = torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype)
+        return self.transform(torch.randn(shape, device=self.mu.device, dtype=self.mu.dtype))
+
+    def transform(self, eps: Tensor) -> Tensor:
+        """z = mu + S eps for standard-normal noise eps [..., B, L]."""
         return self.mu + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def marginal_log_prob(self, z: Tensor) -> Tensor:
+        """log N(z_d; mu_d, Sigma_dd) of each dimension's marginal, [..., B, L]."""
+        var = self.scale_tril.pow(2).sum(-1)
+        return -0.5 * (LOG_2PI + var.log() + (z - self.mu) ** 2 / var)
 
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z|x): -0.5 * (L log 2pi + log det(S S^T) + |S^-1 (z - mu)|^2); [..., B, L] -> [..., B]."""
@@ -165,21 +180,6 @@ def _solve_latent_dim(num_params: int) -> int:
 
 
 POSTERIORS = {"diagonal": DiagonalGaussian, "full": FullCovGaussian}
-
-
-class StandardNormalPrior(nn.Module):
-    """p(z) = N(0, I) over ``latent_dim`` dimensions."""
-
-    def __init__(self, latent_dim: int):
-        super().__init__()
-        self.latent_dim = latent_dim
-
-    def sample(self, num_samples: int, device: torch.device | str = "cpu") -> Tensor:
-        return torch.randn(num_samples, self.latent_dim, device=device)
-
-    def log_prob(self, z: Tensor) -> Tensor:
-        """log N(z; 0, I) summed over L; [..., L] -> [...]."""
-        return -0.5 * (LOG_2PI + z.float() ** 2).sum(-1)
 
 
 class Likelihood(nn.Module):

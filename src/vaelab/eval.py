@@ -255,6 +255,8 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
     }
     if results["latent_dim"] == 2:
         images["manifold"] = pictures.manifold(model)
+    if model.prior.has_pseudo_inputs:
+        images["pseudo_inputs"] = pictures.pseudo_inputs(model)
     for name, image in images.items():
         save_image(image, folder / f"{name}.png")
     pictures.latent_map(results["posterior_means"], split.labels, folder / "latent_map.png")
@@ -350,7 +352,8 @@ def summary(m: dict, out: Path) -> str:
                 if "nll_marginal" in m
                 else []
             ),
-            f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}",
+            f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}"
+            + ("" if m.get("kl_estimate", "closed form") == "closed form" else f"   (KL: {m['kl_estimate']})"),
             f"  active units:   {m['active_units']} of {m['latent_dim']}",
             f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
             *(

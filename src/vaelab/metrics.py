@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from vaelab.data.in_memory import TEST_NOISE, BatchDataset, ShardedBatchSampler, Split
 from vaelab.objectives import bits_per_dim
+from vaelab.priors import KL_SAMPLES
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -113,9 +114,11 @@ def evaluate_split(
 
     Returns scalars in nats per example (averaged over examples) and, under ``per_example``,
     the tensors they come from. ``nll`` is -L_k, the k-sample importance-weighted estimate of
-    -log p(x); ``elbo`` averages log p(x|z) over the same k samples and subtracts the closed-form
-    KL. Reproducible for a given ``seed``. ``progress`` shows a bar on stderr (``Progress``) with
-    the running NLL estimate."""
+    -log p(x); ``elbo`` averages log p(x|z) over the same k samples and subtracts the KL.
+    Reproducible for a given ``seed``. ``progress`` shows a bar on stderr (``Progress``) with
+    the running NLL estimate. With a learned prior (no closed-form KL) ``kl`` and ``kl_per_dim``
+    are Monte-Carlo estimates from ``priors.KL_SAMPLES`` samples of q per example, and
+    ``kl_estimate`` says so."""
     model.eval()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -137,12 +140,12 @@ def evaluate_split(
             marginal.append(math.log(classes) - torch.logsumexp(bounds, 0))
         else:
             bound, log_px_given_z = model.importance_sampling(x, k, chunk, **given)
-        kl_x = q.kl_to_standard_normal()
+        kl_x, kl_x_per_dim = model.prior.kl(q)  # closed form, or KL_SAMPLES samples of q per example
         nll.append(-bound)
         elbo.append(log_px_given_z - kl_x)
         recon.append(-log_px_given_z)
         kl.append(kl_x)
-        kl_dims.append(q.kl_to_standard_normal_per_dim())
+        kl_dims.append(kl_x_per_dim)
         means.append(q.mu)
         quality.update(model.likelihood.mean(model.decoder_params(q.mu, **given)).clamp(0, 1), x)
         bar.update(nll[-1])
@@ -178,6 +181,7 @@ def evaluate_split(
         "recon": per_example["recon"].mean().item(),
         "kl": per_example["kl"].mean().item(),
         "kl_per_dim": kl_per_dim.tolist(),
+        "kl_estimate": "closed form" if model.prior.closed_form else f"Monte Carlo, {KL_SAMPLES} samples of q",
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": means.shape[1],
         "unit_activity": activity.tolist(),

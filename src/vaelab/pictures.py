@@ -66,12 +66,20 @@ def reconstructions(model: GenerativeModel, x: Tensor, y: Tensor | None = None) 
 
 
 @torch.no_grad()
+def pseudo_inputs(model: VAE, num: int = 32) -> Tensor:
+    """The VampPrior's first ``num`` pseudo-inputs u_k, each beside its decoding at the mean of
+    q(z|u_k): the prior's components as images."""
+    u = model.prior.pseudo_inputs[:num]
+    return reconstructions(model, u)
+
+
+@torch.no_grad()
 def samples_by_class(model: CVAE, per_class: int = 8, seed: int = 0) -> Tensor:
     """A conditional model's samples, one row per value of its label (the first label column
     with more than one value), the same prior draws z in every column: what the label alone
     changes."""
     generator = torch.Generator().manual_seed(seed)
-    z = torch.randn(per_class, model.prior.latent_dim, generator=generator).to(model.device)
+    z = model.prior.sample(per_class, generator).to(model.device)
     base = model.cycled_labels(per_class) * 0  # the other label columns at their first value
     rows = [decode(model, z, model.with_label(base, value)) for value in range(model.varied_size())]
     return grid(torch.cat(rows), nrow=per_class)

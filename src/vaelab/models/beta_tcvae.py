@@ -36,6 +36,7 @@ class BetaTCVAE(VAE):
     the true bound -(recon + kl) with the closed-form KL, whatever the weights."""
 
     reparameterized_only = True
+    standard_prior_only = "splits its KL into terms that need a factorised N(0, I) prior"
 
     class Settings(VAE.Settings):
         alpha: float = setting(

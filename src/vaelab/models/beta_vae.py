@@ -10,6 +10,7 @@ from torch import Tensor
 
 from vaelab.checks import require, set_by_user
 from vaelab.models.vae import VAE
+from vaelab.priors import prior_class
 from vaelab.schedules import build_kl_schedule, check_kl_schedule
 from vaelab.settings import setting
 
@@ -58,6 +59,10 @@ class BetaVAE(VAE):
         require(
             model_cfg.free_bits == 0 or model_cfg.posterior == "diagonal",
             "model.free_bits needs model.posterior=diagonal (a full-covariance KL does not split per dimension)",
+        )
+        require(
+            model_cfg.free_bits == 0 or prior_class(model_cfg.get("prior")).closed_form,
+            "model.free_bits needs model/prior=standard (a learned prior's KL per dimension is a noisy estimate)",
         )
 
     def on_train_start(self) -> None:

@@ -52,6 +52,7 @@ class CVAE(VAE):
     through the values of each label column."""
 
     conditional = True
+    standard_prior_only = "conditions q and p(x|z, y) on the label with p(z) = N(0, I)"
 
     class Settings(VAE.Settings):
         label_sizes: list[int] | None = setting(

@@ -23,6 +23,8 @@ class DIPVAE(VAE):
     Logged beside recon and kl: ``dip_offdiag`` and ``dip_diag``, the two penalties before their
     weights (per batch; their epoch means are means over batches); ``elbo`` is the true bound."""
 
+    standard_prior_only = "matches a covariance of q(z) to the identity, the covariance of N(0, I)"
+
     class Settings(VAE.Settings):
         kind: Literal["i", "ii"] = setting("i", "DIP-VAE-I (the means' covariance) or -II (q(z)'s)", says="i or ii")
         lambda_od: float = setting(10.0, "the off-diagonal penalty's weight", ge=0, says="a number ≥ 0")

@@ -52,6 +52,7 @@ class FactorVAE(VAE):
     both parts' gradients together."""
 
     reparameterized_only = True
+    standard_prior_only = "weighs its KL to N(0, I) against a total correlation (a factorised prior)"
 
     class Settings(VAE.Settings):
         gamma: float = setting(35.0, "the total correlation's weight", ge=0, says="a number ≥ 0")

@@ -70,14 +70,14 @@ class IWAE(VAE):
             loss = -bound.mean().detach() - self.dreg_surrogate(x, q, z, log_w).mean()
         else:
             loss = -bound.mean()
-        kl = q.kl_to_standard_normal()
+        kl, kl_per_dim = self.prior.kl(q, z)
         log_px_mean = log_px_given_z.mean(0)
         return {
             "loss": loss,
             "iwae_bound": bound,
             "log_px_given_z": log_px_mean,
             "kl": kl,
-            "kl_per_dim": q.kl_to_standard_normal_per_dim(),
+            "kl_per_dim": kl_per_dim,
             "elbo": objectives.elbo(log_px_mean, kl),
         }
 
@@ -89,11 +89,11 @@ class IWAE(VAE):
         # Decoder: z without its path to the encoder.
         z_fixed = z.detach()
         log_w_decoder = self.likelihood.log_prob(x, self.decoder(z_fixed)) + self.prior.log_prob(z_fixed)
-        # Encoder: through z only. Every generative parameter (the decoder's and the likelihood's,
-        # e.g. a learned sigma) and q's own parameters are held fixed, so this term sends nothing
+        # Encoder: through z only. Every generative parameter (the decoder's, the likelihood's,
+        # e.g. a learned sigma, and a learned prior's) and q's own parameters are held fixed, so this term sends nothing
         # to the generative model, which gets exactly the IWAE gradient from the term above.
         decoded = functional_call(self.decoder, detached_parameters(self.decoder), (z,))
         log_px_given_z = functional_call(self.likelihood, detached_parameters(self.likelihood), (x, decoded))
-        log_w_encoder = log_px_given_z + self.prior.log_prob(z) - q.detached().log_prob(z)
+        log_w_encoder = log_px_given_z + self.prior.log_prob(z, fixed=True) - q.detached().log_prob(z)
         surrogate = (weights * log_w_decoder).sum(0) + (weights.pow(2) * log_w_encoder).sum(0)
         return surrogate - surrogate.detach()

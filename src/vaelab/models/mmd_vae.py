@@ -23,6 +23,7 @@ class MMDVAE(VAE):
     ``kernel_scale`` C: null takes WAE's 2 * latent_dim * sigma_p^2 = 2 * latent_dim."""
 
     reparameterized_only = True
+    standard_prior_only = "matches q(z) to samples of N(0, I)"
 
     class Settings(VAE.Settings):
         beta: float = setting(0.0, "the KL's weight (InfoVAE's 1 - alpha; 0: MMD-VAE, WAE)", ge=0, says="a number ≥ 0")

@@ -2,8 +2,9 @@
 
 The module only orchestrates: the encoder gives q(z|x) (``distributions.DiagonalGaussian``),
 a reparameterized sample goes through the decoder into the likelihood p(x|z), the KL to the
-prior is closed form, and ``objective`` turns those terms into the loss. A variant overrides
-``objective`` (and declares its own settings in its ``Settings``); everything else is shared.
+prior p(z) (``priors``: closed form for N(0, I), a Monte-Carlo estimate for a learned prior), and
+``objective`` turns those terms into the loss. A variant overrides ``objective`` (and declares
+its own settings in its ``Settings``); everything else is shared.
 
 The constructor takes plain values only, so ``VAE.load_from_checkpoint(path)`` rebuilds the
 model from the checkpoint alone.
@@ -20,10 +21,11 @@ from torch import Tensor
 
 from vaelab import objectives
 from vaelab.checks import option_name, require, set_by_user
-from vaelab.distributions import POSTERIORS, StandardNormalPrior, build_likelihood, check_likelihood
+from vaelab.distributions import POSTERIORS, build_likelihood, check_likelihood
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks, check_net
-from vaelab.settings import setting
+from vaelab.priors import STANDARD, build_prior, prior_class
+from vaelab.settings import setting, validate
 
 if TYPE_CHECKING:
     from vaelab.distributions import DiagonalGaussian, FullCovGaussian
@@ -46,6 +48,7 @@ class VAE(GenerativeModel):
         net: dict = setting(..., "the encoder and decoder (the net group)")
         likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
         beta: float = setting(1.0, "the KL's weight in the loss", ge=0, says="a number ≥ 0")
+        prior: dict = setting({"_target_": STANDARD}, "p(z) (the model/prior group: standard, mog, vamp)")
         posterior: Literal[tuple(POSTERIORS)] = setting(
             "diagonal", "q(z|x): diagonal, or full covariance through a Cholesky factor"
         )
@@ -65,6 +68,7 @@ class VAE(GenerativeModel):
         optimizer: dict,
         scheduler: dict | None = None,
         beta: float = Settings.default("beta"),
+        prior: dict = Settings.default("prior"),  # noqa: B008 (never mutated)
         posterior: str = Settings.default("posterior"),
         estimator: str = Settings.default("estimator"),
         baseline_decay: float = Settings.default("baseline_decay"),
@@ -82,13 +86,18 @@ class VAE(GenerativeModel):
         num_params = self.posterior_family.num_params(latent_dim)
         self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, num_params)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
-        self.prior = StandardNormalPrior(latent_dim)
+        self.prior = build_prior(prior, latent_dim, image_shape)
+        if hasattr(self.prior, "attach"):  # the VampPrior: a mixture of this encoder's posteriors
+            self.prior.attach(self.posterior)
         # The score-function control variate: a running mean of log p(x|z).
         self.register_buffer("baseline", torch.zeros(()))
 
     # A variant whose loss needs the pathwise gradient of its samples (a bound over several, an
     # MMD or a discriminator of them) sets this: the score-function estimator is refused for it.
     reparameterized_only = False
+    # A variant whose objective is defined for p(z) = N(0, I) alone says why here; model/prior
+    # other than standard is refused for it.
+    standard_prior_only: str | None = None
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
@@ -106,6 +115,7 @@ class VAE(GenerativeModel):
                 f"{name} trains with reparameterized gradients; set model.estimator=reparam",
             )
         super().check_config(model_cfg, cfg)
+        cls.check_prior(model_cfg, cfg)
         check_net(model_cfg.net, cfg.data.image_shape)
         require(
             not model_cfg.get("channels_last") or model_cfg.net.kind == "conv",
@@ -120,6 +130,31 @@ class VAE(GenerativeModel):
         require(
             not model_cfg.test_k or cfg.get("test", True) or cfg.trainer.get("fast_dev_run"),
             "model.test_k reports a bound on the test split, which test=false skips; set test=true or model.test_k=0",
+        )
+
+    @classmethod
+    def check_prior(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """The model/prior node's settings, and that this variant takes a prior other than N(0, I)."""
+        node = model_cfg.get("prior") or {"_target_": STANDARD}
+        kind = prior_class(node)
+        validate(
+            kind.Settings,
+            node,
+            "model.prior",
+            unknown=lambda key: f"model.prior.{key} is not a setting of {kind.__name__}; drop it",
+        )
+        if kind.closed_form:
+            return
+        name = f"model={option_name(cfg, 'model') or cls.__name__}"
+        require(
+            model_cfg.get("estimator", "reparam") == "reparam",
+            "model.estimator=score_function needs model/prior=standard: a learned prior's Monte-Carlo KL "
+            "has no score-function gradient here; set model.estimator=reparam",
+        )
+        require(
+            cls.standard_prior_only is None,
+            f"{name} {cls.standard_prior_only}; use model/prior=standard, or model=vae, beta_vae or iwae "
+            "with a learned prior",
         )
 
     # ---- the model -------------------------------------------------------------------
@@ -150,9 +185,8 @@ class VAE(GenerativeModel):
         else:
             z = q.rsample()
             log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
-        kl_per_dim = q.kl_to_standard_normal_per_dim()
-        # Summed from the per-dimension terms where they add up to the joint KL (diagonal q).
-        kl = kl_per_dim.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()
+        # Closed form for N(0, I); for a learned prior, the Monte-Carlo estimate at the decoded z.
+        kl, kl_per_dim = self.prior.kl(q, z)
         return {
             "log_px_given_z": log_px_given_z,
             "kl": kl,
@@ -242,7 +276,7 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, num_samples: int, generator: torch.Generator | None = None, y: Tensor | None = None) -> Tensor:
         """E[x|z] for z drawn from the prior."""
-        z = torch.randn(num_samples, self.prior.latent_dim, generator=generator).to(self.device)
+        z = self.prior.sample(num_samples, generator).to(self.device)
         return self.likelihood.mean(self.decoder_params(z, y))
 
     # ---- Lightning -------------------------------------------------------------------
