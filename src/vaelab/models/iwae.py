@@ -70,16 +70,14 @@ class IWAE(VAE):
             loss = -bound.mean().detach() - self.dreg_surrogate(x, q, z, log_w).mean()
         else:
             loss = -bound.mean()
-        kl, kl_per_dim = self.prior.kl(q, z)
         log_px_mean = log_px_given_z.mean(0)
-        return {
-            "loss": loss,
-            "iwae_bound": bound,
-            "log_px_given_z": log_px_mean,
-            "kl": kl,
-            "kl_per_dim": kl_per_dim,
-            "elbo": objectives.elbo(log_px_mean, kl),
-        }
+        terms = {"loss": loss, "iwae_bound": bound, "log_px_given_z": log_px_mean}
+        if self.prior.closed_form:
+            terms["kl"], terms["kl_per_dim"] = self.prior.kl(q)
+        else:  # log q(z|x) - log p(z) = log p(x|z) - log w at the same k samples: the Monte-Carlo KL
+            terms["kl"] = (log_px_given_z - log_w).mean(0)
+        terms["elbo"] = objectives.elbo(log_px_mean, terms["kl"])
+        return terms
 
     def dreg_surrogate(self, x: Tensor, q: DiagonalGaussian | FullCovGaussian, z: Tensor, log_w: Tensor) -> Tensor:
         """Zero in value; its gradient is DReG's: for the encoder sum_k w~_k^2 d log w_k / dz * dz/dphi

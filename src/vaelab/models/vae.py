@@ -175,7 +175,8 @@ class VAE(GenerativeModel):
     def terms(
         self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None, y: Tensor | None = None
     ) -> dict[str, Tensor]:
-        """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` is [B, L], and
+        """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` [B, L] (with the
+        standard prior), and
         ``z`` [B, L] the sample of q(z|x) the pass decoded. ``q``: q(z|x) when the caller has it."""
         q = self.posterior(x, y) if q is None else q
         if self.estimator == "score_function" and self.training:
@@ -186,14 +187,12 @@ class VAE(GenerativeModel):
             z = q.rsample()
             log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
         # Closed form for N(0, I); for a learned prior, the Monte-Carlo estimate at the decoded z.
-        kl, kl_per_dim = self.prior.kl(q, z)
-        return {
-            "log_px_given_z": log_px_given_z,
-            "kl": kl,
-            "kl_per_dim": kl_per_dim,
-            "z": z,
-            "elbo": objectives.elbo(log_px_given_z, kl),
-        }
+        # A mixture's per-dimension estimate (K x L per sample) is left to eval.py.
+        kl, kl_per_dim = self.prior.kl(q, z, per_dim=self.prior.closed_form)
+        terms = {"log_px_given_z": log_px_given_z, "kl": kl, "z": z, "elbo": objectives.elbo(log_px_given_z, kl)}
+        if kl_per_dim is not None:
+            terms["kl_per_dim"] = kl_per_dim
+        return terms
 
     def score_function_term(self, f: Tensor, log_q: Tensor) -> Tensor:
         """Zero in value; its gradient is (f - b) * grad log q(z|x), the likelihood-ratio
