@@ -278,3 +278,19 @@ def test_an_iwae_with_a_learned_prior_trains_with_dreg():
 def test_settings_a_prior_cannot_honour_are_refused(overrides, message, tmp_path):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         check_config(compose_config([*QUICK, *overrides], tmp_path))
+
+
+def test_mixture_densities_keep_their_precision_for_narrow_components():
+    """Trained posteriors are narrow (sigma 0.02) and far from 0: the expanded square, each of its
+    terms about 1e4, must still give each component's log-density to float32 rounding."""
+    torch.manual_seed(6)
+    mu, log_var = torch.randn(500, 50) * 2, torch.full((500, 50), 2 * math.log(0.02))
+    z = mu[:100] + 0.02 * torch.randn(100, 50)
+    prior = MixtureOfGaussiansPrior(50, components=500)
+    with torch.no_grad():
+        prior.means.copy_(mu)
+        prior.logvars.copy_(log_var)
+    z64, mu64, var64 = z.double()[:, None], mu.double(), log_var.double().exp()
+    exact = (-0.5 * (math.log(2 * math.pi) + var64.log() + (z64 - mu64) ** 2 / var64)).sum(-1)
+    expected = torch.logsumexp(exact, -1) - math.log(500)
+    torch.testing.assert_close(prior.log_prob(z).double(), expected, atol=1e-4, rtol=0)
