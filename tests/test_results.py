@@ -17,7 +17,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 # The README's "Reproduced results" rows, each an experiment= config with its weights.
 SHIPPED = ["reproduce_mnist_vae", "reproduce_mnist_iwae_k5", "reproduce_fashion_vae"]
 # What makes two runs the same model: the settings of the model and of its data.
-MODEL_KEYS = ("_target_", "latent_dim", "net", "likelihood", "posterior", "beta", "k", "image_shape")
+MODEL_KEYS = ("_target_", "latent_dim", "net", "likelihood", "posterior", "prior", "beta", "k", "image_shape")
+STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormalPrior"}  # of models shipped before the prior group
 
 
 @pytest.mark.parametrize("experiment", SHIPPED)
@@ -33,7 +34,8 @@ def test_a_shipped_model_is_its_experiments_model_with_weights_only(experiment, 
     cfg = compose_config([f"experiment={experiment}", *data_path], tmp_path)
     for key in MODEL_KEYS:
         if key in cfg.model:
-            assert shipped["model"][key] == cfg.model[key] or str(shipped["model"][key]) == str(cfg.model[key]), key
+            value = shipped["model"].get(key, STANDARD_PRIOR if key == "prior" else None)
+            assert value == cfg.model[key] or str(value) == str(cfg.model[key]), key
     assert shipped["data"]["_target_"] == cfg.data._target_
     model = model_from_checkpoint(checkpoint).eval()
     fresh = instantiate_model(cfg.model).state_dict()
