@@ -128,6 +128,25 @@ def test_dregs_encoder_term_sends_nothing_to_a_learned_prior():
     assert model.prior.pseudo_input_params.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("prior", [VAMP, {"_target_": "vaelab.priors.MixtureOfGaussiansPrior", "components": 3}])
+def test_dreg_gives_the_generative_model_and_the_prior_the_iwae_gradient(prior):
+    """DReG changes the encoder's gradient only: on the same draws, the decoder's and a learned
+    prior's gradients equal the plain IWAE bound's (Tucker et al. 2018, eq. 8)."""
+    grads = {}
+    for dreg in (False, True):
+        torch.manual_seed(7)
+        model = IWAE([1, 4, 4], 3, MLP, {"name": "bernoulli"}, ADAM, prior=prior, k=5, dreg=dreg).train()
+        x = torch.rand(6, 1, 4, 4).round()
+        loss, _ = model.step_metrics(x)
+        loss.backward()
+        grads[dreg] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    for name in grads[False]:
+        if name.startswith(("decoder.", "prior.means", "prior.logvars", "prior.logits")):
+            torch.testing.assert_close(grads[True][name], grads[False][name], atol=1e-6, rtol=1e-5)
+    encoder = [n for n in grads[False] if n.startswith("encoder.")]
+    assert any(not torch.allclose(grads[True][n], grads[False][n]) for n in encoder)  # DReG's own part
+
+
 QUICK = [
     "trainer.enable_progress_bar=false",
     "size=small",
@@ -164,10 +183,9 @@ def logged_val_elbo(run_dir) -> list[float]:
 
 @pytest.mark.parametrize("name", ["vamp", "mog"])
 def test_a_learned_prior_trains_and_fits_the_posteriors_better_than_n01(runs, name):
-    run_dir, metrics = runs[name]
+    run_dir, _ = runs[name]
     val = logged_val_elbo(run_dir)
     assert len(val) == 10 and val[-1] > val[0] + 2  # the bound improved over the run
-    assert metrics["test/iwae_bound"] >= metrics["test/elbo"] - 0.05
     model = model_from_checkpoint(load_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"))).eval()
     assert not model.prior.closed_form
     from vaelab.building import instantiate_plain
@@ -220,7 +238,7 @@ def test_eval_draws_the_pseudo_inputs_and_says_the_kl_is_estimated(runs, tmp_pat
     results = evaluate_checkpoint(cfg)
     assert results["kl_estimate"] == f"Monte Carlo, {KL_SAMPLES} samples of q"
     assert "(KL: Monte Carlo" in capsys.readouterr().out
-    assert results["nll"] <= -results["elbo"] + 0.05 and abs(results["elbo"] - metrics["test/elbo"]) < 0.5
+    assert abs(results["elbo"] - metrics["test/elbo"]) < 0.5  # eval's KL estimate is training's quantity
     for name in ("samples", "pseudo_inputs", "traversals"):
         assert (tmp_path / "eval" / "images" / f"{name}.png").is_file()
 
@@ -257,8 +275,8 @@ def test_an_iwae_with_a_learned_prior_trains_with_dreg():
     x = torch.rand(8, 1, 4, 4).round()
     loss, metrics = model.step_metrics(x)
     loss.backward()
-    assert model.prior.means.grad.abs().sum() > 0 and model.prior.logits.grad is not None
-    assert math.isfinite(metrics["kl"]) and metrics["iwae_bound"] <= 0
+    assert model.prior.means.grad.abs().sum() > 0 and model.prior.logits.grad.abs().sum() > 0
+    assert math.isfinite(metrics["kl"])
 
 
 @pytest.mark.parametrize(
@@ -273,6 +291,10 @@ def test_an_iwae_with_a_learned_prior_trains_with_dreg():
         (["model/prior=mog", "model.estimator=score_function"], "score_function needs model/prior=standard"),
         (["model/prior=mog", "+model.prior.width=3"], "model.prior.width is not a setting of MixtureOfGaussiansPrior"),
         (["model/prior=vamp", "model.prior.components=0"], "model.prior.components must be"),
+        (["model/prior=mog", "model.prior.init_std=0"], "starts all 10 components equal"),
+        (["model/prior=vamp", "model.prior.init_mean=0"], "model.prior.init_mean must be"),
+        (["model/prior=vamp", "model.posterior=full"], "model/prior=vamp with model.posterior=full"),
+        (["model/prior=mog", "model.prior._target_=vaelab.priors.Nope"], "is not a prior here"),
     ],
 )
 def test_settings_a_prior_cannot_honour_are_refused(overrides, message, tmp_path):
@@ -294,3 +316,33 @@ def test_mixture_densities_keep_their_precision_for_narrow_components():
     exact = (-0.5 * (math.log(2 * math.pi) + var64.log() + (z64 - mu64) ** 2 / var64)).sum(-1)
     expected = torch.logsumexp(exact, -1) - math.log(500)
     torch.testing.assert_close(prior.log_prob(z).double(), expected, atol=1e-4, rtol=0)
+
+
+def test_a_run_written_before_the_prior_and_flow_settings_resumes(runs, tmp_path):
+    """Its checkpoint's config has no model.prior, flow_steps or flow_hidden: they were the
+    defaults then, so the run resumes; a changed setting is still refused."""
+    import shutil
+
+    run_dir, _ = runs["standard"]
+    shutil.copytree(run_dir, tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    for key in ("prior", "flow_steps", "flow_hidden"):
+        del checkpoint["vaelab"]["config"]["model"][key]
+        del checkpoint["hyper_parameters"][key]
+    torch.save(checkpoint, last)
+    with pytest.raises(UserError, match="model.prior is"):
+        train(compose_config([*QUICK, "model/prior=mog", "trainer.max_epochs=11", "ckpt_path=last"], tmp_path / "run"))
+    metrics = train(compose_config([*QUICK, "trainer.max_epochs=11", "ckpt_path=last"], tmp_path / "run"))
+    assert math.isfinite(metrics["test/elbo"])
+
+
+def test_the_vamp_prior_is_refused_on_continuous_data(tmp_path):
+    """Its pseudo-inputs live in [0, 1]: data given as real numbers as they are could lie anywhere."""
+    import numpy as np
+
+    np.save(tmp_path / "real.npy", np.random.default_rng(0).normal(size=(60, 1, 4, 4)).astype(np.float32))
+    data = ["data=tensors", f"data.path={tmp_path / 'real.npy'}", "likelihood=gaussian"]
+    with pytest.raises(UserError, match="pseudo-inputs are images in"):
+        check_config(compose_config([*QUICK, *data, "model/prior=vamp"], tmp_path / "a"))
+    check_config(compose_config([*QUICK, *data, "model/prior=mog"], tmp_path / "b"))

@@ -195,17 +195,35 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         max_epochs,
         (saved_config.get("trainer") or {}).get("max_epochs"),
     )
+    # A setting declared after the run was written is the default it then had implicitly.
+    settings = getattr(saved_model_class(theirs), "Settings", None)
+    fields = settings.model_fields if settings is not None else {}
+
+    def saved_value(key: str) -> object:
+        if key in theirs or key not in fields or fields[key].is_required():
+            return theirs.get(key)
+        return settings.default(key)
+
     differing = sorted(
         k
         for k in ours.keys() | theirs.keys()
-        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != theirs.get(k)
+        if k not in ("optimizer", "scheduler", *RUN_ONLY_MODEL_KEYS) and ours.get(k) != saved_value(k)
     )
     if differing:
         key = differing[0]
         raise UserError(
-            f"{path} holds another model: model.{key} is {theirs.get(key)!r} there and {ours.get(key)!r} "
+            f"{path} holds another model: model.{key} is {saved_value(key)!r} there and {ours.get(key)!r} "
             "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)"
         )
+
+
+def saved_model_class(model_config: dict) -> type | None:
+    """The class a saved ``model`` config names, or None when it no longer exists."""
+    module_name, _, name = str(model_config.get("_target_", "")).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name, None) if module_name else None
+    except ImportError:
+        return None
 
 
 def epochs_trained(checkpoint: dict) -> int:

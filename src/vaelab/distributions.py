@@ -1,4 +1,5 @@
-"""Posteriors, priors and likelihoods: the probabilistic pieces of a VAE.
+"""Gaussian posteriors and likelihoods: the probabilistic pieces of a VAE (priors: ``priors``;
+flow posteriors: ``flows``).
 
 Shapes: ``B`` batch, ``L`` latent size, ``S`` number of samples, ``C, H, W`` image.
 Every log-density is summed over its event dimensions and returned per example, in nats,
@@ -35,6 +36,7 @@ class DiagonalGaussian:
     """
 
     kl_is_sum_per_dim = True  # independent latents: the joint KL is the sum over dimensions
+    gaussian = True  # its density is known everywhere, its KL to N(0, I) in closed form (a flow's is not)
 
     def __init__(self, mu: Tensor, logvar: Tensor):
         self.mu = mu.float()
@@ -69,6 +71,11 @@ class DiagonalGaussian:
         """z = mu + sigma * eps for standard-normal noise eps [..., B, L]."""
         return self.mu + self.std * eps
 
+    def rsample_with_log_prob(self, num_samples: int | None = None) -> tuple[Tensor, Tensor]:
+        """A reparameterized sample and log q at it (the contract a flow posterior shares)."""
+        z = self.rsample(num_samples)
+        return z, self.log_prob(z)
+
     def log_prob(self, z: Tensor) -> Tensor:
         """log q(z|x) summed over L; ``z`` is [..., B, L], result [..., B]."""
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mu) ** 2 / self.logvar.exp()).sum(-1)
@@ -101,6 +108,7 @@ class FullCovGaussian:
     """
 
     kl_is_sum_per_dim = False  # correlated latents: the joint KL adds the total correlation
+    gaussian = True
 
     def __init__(self, mu: Tensor, logvar: Tensor, offdiag: Tensor):
         self.mu = mu.float()
@@ -141,6 +149,10 @@ class FullCovGaussian:
     def transform(self, eps: Tensor) -> Tensor:
         """z = mu + S eps for standard-normal noise eps [..., B, L]."""
         return self.mu + (self.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+    def rsample_with_log_prob(self, num_samples: int | None = None) -> tuple[Tensor, Tensor]:
+        z = self.rsample(num_samples)
+        return z, self.log_prob(z)
 
     def marginal_log_prob(self, z: Tensor) -> Tensor:
         """log N(z_d; mu_d, Sigma_dd) of each dimension's marginal, [..., B, L]."""

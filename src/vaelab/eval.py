@@ -228,7 +228,7 @@ def pictures_of(
     if model.conditional:
         return draw_conditional_pictures(model, split, out, cfg.num_images, cfg.seed)
     images = draw_pictures(model, split, results, out, cfg.num_images, cfg.seed)
-    if truth is not None:
+    if truth is not None and results["kl_per_dim"] is not None:  # a flow posterior has no KL per latent
         labels = pictures.factor_labels(
             results["kl_per_dim"],
             torch.tensor(metrics["disentanglement/mutual_information"]),
@@ -251,7 +251,8 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
         "reconstructions": pictures.reconstructions(model, x[: max(1, n // 2)]),
         "interpolation_linear": pictures.interpolations(model, x[:half], x[half : 2 * half]),
         "interpolation_spherical": pictures.interpolations(model, x[:half], x[half : 2 * half], spherical=True),
-        "traversals": pictures.traversals(model, x, results["kl_per_dim"]),
+        # Latents by KL, or, for a flow posterior (no KL per latent), by activity.
+        "traversals": pictures.traversals(model, x, results["kl_per_dim"] or results["unit_activity"]),
     }
     if results["latent_dim"] == 2:
         images["manifold"] = pictures.manifold(model)

@@ -118,7 +118,8 @@ def evaluate_split(
     Reproducible for a given ``seed``. ``progress`` shows a bar on stderr (``Progress``) with
     the running NLL estimate. With a learned prior (no closed-form KL) ``kl`` and ``kl_per_dim``
     are Monte-Carlo estimates from ``priors.KL_SAMPLES`` samples of q per example, and
-    ``kl_estimate`` says so."""
+    ``kl_estimate`` says so; with a flow posterior ``kl`` is such an estimate and ``kl_per_dim`` is
+    None (a flow's marginals have no density to evaluate)."""
     model.eval()
     torch.manual_seed(seed)
     device = next(model.parameters()).device
@@ -145,7 +146,7 @@ def evaluate_split(
         elbo.append(log_px_given_z - kl_x)
         recon.append(-log_px_given_z)
         kl.append(kl_x)
-        kl_dims.append(kl_x_per_dim)
+        kl_dims.append(kl_x_per_dim)  # None for a flow posterior: its marginals have no density
         means.append(q.mu)
         quality.update(model.likelihood.mean(model.decoder_params(q.mu, **given)).clamp(0, 1), x)
         bar.update(nll[-1])
@@ -157,7 +158,7 @@ def evaluate_split(
     if marginal:
         per_example["nll_marginal"] = torch.cat(marginal)
     means = torch.cat(means)
-    kl_per_dim = torch.cat(kl_dims).mean(0)
+    kl_per_dim = torch.cat(kl_dims).mean(0).tolist() if kl_dims[0] is not None else None
     activity = means.var(0)  # Cov_x(E_q[z_u]) per unit u
     dims = math.prod(split.images.shape[1:])
     offset = model.likelihood.bpd_offset_nats_per_dim
@@ -180,8 +181,10 @@ def evaluate_split(
         "elbo": per_example["elbo"].mean().item(),
         "recon": per_example["recon"].mean().item(),
         "kl": per_example["kl"].mean().item(),
-        "kl_per_dim": kl_per_dim.tolist(),
-        "kl_estimate": "closed form" if model.prior.closed_form else f"Monte Carlo, {KL_SAMPLES} samples of q",
+        "kl_per_dim": kl_per_dim,
+        "kl_estimate": "closed form"
+        if model.prior.closed_form and q.gaussian
+        else f"Monte Carlo, {KL_SAMPLES} samples of q",
         "active_units": int((activity > ACTIVE_UNIT_THRESHOLD).sum()),
         "latent_dim": means.shape[1],
         "unit_activity": activity.tolist(),

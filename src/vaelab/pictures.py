@@ -172,12 +172,16 @@ def save_labelled_rows(image: Tensor, labels: list[str], path: Path) -> None:
 
 @torch.no_grad()
 def manifold(model: VAE, steps: int = 15) -> Tensor:
-    """For a 2-D latent: images decoded on a grid of prior quantiles (AEVB paper, fig. 4)."""
+    """For a 2-D latent: images decoded on a grid of the prior's quantiles of each dimension (AEVB
+    paper, fig. 4): N(0, 1)'s exactly, a learned prior's from 100,000 of its samples."""
     u = torch.linspace(0.5 / steps, 1 - 0.5 / steps, steps)
-    z1, z2 = torch.meshgrid(
-        torch.distributions.Normal(0, 1).icdf(u), torch.distributions.Normal(0, 1).icdf(u), indexing="ij"
-    )
-    return grid(decode(model, torch.stack([z2, -z1], -1).flatten(0, 1)), nrow=steps)
+    if model.prior.closed_form:
+        q1 = q2 = torch.distributions.Normal(0, 1).icdf(u)
+    else:
+        draws = model.prior.sample(100_000, torch.Generator().manual_seed(0)).cpu()
+        q1, q2 = torch.quantile(draws[:, 0], u), torch.quantile(draws[:, 1], u)
+    rows, columns = torch.meshgrid(q2.flip(0), q1, indexing="ij")  # z_2 falls down the rows, z_1 rises along them
+    return grid(decode(model, torch.stack([columns, rows], -1).flatten(0, 1)), nrow=steps)
 
 
 def latent_map(means: Tensor, labels: Tensor, path: Path) -> None:

@@ -20,6 +20,7 @@ eq. 9) is the uniform mixture of the encoder's own posteriors q(z|u_k) at K lear
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -29,14 +30,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vaelab.distributions import LOG_2PI, DiagonalGaussian
+from vaelab.errors import UserError
 from vaelab.settings import Settings, setting
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from vaelab.distributions import FullCovGaussian
+    from vaelab.flows import FlowPosterior
 
     Gaussian = DiagonalGaussian | FullCovGaussian
+    Posterior = Gaussian | FlowPosterior
 
 # Samples of q per example for the Monte-Carlo KL where no training sample is given (evaluation).
 KL_SAMPLES = 100
@@ -58,6 +62,15 @@ def component_log_probs(components: Gaussian, z: Tensor) -> Tensor:
     return (-0.5 * (quadratic + constant)).float()
 
 
+def samples_of(q: Posterior, z: Tensor | None, log_q: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Samples z [S, B, L] of q and log q(z|x) [S, B]: KL_SAMPLES fresh ones when ``z`` is None."""
+    if z is None:
+        z, log_q = q.rsample_with_log_prob(KL_SAMPLES)
+    elif log_q is None:
+        log_q = q.log_prob(z)
+    return (z, log_q) if z.dim() == 3 else (z.unsqueeze(0), log_q.unsqueeze(0))
+
+
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I) over ``latent_dim`` dimensions, with the closed-form KL."""
 
@@ -74,6 +87,11 @@ class StandardNormalPrior(nn.Module):
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         return torch.randn(num_samples, self.latent_dim, generator=generator)
 
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Nothing to hold (see GaussianMixturePrior.held)."""
+        yield
+
     def log_prob(self, z: Tensor, fixed: bool = False) -> Tensor:
         """log N(z; 0, I) summed over L; [..., L] -> [...] (nothing to hold ``fixed``)."""
         return -0.5 * (LOG_2PI + z.float() ** 2).sum(-1)
@@ -81,12 +99,19 @@ class StandardNormalPrior(nn.Module):
     def marginal_log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (LOG_2PI + z.float() ** 2)
 
-    def kl(self, q: Gaussian, z: Tensor | None = None, per_dim: bool = True) -> tuple[Tensor, Tensor]:
-        """Closed form: KL(q || N(0, I)) [B] and per dimension [B, L] (the sum over dimensions where
-        q is diagonal; a full-covariance q adds its total correlation). ``z`` is not needed, and
-        the per-dimension terms come at no cost."""
-        per_dim = q.kl_to_standard_normal_per_dim()
-        return (per_dim.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()), per_dim
+    def kl(
+        self, q: Posterior, z: Tensor | None = None, per_dim: bool = True, log_q: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """A Gaussian q: the closed form, KL(q || N(0, I)) [B] and per dimension [B, L] (the sum over
+        dimensions where q is diagonal; a full-covariance q adds its total correlation); ``z`` is
+        not needed, and the per-dimension terms come at no cost. A flow posterior: the Monte-Carlo
+        estimate at ``z`` (with ``log_q``, its density there), and no per-dimension terms (a flow's
+        marginals have no density to evaluate)."""
+        if not q.gaussian:
+            z, log_q = samples_of(q, z, log_q)
+            return (log_q - self.log_prob(z)).mean(0), None
+        terms = q.kl_to_standard_normal_per_dim()
+        return (terms.sum(-1) if q.kl_is_sum_per_dim else q.kl_to_standard_normal()), terms
 
 
 class GaussianMixturePrior(nn.Module):
@@ -94,10 +119,21 @@ class GaussianMixturePrior(nn.Module):
 
     closed_form = False
     has_pseudo_inputs = False
+    _held: Gaussian | None = None
 
     def components(self, index: Tensor | None = None) -> Gaussian:
         """The K Gaussians as one batch (mu [K, L]), or those at ``index`` [n]."""
         raise NotImplementedError
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Within: ``components()`` computed once and reused (the VampPrior's K encoder passes),
+        for evaluation without gradients, where nothing moves between calls."""
+        self._held = self.components()
+        try:
+            yield
+        finally:
+            self._held = None
 
     def log_weights(self) -> Tensor:
         """log pi_k, [K]."""
@@ -128,17 +164,23 @@ class GaussianMixturePrior(nn.Module):
         device = self.log_weights().device
         return self.components(index.to(device)).transform(eps.to(device))
 
-    def kl(self, q: Gaussian, z: Tensor | None = None, per_dim: bool = True) -> tuple[Tensor, Tensor | None]:
+    def kl(
+        self, q: Posterior, z: Tensor | None = None, per_dim: bool = True, log_q: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """Monte Carlo: the mean over the samples z [S, B, L] (or [B, L]) of q of log q(z|x) - log p(z),
-        [B], and of log q_d(z_d|x) - log p_d(z_d), [B, L] (None unless ``per_dim``: it costs a
-        K x L mixture per sample); ``z`` None: KL_SAMPLES fresh samples."""
-        z = q.rsample(KL_SAMPLES) if z is None else z
-        z = z if z.dim() == 3 else z.unsqueeze(0)
+        [B], and of log q_d(z_d|x) - log p_d(z_d), [B, L] (None unless ``per_dim`` and q is a
+        Gaussian: it costs a K x L mixture per sample); ``z`` None: KL_SAMPLES fresh samples;
+        ``log_q``: log q(z|x) at ``z`` when the caller has it (a flow posterior's)."""
+        z, log_q = samples_of(q, z, log_q)
         components = self.components()  # the VampPrior's: one pass of the encoder for both
-        kl = (q.log_prob(z) - self.log_prob(z, components=components)).mean(0)
-        if not per_dim:
+        kl = (log_q - self.log_prob(z, components=components)).mean(0)
+        if not per_dim or not q.gaussian:
             return kl, None
-        return kl, (q.marginal_log_prob(z) - self.marginal_log_prob(z, components)).mean(0)
+        # [chunk, B, K, L] at a time: all KL_SAMPLES at once would hold gigabytes for K = 500.
+        per_dim = sum(
+            (q.marginal_log_prob(part) - self.marginal_log_prob(part, components)).sum(0) for part in z.split(10)
+        )
+        return kl, per_dim / len(z)
 
 
 class MixtureOfGaussiansPrior(GaussianMixturePrior):
@@ -148,7 +190,9 @@ class MixtureOfGaussiansPrior(GaussianMixturePrior):
 
     class Settings(Settings):
         components: int = setting(10, "K, the mixture's components", ge=1)
-        init_std: float = setting(1.0, "the spread of the components' initial means", ge=0)
+        init_std: float = setting(
+            1.0, "the spread of the components' initial means (0 only with one component: equal ones never part)", ge=0
+        )
         learn: bool = setting(True, "learn the weights, means and variances (false: keep them fixed)")
 
     def __init__(
@@ -174,7 +218,7 @@ class MixtureOfGaussiansPrior(GaussianMixturePrior):
 
     def components(self, index: Tensor | None = None) -> DiagonalGaussian:
         if index is None:
-            return DiagonalGaussian(self.means, self.logvars)
+            return self._held if self._held is not None else DiagonalGaussian(self.means, self.logvars)
         return DiagonalGaussian(self.means[index], self.logvars[index])
 
     def log_weights(self) -> Tensor:
@@ -192,8 +236,13 @@ class VampPrior(GaussianMixturePrior):
 
     class Settings(Settings):
         components: int = setting(500, "K, the pseudo-inputs (500 in the paper)", ge=1)
-        init_mean: float = setting(0.05, "the pseudo-inputs' initial pixel mean", ge=0, le=1)
-        init_std: float = setting(0.01, "the pseudo-inputs' initial pixel spread", ge=0)
+        init_mean: float = setting(
+            0.05,
+            "the pseudo-inputs' initial pixel mean, inside (0, 1) where the hard tanh passes gradients",
+            gt=0,
+            lt=1,
+        )
+        init_std: float = setting(0.01, "the pseudo-inputs' initial pixel spread (> 0: equal ones never part)", gt=0)
 
     def __init__(
         self,
@@ -218,6 +267,8 @@ class VampPrior(GaussianMixturePrior):
         return F.hardtanh(self.pseudo_input_params, 0.0, 1.0)
 
     def components(self, index: Tensor | None = None) -> Gaussian:
+        if index is None and self._held is not None:
+            return self._held
         inputs = self.pseudo_inputs if index is None else self.pseudo_inputs[index]
         return self.posterior_of(inputs)
 
@@ -235,7 +286,13 @@ STANDARD = "vaelab.priors.StandardNormalPrior"
 def prior_class(settings: dict | None) -> type[nn.Module]:
     """The class a ``model.prior`` node names (none: the standard normal, as in checkpoints
     written before the prior group)."""
-    return PRIORS[(settings or {}).get("_target_", STANDARD)]
+    target = (settings or {}).get("_target_", STANDARD)
+    if target not in PRIORS:
+        raise UserError(
+            f"model.prior._target_={target} is not a prior here; choose model/prior=standard, mog or vamp "
+            f"({', '.join(PRIORS)})"
+        )
+    return PRIORS[target]
 
 
 def build_prior(settings: dict | None, latent_dim: int, image_shape: Sequence[int]) -> nn.Module:

@@ -71,7 +71,7 @@ class CVAE(VAE):
         self.label_sizes = [int(n) for n in label_sizes]
         condition_dim = sum(self.label_sizes)
         hp = self.hparams
-        num_params = self.posterior_family.num_params(hp.latent_dim)
+        num_params = self.num_posterior_params
         _, self.decoder = build_networks(hp.net, hp.image_shape, hp.latent_dim + condition_dim, num_params)
         self.label_head = nn.Linear(condition_dim, num_params, bias=False)
 

@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from vaelab import objectives
 from vaelab.checks import require
+from vaelab.distributions import POSTERIORS
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
 
@@ -58,13 +59,18 @@ class IWAE(VAE):
             "model.beta has no effect on model=iwae: the importance-weighted bound has no KL term to weigh; "
             "drop model.beta (model=beta_vae weighs the KL)",
         )
+        require(
+            not model_cfg.dreg or model_cfg.posterior in POSTERIORS,
+            f"model.dreg=true needs a Gaussian posterior (it evaluates q with its parameters held fixed at "
+            f"the sampled z, which model.posterior={model_cfg.posterior} cannot); set model.posterior=diagonal",
+        )
 
     def objective(self, x: Tensor) -> dict[str, Tensor]:
         k = self.k if self.training else self.k_eval
         q = self.posterior(x)
-        z = q.rsample(k)  # [k, B, L]
+        z, log_q = q.rsample_with_log_prob(k)  # [k, B, L], [k, B]
         log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))  # [k, B]
-        log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
+        log_w = log_px_given_z + self.prior.log_prob(z) - log_q
         bound = objectives.iwae_bound(log_w)
         if self.dreg and self.training:
             loss = -bound.mean().detach() - self.dreg_surrogate(x, q, z, log_w).mean()
@@ -72,7 +78,7 @@ class IWAE(VAE):
             loss = -bound.mean()
         log_px_mean = log_px_given_z.mean(0)
         terms = {"loss": loss, "iwae_bound": bound, "log_px_given_z": log_px_mean}
-        if self.prior.closed_form:
+        if self.prior.closed_form and q.gaussian:
             terms["kl"], terms["kl_per_dim"] = self.prior.kl(q)
         else:  # log q(z|x) - log p(z) = log p(x|z) - log w at the same k samples: the Monte-Carlo KL
             terms["kl"] = (log_px_given_z - log_w).mean(0)
@@ -84,7 +90,8 @@ class IWAE(VAE):
         (log q's own parameters held fixed), for the decoder sum_k w~_k d log w_k / dtheta, with
         w~ the normalised weights (Tucker et al. 2018, eq. 8)."""
         weights = torch.softmax(log_w.detach(), dim=0)
-        # Decoder: z without its path to the encoder.
+        # The generative model: z without its path to the encoder (a VampPrior's log p(z) still
+        # reaches the encoder directly, through its pseudo-inputs' posteriors, as in plain IWAE).
         z_fixed = z.detach()
         log_w_decoder = self.likelihood.log_prob(x, self.decoder(z_fixed)) + self.prior.log_prob(z_fixed)
         # Encoder: through z only. Every generative parameter (the decoder's, the likelihood's,

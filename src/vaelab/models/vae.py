@@ -21,14 +21,17 @@ from torch import Tensor
 
 from vaelab import objectives
 from vaelab.checks import option_name, require, set_by_user
-from vaelab.distributions import POSTERIORS, build_likelihood, check_likelihood
+from vaelab.distributions import POSTERIORS, DiagonalGaussian, build_likelihood, check_likelihood
+from vaelab.flows import FLOWS, FlowPosterior, build_flow
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks, check_net
 from vaelab.priors import STANDARD, build_prior, prior_class
 from vaelab.settings import setting, validate
 
 if TYPE_CHECKING:
-    from vaelab.distributions import DiagonalGaussian, FullCovGaussian
+    from vaelab.distributions import FullCovGaussian
+
+    Posterior = DiagonalGaussian | FullCovGaussian | FlowPosterior
 
 
 # Entries of ``objective``'s result that step_metrics logs itself (as recon and kl) or derives
@@ -37,7 +40,8 @@ TERMS_LOGGED_APART = ("loss", "log_px_given_z", "kl", "kl_per_dim", "elbo")
 
 
 class VAE(GenerativeModel):
-    """Gaussian VAE. ``posterior``: ``diagonal`` or ``full`` (Cholesky-factored covariance).
+    """Gaussian VAE. ``posterior``: ``diagonal`` or ``full`` (Cholesky-factored covariance), or a
+    diagonal Gaussian through ``flow_steps`` steps of a normalizing flow (``planar``, ``iaf``).
     ``estimator``: the encoder's gradient, ``reparam`` (pathwise) or ``score_function``
     (likelihood ratio with a moving-average baseline, decay ``baseline_decay``).
     ``test_k`` > 0 also reports the k-sample importance-weighted bound at test time."""
@@ -49,9 +53,11 @@ class VAE(GenerativeModel):
         likelihood: dict = setting(..., "p(x|z) (the likelihood group)")
         beta: float = setting(1.0, "the KL's weight in the loss", ge=0, says="a number ≥ 0")
         prior: dict = setting({"_target_": STANDARD}, "p(z) (the model/prior group: standard, mog, vamp)")
-        posterior: Literal[tuple(POSTERIORS)] = setting(
-            "diagonal", "q(z|x): diagonal, or full covariance through a Cholesky factor"
+        posterior: Literal[(*POSTERIORS, *FLOWS)] = setting(
+            "diagonal", "q(z|x): diagonal, full covariance through a Cholesky factor, or a flow (planar, iaf)"
         )
+        flow_steps: int = setting(8, "the flow posterior's steps (model.posterior=planar or iaf)", ge=1)
+        flow_hidden: int = setting(320, "an IAF step's hidden units, and the encoder's context for it", ge=1)
         estimator: Literal["reparam", "score_function"] = setting(
             "reparam", "the encoder's gradient: pathwise, or likelihood ratio with a moving-average baseline"
         )
@@ -70,6 +76,8 @@ class VAE(GenerativeModel):
         beta: float = Settings.default("beta"),
         prior: dict = Settings.default("prior"),  # noqa: B008 (never mutated)
         posterior: str = Settings.default("posterior"),
+        flow_steps: int = Settings.default("flow_steps"),
+        flow_hidden: int = Settings.default("flow_hidden"),
         estimator: str = Settings.default("estimator"),
         baseline_decay: float = Settings.default("baseline_decay"),
         test_k: int = Settings.default("test_k"),
@@ -82,9 +90,13 @@ class VAE(GenerativeModel):
         self.estimator = estimator
         self.baseline_decay = baseline_decay
         self.test_k = test_k
-        self.posterior_family = POSTERIORS[posterior]
-        num_params = self.posterior_family.num_params(latent_dim)
-        self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, num_params)
+        # A flow posterior: the encoder gives its base Gaussian and each example's flow context.
+        self.flow = build_flow(posterior, latent_dim, flow_steps, flow_hidden) if posterior in FLOWS else None
+        self.posterior_family = POSTERIORS.get(posterior, DiagonalGaussian)
+        self.num_posterior_params = self.posterior_family.num_params(latent_dim) + (
+            self.flow.context_size if self.flow is not None else 0
+        )
+        self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, self.num_posterior_params)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         self.prior = build_prior(prior, latent_dim, image_shape)
         if hasattr(self.prior, "attach"):  # the VampPrior: a mixture of this encoder's posteriors
@@ -116,6 +128,7 @@ class VAE(GenerativeModel):
             )
         super().check_config(model_cfg, cfg)
         cls.check_prior(model_cfg, cfg)
+        cls.check_flow(model_cfg, cfg)
         check_net(model_cfg.net, cfg.data.image_shape)
         require(
             not model_cfg.get("channels_last") or model_cfg.net.kind == "conv",
@@ -133,6 +146,40 @@ class VAE(GenerativeModel):
         )
 
     @classmethod
+    def check_flow(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """A flow posterior's settings have an effect, and it composes with this variant."""
+        flow = model_cfg.get("posterior") in FLOWS
+        for key in ("flow_steps", "flow_hidden"):
+            needs = ("planar", "iaf") if key == "flow_steps" else ("iaf",)
+            require(
+                model_cfg.get("posterior") in needs or not set_by_user(cfg, f"model.{key}", like=("_target_",)),
+                f"model.{key} has no effect with model.posterior={model_cfg.get('posterior')}; "
+                f"set model.posterior={' or '.join(needs)} or drop model.{key}",
+            )
+        if not flow:
+            return
+        name = f"model={option_name(cfg, 'model') or cls.__name__}"
+        require(
+            cls.standard_prior_only is None,
+            f"model.posterior={model_cfg.posterior} composes with model=vae, beta_vae and iwae; {name} "
+            f"{cls.standard_prior_only} with a Gaussian q(z|x); set model.posterior=diagonal",
+        )
+        require(
+            prior_class(model_cfg.get("prior")).__name__ != "VampPrior",
+            f"model/prior=vamp mixes q(z|u_k), which model.posterior={model_cfg.posterior} knows only at its "
+            "own samples; use model/prior=standard or mog with a flow posterior",
+        )
+        require(
+            model_cfg.get("estimator", "reparam") == "reparam",
+            f"model.posterior={model_cfg.posterior} trains with reparameterized gradients; set model.estimator=reparam",
+        )
+        require(
+            not model_cfg.get("free_bits"),
+            f"model.free_bits needs a per-dimension KL, which model.posterior={model_cfg.posterior} does not "
+            "have; drop model.free_bits",
+        )
+
+    @classmethod
     def check_prior(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
         """The model/prior node's settings, and that this variant takes a prior other than N(0, I)."""
         node = model_cfg.get("prior") or {"_target_": STANDARD}
@@ -145,6 +192,22 @@ class VAE(GenerativeModel):
         )
         if kind.closed_form:
             return
+        require(
+            node.get("components", 1) == 1 or node.get("init_std", 1) > 0,
+            f"model.prior.init_std=0 starts all {node.get('components')} components equal, and equal components "
+            "get equal gradients and never part; set model.prior.init_std > 0 (or model.prior.components=1)",
+        )
+        if kind.has_pseudo_inputs:
+            require(
+                model_cfg.get("posterior", "diagonal") != "full",
+                "model/prior=vamp with model.posterior=full would hold a Cholesky factor per sample and pseudo-input "
+                "(tens of GB at K = 500); use model.posterior=diagonal with the VampPrior",
+            )
+            require(
+                cfg.data.get("num_levels") is not None,
+                "model/prior=vamp's pseudo-inputs are images in [0, 1], and these data are continuous values as they "
+                "are; scale them to [0, 1] as integers (data.num_levels) or use model/prior=mog",
+            )
         name = f"model={option_name(cfg, 'model') or cls.__name__}"
         require(
             model_cfg.get("estimator", "reparam") == "reparam",
@@ -168,9 +231,16 @@ class VAE(GenerativeModel):
         """The parameters of p(x|z) for latents z [..., L] from the decoder."""
         return self.decoder(z)
 
-    def posterior(self, x: Tensor, y: Tensor | None = None) -> DiagonalGaussian | FullCovGaussian:
+    def posterior(self, x: Tensor, y: Tensor | None = None) -> Posterior:
         """q(z|x) for images x [B, C, H, W]."""
-        return self.posterior_family.from_params(self.encoder_params(x, y))
+        return self.posterior_from_params(self.encoder_params(x, y))
+
+    def posterior_from_params(self, params: Tensor) -> Posterior:
+        """q(z|x) from the encoder's output [B, P]."""
+        if self.flow is None:
+            return self.posterior_family.from_params(params)
+        gaussian = 2 * self.hparams.latent_dim
+        return FlowPosterior(DiagonalGaussian.from_params(params[..., :gaussian]), self.flow, params[..., gaussian:])
 
     def terms(
         self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None, y: Tensor | None = None
@@ -183,12 +253,13 @@ class VAE(GenerativeModel):
             z = q.rsample().detach()  # no pathwise gradient: the encoder learns through log q
             log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
             log_px_given_z = log_px_given_z + self.score_function_term(log_px_given_z.detach(), q.log_prob(z))
+            log_q = None
         else:
-            z = q.rsample()
+            z, log_q = q.rsample_with_log_prob()
             log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
-        # Closed form for N(0, I); for a learned prior, the Monte-Carlo estimate at the decoded z.
-        # A mixture's per-dimension estimate (K x L per sample) is left to eval.py.
-        kl, kl_per_dim = self.prior.kl(q, z, per_dim=self.prior.closed_form)
+        # Closed form for N(0, I) and a Gaussian q; otherwise the Monte-Carlo estimate at the decoded
+        # z (a mixture's per-dimension estimate, K x L per sample, is left to eval.py).
+        kl, kl_per_dim = self.prior.kl(q, z, per_dim=self.prior.closed_form, log_q=log_q)
         terms = {"log_px_given_z": log_px_given_z, "kl": kl, "z": z, "elbo": objectives.elbo(log_px_given_z, kl)}
         if kl_per_dim is not None:
             terms["kl_per_dim"] = kl_per_dim
@@ -214,8 +285,8 @@ class VAE(GenerativeModel):
     def log_weights(self, x: Tensor, num_samples: int, y: Tensor | None = None) -> Tensor:
         """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x); [k, B]."""
         q = self.posterior(x, y)
-        z = q.rsample(num_samples)
-        return self.likelihood.log_prob(x, self.decoder_params(z, y)) + self.prior.log_prob(z) - q.log_prob(z)
+        z, log_q = q.rsample_with_log_prob(num_samples)
+        return self.likelihood.log_prob(x, self.decoder_params(z, y)) + self.prior.log_prob(z) - log_q
 
     @torch.no_grad()
     def importance_sampling(
@@ -228,10 +299,11 @@ class VAE(GenerativeModel):
         posterior_params = self.encoder_params(x, y)
         log_sum_w = torch.full((x.shape[0],), -math.inf, device=x.device)
         sum_log_px = torch.zeros(x.shape[0], device=x.device)
-        for start in range(0, k, chunk):
-            chunk_log_sum_w, chunk_sum_log_px = self.importance_chunk(x, posterior_params, min(chunk, k - start), y)
-            log_sum_w = torch.logaddexp(log_sum_w, chunk_log_sum_w)
-            sum_log_px += chunk_sum_log_px
+        with self.prior.held():  # a VampPrior's components: one encoder pass for every chunk
+            for start in range(0, k, chunk):
+                chunk_log_sum_w, chunk_sum_log_px = self.importance_chunk(x, posterior_params, min(chunk, k - start), y)
+                log_sum_w = torch.logaddexp(log_sum_w, chunk_log_sum_w)
+                sum_log_px += chunk_sum_log_px
         return log_sum_w - math.log(k), sum_log_px / k
 
     def importance_chunk(
@@ -239,10 +311,10 @@ class VAE(GenerativeModel):
     ) -> tuple[Tensor, Tensor]:
         """For ``num_samples`` draws z_k ~ q(z|x) (q given by the encoder's output
         ``posterior_params``): log sum_k w_k and sum_k log p(x|z_k), each [B]."""
-        q = self.posterior_family.from_params(posterior_params)
-        z = q.rsample(num_samples)
+        q = self.posterior_from_params(posterior_params)
+        z, log_q = q.rsample_with_log_prob(num_samples)
         log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z, y))
-        log_w = log_px_given_z + self.prior.log_prob(z) - q.log_prob(z)
+        log_w = log_px_given_z + self.prior.log_prob(z) - log_q
         return torch.logsumexp(log_w, dim=0), log_px_given_z.sum(0)
 
     def iwae_bound(self, x: Tensor, k: int, chunk: int = 100, y: Tensor | None = None) -> Tensor:
