@@ -61,7 +61,10 @@ def test_planar_steps_stay_invertible_whatever_the_encoder_says():
     context = torch.cat([-5 * w, w, torch.zeros(1, 1)], -1)
     ((u_hat, w_out, _),) = flow.step_parameters(context)
     assert float((w_out * u_hat).sum()) > -1
-    torch.testing.assert_close(u_hat - (-5 * w), ((u_hat + 5 * w) / w * w))  # moved along w only
+    moved = u_hat - (-5 * w)
+    along = (moved * w).sum(-1, keepdim=True) / (w * w).sum(-1, keepdim=True) * w
+    torch.testing.assert_close(moved, along)  # u is moved along w only (appendix A.1)
+    assert float(moved.norm()) > 1  # and moved: w^T u = -25 was far below -1
     _, log_det = flow(torch.randn(1000, 2), context.expand(1000, -1))
     assert torch.isfinite(log_det).all()
 
@@ -191,14 +194,37 @@ def test_a_flow_posterior_trains_and_eval_reports_its_estimated_kl(runs, name, t
     assert (tmp_path / "images" / "traversals.png").is_file()
 
 
-def test_an_iwae_with_a_flow_posterior_computes_its_bound_from_the_flows_density():
+@pytest.mark.parametrize("prior", [None, {"_target_": "vaelab.priors.MixtureOfGaussiansPrior", "components": 3}])
+def test_the_iwae_bound_and_the_kl_of_a_flow_posterior_use_log_q_at_the_flows_output(prior):
+    """log w = log p(x|z_K) + log p(z_K) - (log q_0(z_0) - log |det dz_K/dz_0|), the log-determinant
+    here from the full Jacobian, not the flow's own sum; the same draws as the model's."""
     torch.manual_seed(5)
-    model = IWAE([1, 4, 4], 3, MLP, {"name": "bernoulli"}, ADAM, posterior="iaf", flow_steps=2, flow_hidden=8, k=4)
+    extra = {"prior": prior} if prior else {}
+    model = IWAE(
+        [1, 4, 4], 3, MLP, {"name": "bernoulli"}, ADAM, posterior="iaf", flow_steps=2, flow_hidden=8, k=4, **extra
+    )
     x = torch.rand(8, 1, 4, 4).round()
-    loss, metrics = model.step_metrics(x)
+    torch.manual_seed(6)
+    _, metrics = model.step_metrics(x)
+    torch.manual_seed(6)
+    with torch.no_grad():
+        params = model.encoder(x)
+        base = DiagonalGaussian.from_params(params[:, :6])
+        z0 = base.rsample(4)  # [4, 8, 3]
+        context = params[:, 6:]
+        z = model.flow(z0, context)[0]
+        log_det = torch.stack([jacobian_log_det(model.flow, z0[s], context)[0] for s in range(4)])
+        log_q = base.log_prob(z0) - log_det
+        log_px = model.likelihood.log_prob(x, model.decoder(z))
+        log_w = log_px + model.prior.log_prob(z) - log_q
+    expected = (torch.logsumexp(log_w, 0) - math.log(4)).mean()
+    torch.testing.assert_close(metrics["iwae_bound"], expected, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(metrics["kl"], (log_px - log_w).mean(), atol=1e-4, rtol=1e-5)  # MC KL, same draws
+    loss, _ = model.step_metrics(x)
     loss.backward()
-    assert all(p.grad is not None for p in model.flow.parameters() if p.requires_grad)
-    assert metrics["iwae_bound"] >= -(metrics["recon"] + metrics["kl"]) - 1e-4  # the k-sample bound is the tighter
+    last = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert last.weight.grad[6:].abs().sum() > 0  # the encoder's context rows learn
+    assert all(p.grad.abs().sum() > 0 for p in model.flow.parameters())
 
 
 @pytest.mark.parametrize(
@@ -214,6 +240,7 @@ def test_an_iwae_with_a_flow_posterior_computes_its_bound_from_the_flows_density
             ["model.posterior=planar", "model.flow_hidden=64"],
             "model.flow_hidden has no effect with model.posterior=planar",
         ),
+        (["model.posterior=iaf", "model.flow_hidden=2"], "model.flow_hidden=2 is too few for 4 latents"),
     ],
 )
 def test_settings_a_flow_cannot_honour_are_refused(overrides, message, tmp_path):

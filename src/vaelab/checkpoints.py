@@ -195,12 +195,12 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         max_epochs,
         (saved_config.get("trainer") or {}).get("max_epochs"),
     )
-    # A setting declared after the run was written is the default it then had implicitly.
+    # A setting declared after the run was written had, in that run, the behaviour of its default
+    # (listed here one by one: a later setting whose default changes behaviour must not be filled in).
     settings = getattr(saved_model_class(theirs), "Settings", None)
-    fields = settings.model_fields if settings is not None else {}
 
     def saved_value(key: str) -> object:
-        if key in theirs or key not in fields or fields[key].is_required():
+        if key in theirs or key not in SETTINGS_ADDED_LATER or settings is None or key not in settings.model_fields:
             return theirs.get(key)
         return settings.default(key)
 
@@ -215,6 +215,11 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
             f"{path} holds another model: model.{key} is {saved_value(key)!r} there and {ours.get(key)!r} "
             "here; resume with the run's own config (hydra.run.dir=<run> and the same overrides)"
         )
+
+
+# Model settings declared after runs were written (the prior group, the flow posteriors): a saved
+# config without them ran as their defaults do.
+SETTINGS_ADDED_LATER = ("prior", "flow_steps", "flow_hidden")
 
 
 def saved_model_class(model_config: dict) -> type | None:

@@ -72,8 +72,8 @@ class AutoregressiveStep(nn.Module):
     """One IAF step's MADE: [m, s] = AR(z; h) with m_i and s_i functions of the z_j earlier than i in
     ``order`` and of the context h only, through one masked hidden layer of ``hidden`` ELUs that
     also reads h, and h read directly (so the first dimension of the order, which no z reaches,
-    still depends on x). s starts near 1.5 (sigma near 0.82), so each step begins close to the identity
-    (Kingma et al. 2016 start their gates at positive values for the same reason)."""
+    still depends on x). s starts near 1.5 (sigma near 0.82): each step begins by keeping most of
+    z (Kingma et al. 2016 start their gates at positive values for the same reason)."""
 
     def __init__(self, order: Tensor, hidden: int, context: int):
         super().__init__()
@@ -144,7 +144,8 @@ class FlowPosterior:
 
     @property
     def mu(self) -> Tensor:
-        return self.flow(self.base.mu, self.context)[0]
+        with torch.autocast(self.base.mu.device.type, enabled=False):
+            return self.flow(self.base.mu, self.context.float())[0]
 
     @property
     def std(self) -> Tensor:
@@ -153,7 +154,9 @@ class FlowPosterior:
     def rsample_with_log_prob(self, num_samples: int | None = None) -> tuple[Tensor, Tensor]:
         """A reparameterized sample z [B, L] ([S, B, L]) and log q(z|x) [B] ([S, B]) by the change of variables."""
         z0 = self.base.rsample(num_samples)
-        z, log_det = self.flow(z0, self.context)
+        # float32 as every log-density here: bf16 gates compound over the steps (tenths of a nat).
+        with torch.autocast(z0.device.type, enabled=False):
+            z, log_det = self.flow(z0, self.context.float())
         return z, self.base.log_prob(z0) - log_det
 
     def rsample(self, num_samples: int | None = None) -> Tensor:

@@ -129,11 +129,12 @@ class GaussianMixturePrior(nn.Module):
     def held(self) -> Iterator[None]:
         """Within: ``components()`` computed once and reused (the VampPrior's K encoder passes),
         for evaluation without gradients, where nothing moves between calls."""
-        self._held = self.components()
+        assert not torch.is_grad_enabled(), "held components are for evaluation without gradients"
+        outer, self._held = self._held, self.components()
         try:
             yield
         finally:
-            self._held = None
+            self._held = outer
 
     def log_weights(self) -> Tensor:
         """log pi_k, [K]."""
@@ -162,7 +163,12 @@ class GaussianMixturePrior(nn.Module):
         index = torch.multinomial(weights, num_samples, replacement=True, generator=generator)
         eps = torch.randn(num_samples, self.latent_dim, generator=generator)
         device = self.log_weights().device
-        return self.components(index.to(device)).transform(eps.to(device))
+        components = self.components()  # all K at once (the VampPrior: K encoder passes, not one per sample)
+        if isinstance(components, DiagonalGaussian):
+            chosen = DiagonalGaussian(components.mu[index.to(device)], components.logvar[index.to(device)])
+        else:
+            chosen = self.components(index.to(device))
+        return chosen.transform(eps.to(device))
 
     def kl(
         self, q: Posterior, z: Tensor | None = None, per_dim: bool = True, log_q: Tensor | None = None

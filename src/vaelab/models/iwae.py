@@ -12,6 +12,7 @@ from torch.func import functional_call
 from vaelab import objectives
 from vaelab.checks import require
 from vaelab.distributions import POSTERIORS
+from vaelab.errors import UserError
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
 
@@ -49,6 +50,8 @@ class IWAE(VAE):
     ):
         super().__init__(*args, **kwargs)
         self.k, self.k_eval, self.dreg = k, k_eval, dreg
+        if dreg and self.flow is not None:
+            raise UserError("model.dreg=true needs a Gaussian posterior; set model.posterior=diagonal")
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:

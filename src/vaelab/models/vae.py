@@ -22,6 +22,7 @@ from torch import Tensor
 from vaelab import objectives
 from vaelab.checks import option_name, require, set_by_user
 from vaelab.distributions import POSTERIORS, DiagonalGaussian, build_likelihood, check_likelihood
+from vaelab.errors import UserError
 from vaelab.flows import FLOWS, FlowPosterior, build_flow
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks, check_net
@@ -92,7 +93,11 @@ class VAE(GenerativeModel):
         self.test_k = test_k
         # A flow posterior: the encoder gives its base Gaussian and each example's flow context.
         self.flow = build_flow(posterior, latent_dim, flow_steps, flow_hidden) if posterior in FLOWS else None
-        self.posterior_family = POSTERIORS.get(posterior, DiagonalGaussian)
+        if posterior not in POSTERIORS and posterior not in FLOWS:
+            raise UserError(
+                f"model.posterior={posterior} is not a posterior here; choose one of {[*POSTERIORS, *FLOWS]}"
+            )
+        self.posterior_family = POSTERIORS.get(posterior, DiagonalGaussian)  # a flow's base: diagonal
         self.num_posterior_params = self.posterior_family.num_params(latent_dim) + (
             self.flow.context_size if self.flow is not None else 0
         )
@@ -158,6 +163,13 @@ class VAE(GenerativeModel):
             )
         if not flow:
             return
+        latent = cfg.model.get("latent_dim")
+        require(
+            model_cfg.posterior != "iaf" or not isinstance(latent, int) or model_cfg.flow_hidden >= latent - 1,
+            f"model.flow_hidden={model_cfg.get('flow_hidden')} is too few for {latent} latents: an IAF step's "
+            f"masks need at least latent_dim - 1 = {latent and latent - 1} hidden units to reach every earlier "
+            "dimension; raise model.flow_hidden",
+        )
         name = f"model={option_name(cfg, 'model') or cls.__name__}"
         require(
             cls.standard_prior_only is None,
@@ -242,9 +254,7 @@ class VAE(GenerativeModel):
         gaussian = 2 * self.hparams.latent_dim
         return FlowPosterior(DiagonalGaussian.from_params(params[..., :gaussian]), self.flow, params[..., gaussian:])
 
-    def terms(
-        self, x: Tensor, q: DiagonalGaussian | FullCovGaussian | None = None, y: Tensor | None = None
-    ) -> dict[str, Tensor]:
+    def terms(self, x: Tensor, q: Posterior | None = None, y: Tensor | None = None) -> dict[str, Tensor]:
         """Per-example [B] terms of one pass: log p(x|z), KL, ELBO; ``kl_per_dim`` [B, L] (with the
         standard prior), and
         ``z`` [B, L] the sample of q(z|x) the pass decoded. ``q``: q(z|x) when the caller has it."""
@@ -323,7 +333,9 @@ class VAE(GenerativeModel):
 
     @torch.no_grad()
     def encode(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The mean and standard deviation of q(z|x) per latent, each [B, L] (for a full-covariance
+        """The mean and standard deviation of q(z|x) per latent, each [B, L] (a flow posterior, whose
+        mean and spread have no closed form: the flow's image of its base mean, and the base's spread;
+        for a full-covariance
         posterior, the square roots of the covariance's diagonal)."""
         q = self.posterior(x, y)
         return q.mu, q.std
