@@ -15,7 +15,13 @@ from vaelab.training import train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 # The README's "Reproduced results" rows, each an experiment= config with its weights.
-SHIPPED = ["reproduce_mnist_vae", "reproduce_mnist_iwae_k5", "reproduce_fashion_vae"]
+SHIPPED = [
+    "reproduce_mnist_vae",
+    "reproduce_mnist_iwae_k5",
+    "reproduce_fashion_vae",
+    "reproduce_mnist_vae_250",
+    "reproduce_mnist_vamp",
+]
 # What makes two runs the same model: the settings of the model and of its data.
 MODEL_KEYS = ("_target_", "latent_dim", "net", "likelihood", "posterior", "prior", "beta", "k", "image_shape")
 STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormalPrior"}  # of models shipped before the prior group
