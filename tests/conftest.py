@@ -87,22 +87,3 @@ def data_files(tmp_path_factory) -> dict[str, Path]:
         "fashion": fashion,
         "images": images,
     }
-
-
-# A short run of a VAE variant on the default digits: what tests/test_priors.py and
-# tests/test_flows.py train their variants with.
-QUICK_VAE_RUN = [
-    "trainer.enable_progress_bar=false",
-    "size=small",
-    "size.latent_dim=4",
-    "trainer.max_epochs=10",
-    "model.test_k=50",
-]
-
-
-def logged_val_elbo(run_dir: Path) -> list[float]:
-    """The validation ELBO of each epoch, as the run logged it (csv/metrics.csv)."""
-    import csv
-
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return [float(r["val/elbo"]) for r in csv.DictReader(f) if r.get("val/elbo")]
