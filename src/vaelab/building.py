@@ -226,3 +226,8 @@ def finish_wandb(trainer: L.Trainer) -> None:
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             logger.experiment.finish()
+            # finish() returns before W&B's service has closed the run's file; teardown waits
+            # for it (the next run of a sweep starts a new service).
+            import wandb
+
+            wandb.teardown()
