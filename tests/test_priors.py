@@ -319,7 +319,7 @@ def test_mixture_densities_keep_their_precision_for_narrow_components():
 
 
 def test_a_run_written_before_the_prior_and_flow_settings_resumes(runs, tmp_path):
-    """Its checkpoint's config has no model.prior, flow_steps or flow_hidden: they were the
+    """Its checkpoint's config has no model.prior, flow_steps, flow_hidden, top_latents or top_hidden: they were the
     defaults then, so the run resumes; a changed setting is still refused."""
     import shutil
 
@@ -327,7 +327,9 @@ def test_a_run_written_before_the_prior_and_flow_settings_resumes(runs, tmp_path
     shutil.copytree(run_dir, tmp_path / "run")
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=False)
-    for key in ("prior", "flow_steps", "flow_hidden"):
+    from vaelab.checkpoints import SETTINGS_ADDED_LATER
+
+    for key in SETTINGS_ADDED_LATER:
         del checkpoint["vaelab"]["config"]["model"][key]
         del checkpoint["hyper_parameters"][key]
     torch.save(checkpoint, last)

@@ -23,8 +23,11 @@ SHIPPED = [
     "reproduce_mnist_vamp",
 ]
 # What makes two runs the same model: the settings of the model and of its data.
-MODEL_KEYS = ("_target_", "latent_dim", "net", "likelihood", "posterior", "prior", "beta", "k", "image_shape")
+MODEL_KEYS = (
+    *("_target_", "latent_dim", "net", "likelihood", "posterior", "prior", "top_latents", "beta", "k", "image_shape"),
+)
 STANDARD_PRIOR = {"_target_": "vaelab.priors.StandardNormalPrior"}  # of models shipped before the prior group
+# (and before the second stochastic layer: top_latents 0)
 
 
 @pytest.mark.parametrize("experiment", SHIPPED)
@@ -40,7 +43,7 @@ def test_a_shipped_model_is_its_experiments_model_with_weights_only(experiment, 
     cfg = compose_config([f"experiment={experiment}", *data_path], tmp_path)
     for key in MODEL_KEYS:
         if key in cfg.model:
-            value = shipped["model"].get(key, STANDARD_PRIOR if key == "prior" else None)
+            value = shipped["model"].get(key, {"prior": STANDARD_PRIOR, "top_latents": 0}.get(key))
             assert value == cfg.model[key] or str(value) == str(cfg.model[key]), key
     assert shipped["data"]["_target_"] == cfg.data._target_
     model = model_from_checkpoint(checkpoint).eval()

@@ -233,7 +233,7 @@ def test_prior_needs_a_vqvae_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(tmp_path):
+def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(tmp_path, monkeypatch):
     """The prior trains on its VQ-VAE's data set; how the batches are made is the user's."""
     import yaml
 
@@ -255,10 +255,13 @@ def test_the_prior_keeps_the_users_loader_settings_and_refuses_another_data_set(
     used = yaml.safe_load((run / "config.yaml").read_text())["data"]
     assert used["batch_size"] == 7 and used["seed"] == 3 and used["_target_"].endswith("SyntheticDataModule")
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 512 // 7
-    refused = run_cli([*args, "data=digits", f"hydra.run.dir={tmp_path / 'other'}"], cwd=tmp_path)
-    assert refused.returncode == 2
-    assert refused.stderr.strip() == (
-        "error: model=vqvae_prior trains on the data set of its VQ-VAE (synthetic); "
+    from test_refusals import typed_on_the_command_line
+
+    with pytest.raises(UserError) as refused:  # as python train.py *args data=digits (its one line: test_refusals)
+        train(compose_config(typed_on_the_command_line(monkeypatch, [*args, "data=digits"]), tmp_path / "other"))
+    monkeypatch.undo()
+    assert str(refused.value) == (
+        "model=vqvae_prior trains on the data set of its VQ-VAE (synthetic); "
         "drop data=digits (data.batch_size, data.eval_batch_size, data.num_workers, "
         "data.pin_memory, data.on_device and data.overfit_batches can be set)"
     )

@@ -217,9 +217,9 @@ def check_resume_checkpoint(path: str, config: dict) -> None:
         )
 
 
-# Model settings declared after runs were written (the prior group, the flow posteriors): a saved
-# config without them ran as their defaults do.
-SETTINGS_ADDED_LATER = ("prior", "flow_steps", "flow_hidden")
+# Model settings declared after runs were written (the prior group, the flow posteriors, the second
+# stochastic layer): a saved config without them ran as their defaults do.
+SETTINGS_ADDED_LATER = ("prior", "flow_steps", "flow_hidden", "top_latents", "top_hidden")
 
 
 def saved_model_class(model_config: dict) -> type | None:

@@ -26,7 +26,7 @@ from vaelab.config import CONFIG_DIR
 from vaelab.data.in_memory import SPLIT_NOISE
 from vaelab.disentanglement import dequantize_levels, disentanglement_metrics, mutual_information, posterior_means
 from vaelab.errors import UserError
-from vaelab.metrics import evaluate_split, evaluate_vq_split
+from vaelab.metrics import ACTIVE_UNIT_THRESHOLD, evaluate_split, evaluate_vq_split
 from vaelab.models.base import CodebookModel, LatentVariableModel
 from vaelab.progress import Phases
 
@@ -163,6 +163,12 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     phases = Phases(enabled=cfg.progress)
     with phases("NLL bound" if is_vq else "NLL", quiet=True):  # the split's own bar
         results = measure(model, split, datamodule, cfg, is_vq)
+    if getattr(model, "upward", None) is not None:  # a two-layer model: its active units in each layer
+        first = model.decoded_latents
+        activity = torch.tensor(results["unit_activity"])
+        results["active_units_per_layer"] = [
+            int((part > ACTIVE_UNIT_THRESHOLD).sum()) for part in (activity[:first], activity[first:])
+        ]
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
@@ -251,10 +257,13 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
         "reconstructions": pictures.reconstructions(model, x[: max(1, n // 2)]),
         "interpolation_linear": pictures.interpolations(model, x[:half], x[half : 2 * half]),
         "interpolation_spherical": pictures.interpolations(model, x[:half], x[half : 2 * half], spherical=True),
-        # Latents by KL, or, for a flow posterior (no KL per latent), by activity.
-        "traversals": pictures.traversals(model, x, results["kl_per_dim"] or results["unit_activity"]),
+        # Latents by KL, or, for a flow posterior (no KL per latent), by activity; of a two-layer
+        # model, the first layer's (the decoder reads z1: moving z2 alone changes no image).
+        "traversals": pictures.traversals(
+            model, x, (results["kl_per_dim"] or results["unit_activity"])[: model.decoded_latents]
+        ),
     }
-    if results["latent_dim"] == 2:
+    if results["latent_dim"] == 2 == model.decoded_latents:
         images["manifold"] = pictures.manifold(model)
     if model.prior.has_pseudo_inputs:
         images["pseudo_inputs"] = pictures.pseudo_inputs(model)
@@ -355,7 +364,12 @@ def summary(m: dict, out: Path) -> str:
             ),
             f"  -ELBO:          {-m['elbo']:.2f} nats  = recon {m['recon']:.2f} + KL {m['kl']:.2f}"
             + ("" if m.get("kl_estimate", "closed form") == "closed form" else f"   (KL: {m['kl_estimate']})"),
-            f"  active units:   {m['active_units']} of {m['latent_dim']}",
+            f"  active units:   {m['active_units']} of {m['latent_dim']}"
+            + (
+                f"   (z1: {m['active_units_per_layer'][0]}, z2: {m['active_units_per_layer'][1]})"
+                if "active_units_per_layer" in m
+                else ""
+            ),
             f"  reconstruction: MSE {m['mse']:.5f}  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}",
             *(
                 [

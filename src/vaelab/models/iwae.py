@@ -52,6 +52,8 @@ class IWAE(VAE):
         self.k, self.k_eval, self.dreg = k, k_eval, dreg
         if dreg and self.flow is not None:
             raise UserError("model.dreg=true needs a Gaussian posterior; set model.posterior=diagonal")
+        if dreg and self.upward is not None:
+            raise UserError("model.dreg=true is implemented for one Gaussian layer only; set model.top_latents=0")
 
     @classmethod
     def check_config(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
@@ -72,7 +74,7 @@ class IWAE(VAE):
         k = self.k if self.training else self.k_eval
         q = self.posterior(x)
         z, log_q = q.rsample_with_log_prob(k)  # [k, B, L], [k, B]
-        log_px_given_z = self.likelihood.log_prob(x, self.decoder(z))  # [k, B]
+        log_px_given_z = self.likelihood.log_prob(x, self.decoder_params(z))  # [k, B]
         log_w = log_px_given_z + self.prior.log_prob(z) - log_q
         bound = objectives.iwae_bound(log_w)
         if self.dreg and self.training:

@@ -24,6 +24,7 @@ from vaelab.checks import option_name, require, set_by_user
 from vaelab.distributions import POSTERIORS, DiagonalGaussian, build_likelihood, check_likelihood
 from vaelab.errors import UserError
 from vaelab.flows import FLOWS, FlowPosterior, build_flow
+from vaelab.hierarchy import TwoLayerPosterior, TwoLayerPrior, gaussian_layer
 from vaelab.models.base import GenerativeModel
 from vaelab.nets import build_networks, check_net
 from vaelab.priors import STANDARD, build_prior, prior_class
@@ -59,6 +60,12 @@ class VAE(GenerativeModel):
         )
         flow_steps: int = setting(8, "the flow posterior's steps (model.posterior=planar or iaf)", ge=1)
         flow_hidden: int = setting(320, "an IAF step's hidden units, and the encoder's context for it", ge=1)
+        top_latents: int = setting(
+            0,
+            "> 0: a second stochastic layer z2 of this many latents above z (Burda et al. 2016's two-layer model)",
+            ge=0,
+        )
+        top_hidden: list[int] = setting([100, 100], "the hidden units of q(z2|z1) and p(z1|z2) (model.top_latents > 0)")
         estimator: Literal["reparam", "score_function"] = setting(
             "reparam", "the encoder's gradient: pathwise, or likelihood ratio with a moving-average baseline"
         )
@@ -79,6 +86,8 @@ class VAE(GenerativeModel):
         posterior: str = Settings.default("posterior"),
         flow_steps: int = Settings.default("flow_steps"),
         flow_hidden: int = Settings.default("flow_hidden"),
+        top_latents: int = Settings.default("top_latents"),
+        top_hidden: list[int] = Settings.default("top_hidden"),  # noqa: B008 (never mutated)
         estimator: str = Settings.default("estimator"),
         baseline_decay: float = Settings.default("baseline_decay"),
         test_k: int = Settings.default("test_k"),
@@ -104,6 +113,17 @@ class VAE(GenerativeModel):
         self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, self.num_posterior_params)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
         self.prior = build_prior(prior, latent_dim, image_shape)
+        # A second stochastic layer: z = [z1, z2] to the rest of the model, the decoder reads z1.
+        self.upward = None
+        if top_latents and (posterior != "diagonal" or not self.prior.closed_form or self.standard_prior_only):
+            raise UserError(
+                "model.top_latents needs model.posterior=diagonal, model/prior=standard and model=vae, beta_vae or "
+                "iwae; set model.top_latents=0 for the others"
+            )
+        if top_latents:
+            activation = net.get("activation", "tanh")
+            self.upward = gaussian_layer(latent_dim, top_hidden, top_latents, activation)
+            self.prior = TwoLayerPrior(latent_dim, top_latents, top_hidden, activation)
         if hasattr(self.prior, "attach"):  # the VampPrior: a mixture of this encoder's posteriors
             self.prior.attach(self.posterior)
         # The score-function control variate: a running mean of log p(x|z).
@@ -132,6 +152,7 @@ class VAE(GenerativeModel):
                 f"{name} trains with reparameterized gradients; set model.estimator=reparam",
             )
         super().check_config(model_cfg, cfg)
+        cls.check_hierarchy(model_cfg, cfg)
         cls.check_prior(model_cfg, cfg)
         cls.check_flow(model_cfg, cfg)
         check_net(model_cfg.net, cfg.data.image_shape)
@@ -192,6 +213,52 @@ class VAE(GenerativeModel):
         )
 
     @classmethod
+    def check_hierarchy(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
+        """A second stochastic layer composes with the Gaussian VAE's bounds only."""
+        top = model_cfg.get("top_latents") or 0
+        require(
+            top or not set_by_user(cfg, "model.top_hidden", like=("_target_",)),
+            "model.top_hidden has no effect without a second stochastic layer; set model.top_latents > 0 "
+            "or drop model.top_hidden",
+        )
+        if not top:
+            return
+        require(
+            len(model_cfg.top_hidden) > 0 and all(isinstance(h, int) and h > 0 for h in model_cfg.top_hidden),
+            f"model.top_hidden={list(model_cfg.top_hidden)} must be a non-empty list of positive layer widths, "
+            "e.g. [100,100]",
+        )
+        name = f"model={option_name(cfg, 'model') or cls.__name__}"
+        require(
+            cls.standard_prior_only is None,
+            f"model.top_latents composes with model=vae, beta_vae and iwae; {name} {cls.standard_prior_only} "
+            "over one Gaussian layer; set model.top_latents=0",
+        )
+        require(
+            model_cfg.get("posterior", "diagonal") == "diagonal",
+            f"model.top_latents builds q(z1|x) q(z2|z1) from diagonal Gaussians; model.posterior="
+            f"{model_cfg.get('posterior')} is not supported with a second layer; set model.posterior=diagonal",
+        )
+        require(
+            prior_class(model_cfg.get("prior")).closed_form,
+            "with model.top_latents the prior is p(z1|z2) N(z2; 0, I), learned with the model; "
+            "use model/prior=standard or set model.top_latents=0",
+        )
+        require(
+            model_cfg.get("estimator", "reparam") == "reparam",
+            "model.top_latents trains with reparameterized gradients; set model.estimator=reparam",
+        )
+        require(
+            not model_cfg.get("free_bits"),
+            "model.free_bits needs a per-dimension KL, which a two-layer model does not have; drop model.free_bits",
+        )
+        require(
+            not model_cfg.get("dreg"),
+            "model.dreg=true is implemented for one Gaussian layer only (q(z2|z1) takes its parameters from "
+            "the sample z1); set model.dreg=false with model.top_latents",
+        )
+
+    @classmethod
     def check_prior(cls, model_cfg: DictConfig, cfg: DictConfig) -> None:
         """The model/prior node's settings, and that this variant takes a prior other than N(0, I)."""
         node = model_cfg.get("prior") or {"_target_": STANDARD}
@@ -240,8 +307,14 @@ class VAE(GenerativeModel):
         return self.encoder(x)
 
     def decoder_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
-        """The parameters of p(x|z) for latents z [..., L] from the decoder."""
-        return self.decoder(z)
+        """The parameters of p(x|z) for latents z [..., L] from the decoder (which reads z1 of a
+        two-layer z = [z1, z2])."""
+        return self.decoder(z[..., : self.decoded_latents] if self.upward is not None else z)
+
+    @property
+    def decoded_latents(self) -> int:
+        """The latents the decoder reads: all of them, or z1 of a two-layer model."""
+        return self.hparams.latent_dim
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Posterior:
         """q(z|x) for images x [B, C, H, W]."""
@@ -249,6 +322,8 @@ class VAE(GenerativeModel):
 
     def posterior_from_params(self, params: Tensor) -> Posterior:
         """q(z|x) from the encoder's output [B, P]."""
+        if self.upward is not None:
+            return TwoLayerPosterior(DiagonalGaussian.from_params(params), self.upward)
         if self.flow is None:
             return self.posterior_family.from_params(params)
         gaussian = 2 * self.hparams.latent_dim
