@@ -19,7 +19,7 @@ def encoder_gradient_samples(model: VAE, x: Tensor, num_draws: int) -> Tensor:
     model.train()
     baseline = model.baseline.clone()
     saved = [None if p.grad is None else p.grad.clone() for p in model.parameters()]
-    params = [*model.encoder.parameters(), *(model.upward.parameters() if getattr(model, "upward", None) else [])]
+    params = model.inference_parameters()
     draws = []
     for _ in range(num_draws):
         model.zero_grad(set_to_none=True)

@@ -562,9 +562,9 @@ def posterior_means(model: VAE, batch_size: int = 256, dequantize_levels: int | 
         if dequantize_levels is not None:
             observations = (observations * dequantize_levels + 0.5) / (dequantize_levels + 1)
         # Of a two-layer model, z1: its z2 means are a function of z1's, which would count twice.
-        latents = getattr(model, "decoded_latents", None)
+        first = model.latent_layers()[0]
         return torch.cat(
-            [model.posterior(x.to(device)).mu[..., :latents].float().cpu() for x in observations.split(batch_size)]
+            [model.posterior(x.to(device)).mu[..., :first].float().cpu() for x in observations.split(batch_size)]
         )
 
     return represent

@@ -163,12 +163,9 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict:
     phases = Phases(enabled=cfg.progress)
     with phases("NLL bound" if is_vq else "NLL", quiet=True):  # the split's own bar
         results = measure(model, split, datamodule, cfg, is_vq)
-    if getattr(model, "upward", None) is not None:  # a two-layer model: its active units in each layer
-        first = model.decoded_latents
-        activity = torch.tensor(results["unit_activity"])
-        results["active_units_per_layer"] = [
-            int((part > ACTIVE_UNIT_THRESHOLD).sum()) for part in (activity[:first], activity[first:])
-        ]
+    if not is_vq and len(model.latent_layers()) > 1:  # a two-layer model: its active units in each layer
+        layers = torch.tensor(results["unit_activity"]).split(model.latent_layers())
+        results["active_units_per_layer"] = [int((layer > ACTIVE_UNIT_THRESHOLD).sum()) for layer in layers]
     out.mkdir(parents=True, exist_ok=True)
     metrics = {key: value for key, value in results.items() if key not in ("per_example", "posterior_means")}
     metrics = {"ckpt_path": str(Path(cfg.ckpt_path).resolve()), "split": cfg.split, **metrics}
@@ -260,10 +257,10 @@ def draw_pictures(model: VAE, split: Split, results: dict, out: Path, num_images
         # Latents by KL, or, for a flow posterior (no KL per latent), by activity; of a two-layer
         # model, the first layer's (the decoder reads z1: moving z2 alone changes no image).
         "traversals": pictures.traversals(
-            model, x, (results["kl_per_dim"] or results["unit_activity"])[: model.decoded_latents]
+            model, x, (results["kl_per_dim"] or results["unit_activity"])[: model.latent_layers()[0]]
         ),
     }
-    if results["latent_dim"] == 2 == model.decoded_latents:
+    if results["latent_dim"] == 2 == model.latent_layers()[0]:
         images["manifold"] = pictures.manifold(model)
     if model.prior.has_pseudo_inputs:
         images["pseudo_inputs"] = pictures.pseudo_inputs(model)

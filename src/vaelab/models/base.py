@@ -42,6 +42,13 @@ class LatentVariableModel(Protocol):
     def decode(self, z: Tensor) -> Tensor:
         """E[x|z] for latents z [B, L]: images [B, C, H, W]."""
 
+    def latent_layers(self) -> list[int]:
+        """The sizes of the stochastic layers that make up z, summing to L: [L], or [L1, L2] for
+        z = [z1, z2] of a two-layer model (whose decoder reads z1)."""
+
+    def inference_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters of q(z|x)."""
+
     def log_likelihood(self, x: Tensor, k: int = 1000, chunk: int = 100) -> Tensor:
         """log p(x) estimated by importance sampling with k samples, nats per image [B]."""
 

@@ -309,12 +309,15 @@ class VAE(GenerativeModel):
     def decoder_params(self, z: Tensor, y: Tensor | None = None) -> Tensor:
         """The parameters of p(x|z) for latents z [..., L] from the decoder (which reads z1 of a
         two-layer z = [z1, z2])."""
-        return self.decoder(z[..., : self.decoded_latents] if self.upward is not None else z)
+        return self.decoder(z[..., : self.hparams.latent_dim] if self.upward is not None else z)
 
-    @property
-    def decoded_latents(self) -> int:
-        """The latents the decoder reads: all of them, or z1 of a two-layer model."""
-        return self.hparams.latent_dim
+    def latent_layers(self) -> list[int]:
+        """[L], or [L1, L2] for a two-layer model's z = [z1, z2]."""
+        return [self.hparams.latent_dim, *([self.hparams.top_latents] if self.upward is not None else [])]
+
+    def inference_parameters(self) -> list[torch.nn.Parameter]:
+        """The encoder's parameters, and q(z2|z1)'s of a two-layer model."""
+        return [*self.encoder.parameters(), *(self.upward.parameters() if self.upward is not None else [])]
 
     def posterior(self, x: Tensor, y: Tensor | None = None) -> Posterior:
         """q(z|x) for images x [B, C, H, W]."""
