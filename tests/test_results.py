@@ -21,6 +21,7 @@ SHIPPED = [
     "reproduce_fashion_vae",
     "reproduce_mnist_vae_250",
     "reproduce_mnist_vamp",
+    "reproduce_mnist_iwae_2layer_k5",
 ]
 # What makes two runs the same model: the settings of the model and of its data.
 MODEL_KEYS = (
