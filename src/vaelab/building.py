@@ -230,4 +230,9 @@ def finish_wandb(trainer: L.Trainer) -> None:
             # for it (the next run of a sweep starts a new service).
             import wandb
 
-            wandb.teardown()
+            try:
+                wandb.teardown()
+            except SystemExit as exit_:  # W&B's service failed (an upload): the run itself is done
+                rank_zero_warn(
+                    f"wandb: its service ended with status {exit_.code}; the run's metrics are in its folder"
+                )
