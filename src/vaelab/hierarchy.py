@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from vaelab.distributions import DiagonalGaussian
 from vaelab.nets import mlp
-from vaelab.priors import samples_of
+from vaelab.priors import StandardNormalPrior, samples_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -91,6 +91,7 @@ class TwoLayerPrior(nn.Module):
     def __init__(self, first_dim: int, top_dim: int, hidden: Sequence[int], activation: str):
         super().__init__()
         self.first_dim, self.top_dim = first_dim, top_dim
+        self.top = StandardNormalPrior(top_dim)  # p(z2)
         self.downward = gaussian_layer(top_dim, hidden, first_dim, activation)
 
     def conditional(self, z2: Tensor) -> DiagonalGaussian:
@@ -101,13 +102,12 @@ class TwoLayerPrior(nn.Module):
     def log_prob(self, z: Tensor, fixed: bool = False) -> Tensor:
         """log p(z1|z2) + log N(z2; 0, I); [..., L1 + L2] -> [...]."""
         z1, z2 = z.float().split([self.first_dim, self.top_dim], -1)
-        top = DiagonalGaussian(torch.zeros_like(z2), torch.zeros_like(z2))
-        return self.conditional(z2).log_prob(z1) + top.log_prob(z2)
+        return self.conditional(z2).log_prob(z1) + self.top.log_prob(z2)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """Ancestral: z2 ~ N(0, I), z1 ~ p(z1|z2); [n, L1 + L2] on the prior's device."""
         device = self.downward[0].weight.device
-        z2 = torch.randn(num_samples, self.top_dim, generator=generator).to(device)
+        z2 = self.top.sample(num_samples, generator).to(device)
         p = self.conditional(z2)
         eps = torch.randn(num_samples, self.first_dim, generator=generator).to(device)
         return torch.cat([p.transform(eps), z2], -1)

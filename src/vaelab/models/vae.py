@@ -112,10 +112,9 @@ class VAE(GenerativeModel):
         )
         self.encoder, self.decoder = build_networks(net, image_shape, latent_dim, self.num_posterior_params)
         self.likelihood = build_likelihood(image_shape=image_shape, **likelihood)
-        self.prior = build_prior(prior, latent_dim, image_shape)
         # A second stochastic layer: z = [z1, z2] to the rest of the model, the decoder reads z1.
         self.upward = None
-        if top_latents and (posterior != "diagonal" or not self.prior.closed_form or self.standard_prior_only):
+        if top_latents and (posterior != "diagonal" or not prior_class(prior).closed_form or self.standard_prior_only):
             raise UserError(
                 "model.top_latents needs model.posterior=diagonal, model/prior=standard and model=vae, beta_vae or "
                 "iwae; set model.top_latents=0 for the others"
@@ -124,6 +123,8 @@ class VAE(GenerativeModel):
             activation = net.get("activation", "tanh")
             self.upward = gaussian_layer(latent_dim, top_hidden, top_latents, activation)
             self.prior = TwoLayerPrior(latent_dim, top_latents, top_hidden, activation)
+        else:
+            self.prior = build_prior(prior, latent_dim, image_shape)
         if hasattr(self.prior, "attach"):  # the VampPrior: a mixture of this encoder's posteriors
             self.prior.attach(self.posterior)
         # The score-function control variate: a running mean of log p(x|z).
